@@ -1,0 +1,1 @@
+"""Pulumi ComponentResources: one per cloud, sharing settings, packaging and policy helpers."""

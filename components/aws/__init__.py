@@ -1,0 +1,4 @@
+from components.aws.args import AWS_ARCHITECTURES, AWS_PRICE_CLASSES, AwsImagePipelineArgs
+from components.aws.pipeline import AwsImagePipeline
+
+__all__ = ["AWS_ARCHITECTURES", "AWS_PRICE_CLASSES", "AwsImagePipeline", "AwsImagePipelineArgs"]

@@ -1,0 +1,44 @@
+"""Arguments of `AwsImagePipeline`: the shared settings plus what only AWS has."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from functions.core.settings import PipelineSettings
+
+AWS_ARCHITECTURES = ("arm64", "x86_64")
+
+AWS_PRICE_CLASSES = ("PriceClass_100", "PriceClass_200", "PriceClass_All")
+
+
+@dataclass(frozen=True)
+class AwsImagePipelineArgs:
+    settings: PipelineSettings
+    """What to accept and which renditions to write (shared with GCP)."""
+    architecture: Literal["arm64", "x86_64"] = "arm64"
+    """Lambda CPU architecture; Pillow is packaged for it."""
+    runtime: str = "python3.12"
+    """Lambda Python runtime, 3.12 or newer."""
+    memory_mb: int = 1024
+    """Lambda memory; CPU share grows with it."""
+    timeout_seconds: int = 60
+    """Lambda timeout for one invocation."""
+    max_event_age_seconds: int = 3600
+    """Async events older than this go to the dead-letter queue instead of being retried."""
+    log_retention_days: int = 30
+    """Retention of the function's log group."""
+    tracing: bool = False
+    """X-Ray active tracing."""
+    price_class: str = "PriceClass_100"
+    """CloudFront price class."""
+    alarm_email: str | None = None
+    """Where alarms and failure events are e-mailed (a subscription to confirm), if set."""
+    uploads_prefix: str | None = None
+    """Only objects whose key starts with this trigger the function."""
+    uploads_suffix: str | None = None
+    """Only objects whose key ends with this trigger the function."""
+    originals_expiry_days: int | None = None
+    """Delete uploads this many days after creation; keep them forever when unset."""
+    tags: dict[str, str] = field(default_factory=dict)
+    """Tags on every resource that takes them."""

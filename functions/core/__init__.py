@@ -1,0 +1,1 @@
+"""The cloud-agnostic core: Pillow and the standard library only."""

@@ -1,0 +1,24 @@
+"""Rendition keys: derived from the content hash and the rendition spec, never from
+the upload's name, so the same bytes uploaded twice share their renditions and a
+changed spec never overwrites what a CDN may have cached.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from functions.core.settings import RenditionSpec
+
+# Bump when a change to the core alters output bytes for an unchanged spec:
+# a new key is the only safe way to change an object served as immutable.
+RENDER_VERSION = 1
+
+EXTENSIONS = {"jpeg": "jpg", "webp": "webp", "png": "png", "avif": "avif", "gif": "gif"}
+
+
+def rendition_key(content_sha256: str, spec: RenditionSpec, output_format: str) -> str:
+    """`<sha256>/<name>-<WxH>-<fit>-<spec digest>.<ext>`: URL-safe and immutable."""
+    spec_text = f"v{RENDER_VERSION}:{spec.to_compact()}:{output_format}"
+    spec_digest = hashlib.sha256(spec_text.encode()).hexdigest()[:10]
+    extension = EXTENSIONS[output_format]
+    return f"{content_sha256}/{spec.name}-{spec.width}x{spec.height}-{spec.fit}-{spec_digest}.{extension}"

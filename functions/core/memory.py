@@ -1,0 +1,105 @@
+"""In-memory adapters: the fakes the tests use and the stores `imagepipe process` runs on.
+
+They keep the ports' contracts exactly (conditional create and replace), and
+can be told to fail, so tests reach the transient paths without patching.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from functions.core.records import (
+    ImageRecord,
+    PublisherUnavailable,
+    RecordStoreUnavailable,
+    Status,
+    StorageUnavailable,
+)
+
+
+@dataclass(frozen=True)
+class StoredBlob:
+    data: bytes
+    content_type: str
+    cache_control: str
+    metadata: Mapping[str, str]
+
+
+@dataclass
+class InMemoryBlobStore:
+    objects: dict[tuple[str, str], StoredBlob] = field(default_factory=dict)
+    unavailable: bool = False
+
+    def put_upload(self, bucket: str, key: str, data: bytes) -> None:
+        self.objects[(bucket, key)] = StoredBlob(data, "application/octet-stream", "", {})
+
+    def read(self, bucket: str, key: str, version: str | None = None) -> bytes:
+        if self.unavailable:
+            raise StorageUnavailable(f"storage is unavailable (reading {bucket}/{key})")
+        return self.objects[(bucket, key)].data
+
+    def write(
+        self,
+        bucket: str,
+        key: str,
+        data: bytes,
+        *,
+        content_type: str,
+        cache_control: str,
+        metadata: Mapping[str, str],
+    ) -> None:
+        if self.unavailable:
+            raise StorageUnavailable(f"storage is unavailable (writing {bucket}/{key})")
+        self.objects[(bucket, key)] = StoredBlob(data, content_type, cache_control, dict(metadata))
+
+    def keys(self, bucket: str) -> list[str]:
+        return sorted(key for (b, key) in self.objects if b == bucket)
+
+
+@dataclass
+class InMemoryRecordStore:
+    records: dict[str, ImageRecord] = field(default_factory=dict)
+    unavailable: bool = False
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def _check(self) -> None:
+        if self.unavailable:
+            raise RecordStoreUnavailable("the record store is unavailable")
+
+    def get(self, record_id: str) -> ImageRecord | None:
+        self._check()
+        return self.records.get(record_id)
+
+    def create(self, record: ImageRecord) -> bool:
+        self._check()
+        with self._lock:
+            if record.id in self.records:
+                return False
+            self.records[record.id] = record
+            return True
+
+    def replace(self, record: ImageRecord, *, expected_status: Status, expected_attempts: int) -> bool:
+        self._check()
+        with self._lock:
+            current = self.records.get(record.id)
+            if current is None or (current.status, current.attempts) != (
+                expected_status,
+                expected_attempts,
+            ):
+                return False
+            self.records[record.id] = record
+            return True
+
+
+@dataclass
+class InMemoryEventPublisher:
+    events: list[dict[str, Any]] = field(default_factory=list)
+    unavailable: bool = False
+
+    def publish(self, event: Mapping[str, Any]) -> None:
+        if self.unavailable:
+            raise PublisherUnavailable("the event publisher is unavailable")
+        self.events.append(dict(event))

@@ -1,0 +1,197 @@
+"""The image record: one schema for every cloud, plus the closed set of error codes.
+
+A record is keyed by bucket + object key + version (S3 versionId or ETag, GCS
+generation), so a redelivered event finds the record its first delivery wrote.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass, field, replace
+from enum import Enum
+from typing import Any
+
+
+class Status(str, Enum):
+    # PENDING: a transient error stopped an attempt; the platform will retry it.
+    PENDING = "PENDING"
+    PROCESSING = "PROCESSING"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+
+
+FINAL_STATUSES = frozenset({Status.COMPLETED, Status.FAILED})
+
+# Permanent: retrying cannot help, so the record says FAILED and the function returns.
+PERMANENT_CODES = frozenset(
+    {
+        "empty_object",
+        "object_missing",  # deleted (or overwritten by version) before it was processed
+        "unsupported_format",
+        "corrupt_image",
+        "too_large",
+        "too_many_pixels",
+        "too_many_frames",
+        "expired",  # the platform kept retrying a transient error past the maximum event age
+    }
+)
+# Transient: the function raises and the platform retries with backoff.
+TRANSIENT_CODES = frozenset(
+    {"storage_unavailable", "record_store_unavailable", "publisher_unavailable"}
+)
+
+
+class PipelineError(Exception):
+    """An error with a code from the closed set; `message` is one sentence for people."""
+
+    code: str = ""
+    retryable: bool = False
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class PermanentError(PipelineError):
+    def __init__(self, code: str, message: str) -> None:
+        if code not in PERMANENT_CODES:
+            raise ValueError(f"{code!r} is not a permanent error code")
+        super().__init__(code, message)
+
+
+class TransientError(PipelineError):
+    retryable = True
+
+    def __init__(self, code: str, message: str) -> None:
+        if code not in TRANSIENT_CODES:
+            raise ValueError(f"{code!r} is not a transient error code")
+        super().__init__(code, message)
+
+
+class StorageUnavailable(TransientError):
+    def __init__(self, message: str) -> None:
+        super().__init__("storage_unavailable", message)
+
+
+class RecordStoreUnavailable(TransientError):
+    def __init__(self, message: str) -> None:
+        super().__init__("record_store_unavailable", message)
+
+
+class PublisherUnavailable(TransientError):
+    def __init__(self, message: str) -> None:
+        super().__init__("publisher_unavailable", message)
+
+
+@dataclass(frozen=True)
+class ObjectRef:
+    """Where an upload lives, as the trigger event reports it."""
+
+    bucket: str
+    key: str
+    version: str  # S3 versionId, else ETag; GCS generation
+    size: int | None = None  # from the event, so oversize objects are refused unread
+    content_type: str | None = None  # informational only: content decides the format
+
+    @property
+    def record_id(self) -> str:
+        return record_id(self.bucket, self.key, self.version)
+
+
+def record_id(bucket: str, key: str, version: str) -> str:
+    """A fixed-length id that is safe as a DynamoDB key and a Firestore document id."""
+    digest = hashlib.sha256(f"{bucket}\0{key}\0{version}".encode()).hexdigest()
+    return digest[:40]
+
+
+@dataclass(frozen=True)
+class Source:
+    bucket: str
+    key: str
+    version: str
+    bytes: int | None = None
+    sha256: str | None = None
+    content_type: str | None = None
+
+
+@dataclass(frozen=True)
+class ImageMetadata:
+    """What inspect found. Never GPS: location is private and never recorded."""
+
+    format: str
+    width: int  # after EXIF orientation is applied
+    height: int
+    mode: str
+    has_alpha: bool
+    frames: int
+    has_icc_profile: bool
+    orientation: int | None = None
+    camera_make: str | None = None
+    camera_model: str | None = None
+    captured_at: str | None = None  # ISO 8601, as the camera wrote it (no zone)
+
+
+@dataclass(frozen=True)
+class RenditionRecord:
+    name: str
+    key: str
+    width: int
+    height: int
+    format: str
+    bytes: int
+
+
+@dataclass(frozen=True)
+class ErrorInfo:
+    code: str
+    message: str
+    retryable: bool
+
+    @classmethod
+    def from_error(cls, error: PipelineError) -> ErrorInfo:
+        return cls(error.code, error.message, error.retryable)
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    id: str
+    source: Source
+    status: Status
+    attempts: int = 0
+    stage_ms: dict[str, float] = field(default_factory=dict)
+    image: ImageMetadata | None = None
+    renditions: tuple[RenditionRecord, ...] = ()
+    error: ErrorInfo | None = None
+    created_at: str = ""
+    updated_at: str = ""
+    # While PROCESSING: after this instant another delivery may take the work over
+    # (the worker that claimed it died or timed out).
+    lease_expires_at: str | None = None
+
+    def evolve(self, **changes: Any) -> ImageRecord:
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["status"] = self.status.value
+        data["renditions"] = [asdict(r) for r in self.renditions]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ImageRecord:
+        image = data.get("image")
+        error = data.get("error")
+        return cls(
+            id=data["id"],
+            source=Source(**data["source"]),
+            status=Status(data["status"]),
+            attempts=int(data.get("attempts", 0)),
+            stage_ms={k: float(v) for k, v in (data.get("stage_ms") or {}).items()},
+            image=ImageMetadata(**image) if image else None,
+            renditions=tuple(RenditionRecord(**r) for r in data.get("renditions") or ()),
+            error=ErrorInfo(**error) if error else None,
+            created_at=data.get("created_at", ""),
+            updated_at=data.get("updated_at", ""),
+            lease_expires_at=data.get("lease_expires_at"),
+        )

@@ -1,0 +1,239 @@
+"""`process_object`: one upload's whole lifecycle, the same on every cloud.
+
+claim (conditional write) -> read -> detect/validate/inspect/render/encode
+-> store renditions -> publish the event -> write the final record.
+
+The event is published *before* the final record is written: if publishing
+fails, the record is still claimable and the retry publishes; if the final
+write fails after publishing, the retry publishes again with the same event id
+(at-least-once, deduplicable). The other order could lose the event for good.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Literal
+
+from functions.core.events import lifecycle_event
+from functions.core.imaging import render_image
+from functions.core.keys import rendition_key
+from functions.core.ports import BlobStore, EventPublisher, RecordStore
+from functions.core.records import (
+    FINAL_STATUSES,
+    ErrorInfo,
+    ImageMetadata,
+    ImageRecord,
+    ObjectRef,
+    PermanentError,
+    PipelineError,
+    RecordStoreUnavailable,
+    RenditionRecord,
+    Source,
+    Status,
+)
+from functions.core.settings import PipelineSettings
+from functions.core.timing import StageTimer
+
+log = logging.getLogger("imagepipe")
+
+# Keys are content-addressed, so a rendition never changes once written.
+IMMUTABLE_CACHE_CONTROL = "public, max-age=31536000, immutable"
+# Written on every rendition: whatever reads the renditions bucket can tell a
+# rendition from an upload, and a trigger misrouted to it can refuse to recurse.
+RENDITION_MARKER = {"imagepipe-rendition": "true"}
+DEFAULT_LEASE = timedelta(minutes=16)  # longer than the longest function timeout (15 min)
+
+Action = Literal["completed", "failed", "duplicate", "in_progress"]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What this delivery did: finished the image, or found it finished or in hand elsewhere."""
+
+    action: Action
+    record: ImageRecord
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def isoformat(instant: datetime) -> str:
+    return instant.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def parse_instant(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def process_object(
+    ref: ObjectRef,
+    *,
+    settings: PipelineSettings,
+    blobs: BlobStore,
+    records: RecordStore,
+    events: EventPublisher,
+    renditions_bucket: str,
+    event_source: str,
+    clock: Callable[[], datetime] = utc_now,
+    lease: timedelta = DEFAULT_LEASE,
+    event_time: datetime | None = None,
+    max_event_age: timedelta | None = None,
+) -> Outcome:
+    """Process one uploaded object version exactly once, as far as the outside world can tell.
+
+    Returns normally for success, for permanent failures (record FAILED, failure
+    event published) and for duplicate or concurrent deliveries. Raises
+    `TransientError` (or any unexpected error) so the platform retries; the
+    record is left PENDING with the error, ready for the retry to claim.
+    """
+    timer = StageTimer()
+    with timer.stage("claim"):
+        claimed, current = _claim(ref, records, clock, lease)
+    if claimed is None:
+        action: Action = "duplicate" if current.status in FINAL_STATUSES else "in_progress"
+        log.info("skipped %s: %s (%s)", ref.key, action, current.status.value)
+        return Outcome(action, current)
+
+    try:
+        if event_time and max_event_age and clock() - event_time > max_event_age:
+            raise PermanentError(
+                "expired",
+                f"the event is older than {int(max_event_age.total_seconds())} s; "
+                "retries stopped after transient errors",
+            )
+        source, renditions, image = _render_and_store(ref, settings, blobs, renditions_bucket, timer)
+        final = claimed.evolve(status=Status.COMPLETED, source=source, image=image,
+                               renditions=renditions, error=None)
+    except PermanentError as error:
+        final = claimed.evolve(status=Status.FAILED, error=ErrorInfo.from_error(error))
+    except Exception as error:
+        _release_for_retry(claimed, error, records, clock)
+        raise
+
+    final = final.evolve(stage_ms=timer.ms, lease_expires_at=None, updated_at=isoformat(clock()))
+    try:
+        with timer.stage("notify"):
+            events.publish(lifecycle_event(final, source=event_source))
+        if not records.replace(final, expected_status=Status.PROCESSING,
+                               expected_attempts=claimed.attempts):
+            # Our lease ran out and another delivery took over; its result stands.
+            log.warning("record %s changed while %s was processed", final.id, ref.key)
+    except Exception as error:
+        _release_for_retry(claimed, error, records, clock)
+        raise
+    return Outcome("completed" if final.status is Status.COMPLETED else "failed", final)
+
+
+def _claim(
+    ref: ObjectRef, records: RecordStore, clock: Callable[[], datetime], lease: timedelta
+) -> tuple[ImageRecord | None, ImageRecord]:
+    """Take the work with a conditional write. Returns (claimed, current)."""
+    now = clock()
+    stamp = isoformat(now)
+    lease_end = isoformat(now + lease)
+    current = records.get(ref.record_id)
+    if current is None:
+        fresh = ImageRecord(
+            id=ref.record_id,
+            source=Source(ref.bucket, ref.key, ref.version, ref.size, None, ref.content_type),
+            status=Status.PROCESSING,
+            attempts=1,
+            created_at=stamp,
+            updated_at=stamp,
+            lease_expires_at=lease_end,
+        )
+        if records.create(fresh):
+            return fresh, fresh
+        current = records.get(ref.record_id)
+        if current is None:  # created and gone again: only a manual delete does that
+            raise RecordStoreUnavailable(f"record {ref.record_id} vanished while being claimed")
+
+    if current.status in FINAL_STATUSES:
+        return None, current
+    if current.status is Status.PROCESSING and not _lease_expired(current, now):
+        return None, current
+    retried = current.evolve(
+        status=Status.PROCESSING,
+        attempts=current.attempts + 1,
+        updated_at=stamp,
+        lease_expires_at=lease_end,
+    )
+    if records.replace(retried, expected_status=current.status, expected_attempts=current.attempts):
+        return retried, retried
+    return None, records.get(ref.record_id) or current
+
+
+def _lease_expired(record: ImageRecord, now: datetime) -> bool:
+    return record.lease_expires_at is None or parse_instant(record.lease_expires_at) <= now
+
+
+def _render_and_store(
+    ref: ObjectRef,
+    settings: PipelineSettings,
+    blobs: BlobStore,
+    renditions_bucket: str,
+    timer: StageTimer,
+) -> tuple[Source, tuple[RenditionRecord, ...], ImageMetadata]:
+    limit = settings.limits.max_bytes
+    if ref.size == 0:
+        raise PermanentError("empty_object", "the object is empty (0 bytes)")
+    if ref.size is not None and ref.size > limit:
+        raise PermanentError("too_large", f"the object is {ref.size} bytes; the limit is {limit}")
+    with timer.stage("read"):
+        try:
+            data = blobs.read(ref.bucket, ref.key, ref.version)
+        except KeyError:
+            raise PermanentError(
+                "object_missing", f"{ref.key} (version {ref.version}) no longer exists"
+            ) from None
+    if not data:
+        raise PermanentError("empty_object", "the object is empty (0 bytes)")
+    if len(data) > limit:
+        raise PermanentError("too_large", f"the object is {len(data)} bytes; the limit is {limit}")
+    content_sha256 = hashlib.sha256(data).hexdigest()
+    result = render_image(data, settings, timer)
+
+    stored: list[RenditionRecord] = []
+    with timer.stage("store"):
+        for output in result.renditions:
+            key = rendition_key(content_sha256, output.spec, output.format)
+            blobs.write(
+                renditions_bucket,
+                key,
+                output.data,
+                content_type=output.content_type,
+                cache_control=IMMUTABLE_CACHE_CONTROL,
+                metadata={**RENDITION_MARKER, "imagepipe-source-sha256": content_sha256},
+            )
+            stored.append(RenditionRecord(output.spec.name, key, output.width, output.height,
+                                          output.format, len(output.data)))
+    source = Source(ref.bucket, ref.key, ref.version, len(data), content_sha256, ref.content_type)
+    return source, tuple(stored), result.metadata
+
+
+def _release_for_retry(
+    claimed: ImageRecord, error: Exception, records: RecordStore, clock: Callable[[], datetime]
+) -> None:
+    """Leave the record PENDING with the error, so the platform's retry can claim it at once.
+
+    Best effort: when the record store itself is what failed, the lease expiry
+    lets the retry take over instead.
+    """
+    if isinstance(error, PipelineError):
+        info = ErrorInfo.from_error(error)
+    else:
+        # Not in the closed set on purpose: an unexpected error is a bug to fix, and
+        # until it is fixed the platform's retries and dead-letter queue keep the event.
+        info = ErrorInfo("internal_error", f"{type(error).__name__}: {error}", True)
+    pending = claimed.evolve(status=Status.PENDING, error=info, lease_expires_at=None,
+                             updated_at=isoformat(clock()))
+    try:
+        records.replace(pending, expected_status=Status.PROCESSING,
+                        expected_attempts=claimed.attempts)
+    except Exception:  # noqa: BLE001 - the original error is the one worth raising
+        log.warning("could not mark %s PENDING after %s", claimed.id, info.code)

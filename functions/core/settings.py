@@ -1,0 +1,266 @@
+"""Pipeline settings: one schema for every cloud and for the local pipeline.
+
+Settings are validated once (at `pulumi up`/preview, or when the CLI starts) and
+reach a function as one JSON environment variable, `IMAGEPIPE_SETTINGS`.
+Every validation error is one sentence that names the key, the bad value and
+what is allowed.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+SETTINGS_ENV = "IMAGEPIPE_SETTINGS"
+
+Fit = Literal["contain", "cover"]
+OutputFormat = Literal["jpeg", "webp", "png", "avif", "source"]
+
+FITS: tuple[str, ...] = ("contain", "cover")
+OUTPUT_FORMATS: tuple[str, ...] = ("jpeg", "webp", "png", "avif", "source")
+# Input formats the core knows how to detect from magic bytes. The allowlist in
+# the settings picks from these; anything else is `unsupported_format`.
+INPUT_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "GIF", "WEBP", "AVIF", "BMP", "TIFF")
+DEFAULT_INPUT_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "GIF", "WEBP")
+
+MAX_RENDITION_SIDE = 8192
+_NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
+
+
+class SettingsError(ValueError):
+    """A setting is invalid; the message is one sentence naming key, value and what is allowed."""
+
+
+@dataclass(frozen=True)
+class RenditionSpec:
+    """One output image: a named box, how the source fits it, and how it is encoded."""
+
+    name: str
+    width: int
+    height: int
+    fit: Fit = "contain"
+    format: OutputFormat = "jpeg"
+    quality: int = 82
+
+    def to_compact(self) -> str:
+        return f"{self.name}:{self.width}x{self.height}:{self.fit}:{self.format}:{self.quality}"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Checked from the header, before any pixel is decoded."""
+
+    max_bytes: int = 50 * 1024 * 1024
+    max_pixels: int = 100_000_000
+    max_frames: int = 1000
+
+
+DEFAULT_RENDITIONS: tuple[RenditionSpec, ...] = (
+    RenditionSpec("large", 1024, 768, "contain", "jpeg", 82),
+    RenditionSpec("thumb", 200, 200, "cover", "jpeg", 82),
+)
+
+
+@dataclass(frozen=True)
+class PipelineSettings:
+    """Everything the core needs to know about what to accept and what to produce."""
+
+    renditions: tuple[RenditionSpec, ...] = DEFAULT_RENDITIONS
+    allowed_formats: tuple[str, ...] = DEFAULT_INPUT_FORMATS
+    limits: Limits = field(default_factory=Limits)
+    strip_metadata: bool = True
+    # Output colour is always sRGB: the only space every browser renders the same.
+    output_colour: Literal["srgb"] = "srgb"
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> PipelineSettings:
+        try:
+            raw = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise SettingsError(f"{SETTINGS_ENV} is not valid JSON ({error.msg}).") from None
+        if not isinstance(raw, dict):
+            raise SettingsError(f"{SETTINGS_ENV} must be a JSON object.")
+        return parse_settings(
+            {
+                "renditions": raw.get("renditions", _UNSET),
+                "allowedFormats": raw.get("allowed_formats", _UNSET),
+                "maxBytes": raw.get("limits", {}).get("max_bytes", _UNSET),
+                "maxPixels": raw.get("limits", {}).get("max_pixels", _UNSET),
+                "maxFrames": raw.get("limits", {}).get("max_frames", _UNSET),
+                "stripMetadata": raw.get("strip_metadata", _UNSET),
+                "outputColour": raw.get("output_colour", _UNSET),
+            },
+            prefix=f"{SETTINGS_ENV}.",
+        )
+
+
+class _Unset:
+    def __repr__(self) -> str:
+        return "<unset>"
+
+
+_UNSET: Any = _Unset()
+
+# The config keys (without the `imagepipe:` namespace) that make up the settings.
+SETTINGS_KEYS: tuple[str, ...] = (
+    "renditions",
+    "allowedFormats",
+    "maxBytes",
+    "maxPixels",
+    "maxFrames",
+    "stripMetadata",
+    "outputColour",
+)
+
+
+def parse_settings(values: Mapping[str, Any], prefix: str = "imagepipe:") -> PipelineSettings:
+    """Validate raw config values (camelCase keys, as in the stack config) into settings.
+
+    A missing key (or one mapped to `_UNSET`/None) takes its default. Renditions are
+    given either as compact strings `name:WIDTHxHEIGHT[:fit[:format[:quality]]]`
+    (the stack config form) or as objects (the JSON form).
+    """
+    unknown = sorted(set(values) - set(SETTINGS_KEYS))
+    if unknown:
+        raise SettingsError(
+            f"{prefix}{unknown[0]} is not a setting; known settings: {', '.join(SETTINGS_KEYS)}."
+        )
+
+    def given(key: str) -> bool:
+        return values.get(key, _UNSET) not in (_UNSET, None)
+
+    renditions = (
+        _parse_renditions(values["renditions"], f"{prefix}renditions")
+        if given("renditions")
+        else DEFAULT_RENDITIONS
+    )
+    allowed = (
+        _parse_formats(values["allowedFormats"], f"{prefix}allowedFormats")
+        if given("allowedFormats")
+        else DEFAULT_INPUT_FORMATS
+    )
+    defaults = Limits()
+    limits = Limits(
+        max_bytes=_positive_int(values, "maxBytes", defaults.max_bytes, prefix),
+        max_pixels=_positive_int(values, "maxPixels", defaults.max_pixels, prefix),
+        max_frames=_positive_int(values, "maxFrames", defaults.max_frames, prefix),
+    )
+    strip = values["stripMetadata"] if given("stripMetadata") else True
+    if not isinstance(strip, bool):
+        raise SettingsError(f"{prefix}stripMetadata is {strip!r}; use true or false.")
+    colour = values["outputColour"] if given("outputColour") else "srgb"
+    if colour != "srgb":
+        raise SettingsError(f"{prefix}outputColour is {colour!r}; the only allowed value is srgb.")
+    return PipelineSettings(renditions, allowed, limits, strip, "srgb")
+
+
+def _positive_int(values: Mapping[str, Any], key: str, default: int, prefix: str) -> int:
+    value = values.get(key, _UNSET)
+    if value in (_UNSET, None):
+        return default
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise SettingsError(f"{prefix}{key} is {value!r}; use a whole number greater than 0.")
+    return value
+
+
+def _parse_formats(value: Any, key: str) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [part for part in re.split(r"[,\s]+", value) if part]
+    if not isinstance(value, Sequence) or not value:
+        raise SettingsError(
+            f"{key} is {value!r}; use a non-empty list drawn from {', '.join(INPUT_FORMATS)}."
+        )
+    formats: list[str] = []
+    for item in value:
+        name = str(item).upper()
+        name = {"JPG": "JPEG", "TIF": "TIFF"}.get(name, name)
+        if name not in INPUT_FORMATS:
+            raise SettingsError(
+                f"{key} contains {item!r}; allowed formats are {', '.join(INPUT_FORMATS)}."
+            )
+        if name not in formats:
+            formats.append(name)
+    return tuple(formats)
+
+
+def _parse_renditions(value: Any, key: str) -> tuple[RenditionSpec, ...]:
+    if isinstance(value, str) or not isinstance(value, Sequence) or not value:
+        raise SettingsError(
+            f"{key} is {value!r}; use a non-empty list of "
+            "'name:WIDTHxHEIGHT[:fit[:format[:quality]]]' entries."
+        )
+    specs = tuple(_parse_rendition(item, f"{key}[{index}]") for index, item in enumerate(value))
+    names = [spec.name for spec in specs]
+    duplicated = sorted({name for name in names if names.count(name) > 1})
+    if duplicated:
+        raise SettingsError(f"{key} names {duplicated[0]!r} twice; rendition names must be unique.")
+    return specs
+
+
+def _parse_rendition(item: Any, key: str) -> RenditionSpec:
+    if isinstance(item, str):
+        fields = _compact_fields(item, key)
+    elif isinstance(item, Mapping):
+        fields = dict(item)
+    else:
+        raise SettingsError(
+            f"{key} is {item!r}; use 'name:WIDTHxHEIGHT[:fit[:format[:quality]]]', "
+            "for example 'large:1024x768:contain:jpeg:82'."
+        )
+    unknown = sorted(set(fields) - {"name", "width", "height", "fit", "format", "quality"})
+    if unknown:
+        raise SettingsError(
+            f"{key}.{unknown[0]} is not a rendition field; "
+            "fields are name, width, height, fit, format, quality."
+        )
+    name = fields.get("name")
+    if not isinstance(name, str) or not _NAME_PATTERN.match(name):
+        raise SettingsError(
+            f"{key}.name is {name!r}; use 1-32 characters of a-z, 0-9, '-' or '_', "
+            "starting with a letter or digit."
+        )
+    width = _side(fields.get("width"), f"{key}.width")
+    height = _side(fields.get("height"), f"{key}.height")
+    fit = fields.get("fit", "contain")
+    if fit not in FITS:
+        raise SettingsError(f"{key}.fit is {fit!r}; use one of {', '.join(FITS)}.")
+    fmt = fields.get("format", "jpeg")
+    fmt = "jpeg" if fmt == "jpg" else fmt
+    if fmt not in OUTPUT_FORMATS:
+        raise SettingsError(f"{key}.format is {fmt!r}; use one of {', '.join(OUTPUT_FORMATS)}.")
+    quality = fields.get("quality", 82)
+    if isinstance(quality, str) and quality.isdigit():
+        quality = int(quality)
+    if isinstance(quality, bool) or not isinstance(quality, int) or not 1 <= quality <= 100:
+        raise SettingsError(f"{key}.quality is {quality!r}; use a whole number from 1 to 100.")
+    return RenditionSpec(name, width, height, fit, fmt, quality)
+
+
+def _compact_fields(text: str, key: str) -> dict[str, Any]:
+    parts = text.strip().split(":")
+    if len(parts) < 2 or len(parts) > 5:
+        raise SettingsError(
+            f"{key} is {text!r}; use 'name:WIDTHxHEIGHT[:fit[:format[:quality]]]', "
+            "for example 'thumb:200x200:cover:jpeg:82'."
+        )
+    size = re.fullmatch(r"(\d+)x(\d+)", parts[1])
+    if not size:
+        raise SettingsError(f"{key} has size {parts[1]!r}; write it as WIDTHxHEIGHT, e.g. 1024x768.")
+    fields: dict[str, Any] = {"name": parts[0], "width": int(size[1]), "height": int(size[2])}
+    for name, part in zip(("fit", "format", "quality"), parts[2:]):
+        fields[name] = int(part) if name == "quality" and part.isdigit() else part
+    return fields
+
+
+def _side(value: Any, key: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_RENDITION_SIDE:
+        raise SettingsError(f"{key} is {value!r}; use a whole number from 1 to {MAX_RENDITION_SIDE}.")
+    return value

@@ -1,0 +1,1 @@
+"""The `imagepipe` command line and the local development pipeline."""

@@ -1,0 +1,199 @@
+"""The Lambda deployment archive: functions/core + functions/aws + wheels for the target CPU.
+
+Built when the component is constructed (`pulumi up`/preview), never inside an
+`apply`. Wheels are downloaded once per (requirements, architecture, Python
+version) into PROJECT_ROOT/.cache/lambda/<key>/wheels; the archive next to them
+is named by the digest of everything it holds, so the same inputs give the same
+bytes and `pulumi up` twice changes nothing.
+
+Pillow 13 ships only manylinux_2_28 wheels, hence the platform tag below (the
+usual manylinux2014 recipe silently resolves Pillow 12.2). pip honours its own
+environment variables, so `PIP_NO_INDEX=1 PIP_FIND_LINKS=<dir>` builds offline
+from a local wheelhouse.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from components.packaging import (
+    PROJECT_ROOT,
+    file_sha256,
+    package_parents,
+    python_sources,
+    write_deterministic_zip,
+)
+
+REQUIREMENTS_FILE = Path(__file__).with_name("lambda-requirements.txt")
+CACHE_DIR_ENV = "IMAGEPIPE_LAMBDA_CACHE_DIR"
+MAX_ARCHIVE_BYTES = 15 * 1024 * 1024
+FUNCTION_PACKAGES = ("functions.core", "functions.aws")
+HANDLER_FILE = "functions/aws/handler.py"
+PLATFORM_TAGS = {"arm64": "manylinux_2_28_aarch64", "x86_64": "manylinux_2_28_x86_64"}
+_SKIPPED_PARTS = {"__pycache__"}
+
+
+class LambdaArchiveError(RuntimeError):
+    """The archive cannot be built; the message says what is wrong and what to do."""
+
+
+@dataclass(frozen=True)
+class LambdaArchive:
+    path: Path
+    sha256: str
+    """Hex digest of the zip file."""
+
+    @property
+    def source_code_hash(self) -> str:
+        """Base64 SHA-256, the form Lambda reports as CodeSha256."""
+        return base64.b64encode(bytes.fromhex(self.sha256)).decode("ascii")
+
+
+def default_cache_root() -> Path:
+    return Path(os.environ.get(CACHE_DIR_ENV) or PROJECT_ROOT / ".cache" / "lambda")
+
+
+def dependency_key(requirements: str, architecture: str, python_version: str) -> str:
+    digest = hashlib.sha256()
+    for part in (requirements, architecture, python_version):
+        digest.update(part.encode() + b"\0")
+    return digest.hexdigest()[:32]
+
+
+def build_lambda_archive(
+    architecture: str,
+    python_version: str = "3.12",
+    *,
+    requirements_file: Path = REQUIREMENTS_FILE,
+    cache_root: Path | None = None,
+    project_root: Path = PROJECT_ROOT,
+    max_bytes: int = MAX_ARCHIVE_BYTES,
+) -> LambdaArchive:
+    """The archive for `architecture` (arm64 | x86_64) and `python_version` ("3.12")."""
+    if architecture not in PLATFORM_TAGS:
+        raise LambdaArchiveError(
+            f"architecture {architecture!r} has no wheels; use one of {', '.join(PLATFORM_TAGS)}."
+        )
+    if not (project_root / HANDLER_FILE).is_file():
+        raise LambdaArchiveError(f"{HANDLER_FILE} is missing; the archive needs the handler.")
+    requirements = requirements_file.read_text(encoding="utf-8")
+    cache = (cache_root or default_cache_root()) / dependency_key(
+        requirements, architecture, python_version
+    )
+    wheels = _cached_wheels(cache / "wheels", requirements_file, architecture, python_version)
+
+    entries: list[tuple[str, bytes | Path]] = []
+    for package in FUNCTION_PACKAGES:
+        entries += [(name, project_root / name) for name in package_parents(package)]
+        entries += python_sources(project_root, package)
+    for wheel in wheels:
+        entries += _wheel_entries(wheel)
+
+    contents = hashlib.sha256()
+    for name, content in sorted(entries, key=lambda entry: entry[0]):
+        data = content.read_bytes() if isinstance(content, Path) else content
+        contents.update(name.encode() + b"\0" + hashlib.sha256(data).digest())
+    archive_path = cache / f"function-{contents.hexdigest()[:24]}.zip"
+    if archive_path.is_file():
+        sha256 = file_sha256(archive_path)
+    else:
+        sha256 = write_deterministic_zip(entries, archive_path)
+
+    size = archive_path.stat().st_size
+    if size > max_bytes:
+        raise LambdaArchiveError(
+            f"the Lambda archive is {size / 2**20:.1f} MB, over the {max_bytes / 2**20:.0f} MB "
+            f"budget; trim {requirements_file.name}."
+        )
+    return LambdaArchive(archive_path, sha256)
+
+
+def _cached_wheels(
+    wheel_dir: Path, requirements_file: Path, architecture: str, python_version: str
+) -> list[Path]:
+    if not wheel_dir.is_dir():
+        _download_wheels(wheel_dir, requirements_file, architecture, python_version)
+    return sorted(wheel_dir.glob("*.whl"))
+
+
+def _download_wheels(
+    wheel_dir: Path, requirements_file: Path, architecture: str, python_version: str
+) -> None:
+    # Download beside the final directory and rename: an interrupted or failed
+    # download never leaves a half-filled cache entry behind.
+    partial = wheel_dir.with_name(f"{wheel_dir.name}.partial-{os.getpid()}")
+    shutil.rmtree(partial, ignore_errors=True)
+    command = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--only-binary=:all:",
+        "--platform",
+        PLATFORM_TAGS[architecture],
+        "--python-version",
+        python_version,
+        "--implementation",
+        "cp",
+        "--no-deps",
+        "--disable-pip-version-check",
+        "--quiet",
+        "-r",
+        str(requirements_file),
+        "-d",
+        str(partial),
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        shutil.rmtree(partial, ignore_errors=True)
+        reason = (result.stderr.strip().splitlines() or ["no output"])[-1]
+        raise LambdaArchiveError(
+            f"pip could not download the Lambda wheels for {PLATFORM_TAGS[architecture]}, "
+            f"Python {python_version}: {reason}"
+        )
+    expected = _requirement_count(requirements_file)
+    found = len(list(partial.glob("*.whl")))
+    if found != expected:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise LambdaArchiveError(
+            f"pip gave {found} wheels for the {expected} lines of {requirements_file.name}."
+        )
+    try:
+        partial.replace(wheel_dir)
+    except OSError:  # another build filled the cache first; its wheels are the same
+        shutil.rmtree(partial, ignore_errors=True)
+
+
+def _requirement_count(requirements_file: Path) -> int:
+    lines = requirements_file.read_text(encoding="utf-8").splitlines()
+    return sum(1 for line in lines if line.split("#")[0].strip())
+
+
+def _wheel_entries(wheel: Path) -> list[tuple[str, bytes]]:
+    """A wheel's files as they would be installed into site-packages (the archive root)."""
+    entries = []
+    with zipfile.ZipFile(wheel) as archive:
+        for info in archive.infolist():
+            if info.is_dir() or _SKIPPED_PARTS.intersection(info.filename.split("/")):
+                continue
+            name = _installed_name(info.filename)
+            if name is not None:
+                entries.append((name, archive.read(info)))
+    return entries
+
+
+def _installed_name(name: str) -> str | None:
+    top, _, rest = name.partition("/")
+    if not top.endswith(".data"):
+        return name
+    scheme, _, path = rest.partition("/")
+    # purelib/platlib belong in site-packages; scripts, headers and data do not run in Lambda.
+    return path if scheme in ("purelib", "platlib") and path else None

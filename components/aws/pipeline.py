@@ -1,0 +1,422 @@
+"""`AwsImagePipeline`: uploads bucket -> Lambda -> DynamoDB + SNS, renditions behind CloudFront.
+
+Every child is parented to the component and named `<name>-<role>`. Policy
+documents come from the pure builders in `components.aws.policies`; no resource
+is ever created inside an `apply`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+
+import pulumi
+import pulumi_aws as aws
+
+from components.aws import policies
+from components.aws.args import AwsImagePipelineArgs
+from components.aws.lambda_archive import build_lambda_archive
+from functions.core.settings import SettingsError
+
+TYPE_TOKEN = "imagepipe:index:AwsImagePipeline"
+HANDLER = "functions.aws.handler.handler"
+FAILED_EVENT_TYPE = "imagepipe.image.failed"
+# The values CloudWatch Logs accepts for a log group's retention.
+LOG_RETENTION_DAYS = (1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096)
+LOG_RETENTION_DAYS += (1827, 2192, 2557, 2922, 3288, 3653)
+_PHYSICAL_NAME_LIMIT = 64  # Lambda function and CloudFront OAC names
+
+
+def physical_name(name: str) -> str:
+    """`<name>-<stack>`: known before anything exists, so the log group can be created first
+    under the name Lambda writes to, and unique per stack in one account."""
+    base = re.sub(r"[^A-Za-z0-9_-]", "-", f"{name}-{pulumi.get_stack()}")
+    if len(base) <= _PHYSICAL_NAME_LIMIT:
+        return base
+    digest = hashlib.sha256(base.encode()).hexdigest()[:8]
+    return f"{base[: _PHYSICAL_NAME_LIMIT - 9]}-{digest}"
+
+
+def _json(output: pulumi.Output) -> pulumi.Output[str]:
+    return pulumi.Output.json_dumps(output)
+
+
+class AwsImagePipeline(pulumi.ComponentResource):
+    uploads_bucket: pulumi.Output[str]
+    """Name of the bucket whose new objects are processed."""
+    renditions_bucket: pulumi.Output[str]
+    """Name of the bucket the renditions are written to."""
+    cdn_url: pulumi.Output[str]
+    """https:// URL of the CloudFront distribution serving the renditions."""
+    records_table: pulumi.Output[str]
+    """Name of the DynamoDB table of image records."""
+    events_topic: pulumi.Output[str]
+    """ARN of the SNS topic the CloudEvents are published to."""
+    function_name: pulumi.Output[str]
+    """Name of the Lambda function."""
+    dead_letter_queue: pulumi.Output[str]
+    """URL of the SQS queue of events that failed every retry."""
+
+    def __init__(
+        self,
+        name: str,
+        args: AwsImagePipelineArgs,
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
+        super().__init__(TYPE_TOKEN, name, {}, opts)
+        _check_args(args)
+        tags = dict(args.tags)
+        child = pulumi.ResourceOptions(parent=self)
+        invoke = pulumi.InvokeOutputOptions(parent=self)
+        account_id = aws.get_caller_identity_output(opts=invoke).account_id
+        function_physical_name = physical_name(name)
+        archive = build_lambda_archive(args.architecture, args.runtime.removeprefix("python"))
+
+        # --- buckets: private, owner-enforced, encrypted, TLS only --------------------
+        uploads = aws.s3.Bucket(f"{name}-uploads", tags=tags, opts=child)
+        renditions = aws.s3.Bucket(f"{name}-renditions", tags=tags, opts=child)
+        public_access_blocks = {}
+        for role, bucket in (("uploads", uploads), ("renditions", renditions)):
+            public_access_blocks[role] = aws.s3.BucketPublicAccessBlock(
+                f"{name}-{role}-public-access",
+                bucket=bucket.id,
+                block_public_acls=True,
+                block_public_policy=True,
+                ignore_public_acls=True,
+                restrict_public_buckets=True,
+                opts=child,
+            )
+            aws.s3.BucketOwnershipControls(
+                f"{name}-{role}-ownership",
+                bucket=bucket.id,
+                rule={"object_ownership": "BucketOwnerEnforced"},
+                opts=child,
+            )
+            aws.s3.BucketServerSideEncryptionConfiguration(
+                f"{name}-{role}-encryption",
+                bucket=bucket.id,
+                # SSE-S3: no key policy to keep in step with CloudFront's OAC.
+                rules=[{"apply_server_side_encryption_by_default": {"sse_algorithm": "AES256"}}],
+                opts=child,
+            )
+        # No versioning on uploads: the ETag already tells content apart, and versions
+        # would keep every overwritten or deleted photo (cost, and deletion requests).
+        uploads_rules: list[dict] = [
+            {
+                "id": "abort-incomplete-multipart-uploads",
+                "status": "Enabled",
+                "filter": {},
+                "abort_incomplete_multipart_upload": {"days_after_initiation": 7},
+            }
+        ]
+        if args.originals_expiry_days:
+            uploads_rules.append(
+                {
+                    "id": "expire-originals",
+                    "status": "Enabled",
+                    "filter": {},
+                    "expiration": {"days": args.originals_expiry_days},
+                }
+            )
+        aws.s3.BucketLifecycleConfiguration(
+            f"{name}-uploads-lifecycle", bucket=uploads.id, rules=uploads_rules, opts=child
+        )
+        aws.s3.BucketPolicy(
+            f"{name}-uploads-policy",
+            bucket=uploads.id,
+            policy=_json(uploads.arn.apply(policies.uploads_bucket_policy)),
+            # Policies racing the public-access block fail with OperationAborted.
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[public_access_blocks["uploads"]]),
+        )
+
+        # --- records, events, dead letters --------------------------------------------
+        records = aws.dynamodb.Table(
+            f"{name}-records",
+            billing_mode="PAY_PER_REQUEST",
+            hash_key="id",
+            attributes=[
+                {"name": "id", "type": "S"},
+                {"name": "status", "type": "S"},
+                {"name": "updated_at", "type": "S"},
+            ],
+            global_secondary_indexes=[
+                {
+                    "name": "by-status",
+                    "hash_key": "status",
+                    "range_key": "updated_at",
+                    "projection_type": "ALL",
+                }
+            ],
+            point_in_time_recovery={"enabled": True},
+            server_side_encryption={"enabled": True},
+            tags=tags,
+            opts=child,
+        )
+        events = aws.sns.Topic(
+            f"{name}-events", kms_master_key_id="alias/aws/sns", tags=tags, opts=child
+        )
+        # Unencrypted on purpose: CloudWatch alarms cannot publish to a topic under the
+        # AWS-managed SNS key, and alarm texts carry no image data.
+        ops = aws.sns.Topic(f"{name}-ops", tags=tags, opts=child)
+        dlq = aws.sqs.Queue(
+            f"{name}-dlq",
+            sqs_managed_sse_enabled=True,
+            message_retention_seconds=14 * 24 * 3600,
+            tags=tags,
+            opts=child,
+        )
+        if args.alarm_email:
+            aws.sns.TopicSubscription(
+                f"{name}-ops-email",
+                topic=ops.arn,
+                protocol="email",
+                endpoint=args.alarm_email,
+                opts=child,
+            )
+            aws.sns.TopicSubscription(
+                f"{name}-failures-email",
+                topic=events.arn,
+                protocol="email",
+                endpoint=args.alarm_email,
+                # The handler sets the CloudEvent type as the message attribute "type".
+                filter_policy=json.dumps({"type": [FAILED_EVENT_TYPE]}),
+                filter_policy_scope="MessageAttributes",
+                opts=child,
+            )
+
+        # --- the function ---------------------------------------------------------------
+        logs = aws.cloudwatch.LogGroup(
+            f"{name}-logs",
+            name=f"/aws/lambda/{function_physical_name}",
+            retention_in_days=args.log_retention_days,
+            tags=tags,
+            opts=child,
+        )
+        role = aws.iam.Role(
+            f"{name}-role",
+            assume_role_policy=json.dumps(policies.lambda_assume_role_policy()),
+            tags=tags,
+            opts=child,
+        )
+        role_policy = aws.iam.RolePolicy(
+            f"{name}-role-policy",
+            role=role.id,
+            policy=_json(
+                pulumi.Output.all(
+                    uploads.arn, renditions.arn, records.arn, events.arn, dlq.arn, logs.arn
+                ).apply(
+                    lambda arns: policies.function_policy(
+                        uploads_bucket_arn=arns[0],
+                        renditions_bucket_arn=arns[1],
+                        records_table_arn=arns[2],
+                        events_topic_arn=arns[3],
+                        dead_letter_queue_arn=arns[4],
+                        log_group_arn=arns[5],
+                        tracing=args.tracing,
+                    )
+                )
+            ),
+            opts=child,
+        )
+        function = aws.lambda_.Function(
+            f"{name}-fn",
+            name=function_physical_name,
+            role=role.arn,
+            handler=HANDLER,
+            runtime=args.runtime,
+            architectures=[args.architecture],
+            memory_size=args.memory_mb,
+            timeout=args.timeout_seconds,
+            code=pulumi.FileArchive(str(archive.path)),
+            source_code_hash=archive.source_code_hash,
+            logging_config={
+                "log_format": "JSON",
+                "log_group": logs.name,
+                "application_log_level": "INFO",
+                "system_log_level": "WARN",
+            },
+            tracing_config={"mode": "Active" if args.tracing else "PassThrough"},
+            environment={
+                "variables": {
+                    "IMAGEPIPE_SETTINGS": args.settings.to_json(),
+                    "IMAGEPIPE_RENDITIONS_BUCKET": renditions.bucket,
+                    "IMAGEPIPE_RECORDS_TABLE": records.name,
+                    "IMAGEPIPE_EVENTS_TOPIC_ARN": events.arn,
+                    "POWERTOOLS_SERVICE_NAME": "imagepipe",
+                    "POWERTOOLS_METRICS_NAMESPACE": "imagepipe",
+                }
+            },
+            tags=tags,
+            # The first invocations must find their log and data permissions in place.
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[role_policy]),
+        )
+        aws.lambda_.FunctionRecursionConfig(
+            f"{name}-recursion",
+            function_name=function.name,
+            recursive_loop="Terminate",
+            opts=child,
+        )
+        aws.lambda_.FunctionEventInvokeConfig(
+            f"{name}-async",
+            function_name=function.name,
+            maximum_retry_attempts=2,
+            maximum_event_age_in_seconds=args.max_event_age_seconds,
+            destination_config={"on_failure": {"destination": dlq.arn}},
+            # Lambda checks the role may SendMessage to the destination when this is created.
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[role_policy]),
+        )
+
+        # --- trigger: the permission must exist before S3 validates the notification ----
+        permission = aws.lambda_.Permission(
+            f"{name}-s3-invoke",
+            action="lambda:InvokeFunction",
+            function=function.name,
+            principal="s3.amazonaws.com",
+            source_arn=uploads.arn,
+            source_account=account_id,
+            opts=child,
+        )
+        notification_filter = {
+            key: value
+            for key, value in (
+                ("filter_prefix", args.uploads_prefix),
+                ("filter_suffix", args.uploads_suffix),
+            )
+            if value
+        }
+        aws.s3.BucketNotification(
+            f"{name}-uploads-notification",
+            bucket=uploads.id,
+            lambda_functions=[
+                {
+                    "lambda_function_arn": function.arn,
+                    "events": ["s3:ObjectCreated:*"],
+                    **notification_filter,
+                }
+            ],
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[permission]),
+        )
+
+        # --- delivery: CloudFront reads the renditions bucket through OAC --------------
+        origin_access = aws.cloudfront.OriginAccessControl(
+            f"{name}-oac",
+            name=function_physical_name,
+            description="CloudFront reads imagepipe renditions with SigV4.",
+            origin_access_control_origin_type="s3",
+            signing_behavior="always",
+            signing_protocol="sigv4",
+            opts=child,
+        )
+        caching_optimized = aws.cloudfront.get_cache_policy_output(
+            name="Managed-CachingOptimized", opts=invoke
+        )
+        origin_id = "renditions"
+        distribution = aws.cloudfront.Distribution(
+            f"{name}-cdn",
+            enabled=True,
+            comment=f"imagepipe renditions ({function_physical_name})",
+            http_version="http2and3",
+            is_ipv6_enabled=True,
+            price_class=args.price_class,
+            origins=[
+                {
+                    "origin_id": origin_id,
+                    "domain_name": renditions.bucket_regional_domain_name,
+                    "origin_access_control_id": origin_access.id,
+                }
+            ],
+            default_cache_behavior={
+                "target_origin_id": origin_id,
+                "viewer_protocol_policy": "redirect-to-https",
+                "allowed_methods": ["GET", "HEAD"],
+                "cached_methods": ["GET", "HEAD"],
+                "compress": True,
+                "cache_policy_id": caching_optimized.id,
+            },
+            restrictions={"geo_restriction": {"restriction_type": "none"}},
+            viewer_certificate={"cloudfront_default_certificate": True},
+            tags=tags,
+            opts=child,
+        )
+        aws.s3.BucketPolicy(
+            f"{name}-renditions-policy",
+            bucket=renditions.id,
+            policy=_json(
+                pulumi.Output.all(renditions.arn, distribution.arn).apply(
+                    lambda arns: policies.renditions_bucket_policy(arns[0], arns[1])
+                )
+            ),
+            opts=pulumi.ResourceOptions(
+                parent=self, depends_on=[public_access_blocks["renditions"]]
+            ),
+        )
+
+        # --- alarms: anything above zero is worth a look --------------------------------
+        alarms = (
+            ("errors", "AWS/Lambda", "Errors", "Sum", {"FunctionName": function.name}),
+            ("throttles", "AWS/Lambda", "Throttles", "Sum", {"FunctionName": function.name}),
+            (
+                "recursion",
+                "AWS/Lambda",
+                "RecursiveInvocationsDropped",
+                "Sum",
+                {"FunctionName": function.name},
+            ),
+            (
+                "dlq-depth",
+                "AWS/SQS",
+                "ApproximateNumberOfMessagesVisible",
+                "Maximum",
+                {"QueueName": dlq.name},
+            ),
+        )
+        for role_word, namespace, metric, statistic, dimensions in alarms:
+            aws.cloudwatch.MetricAlarm(
+                f"{name}-alarm-{role_word}",
+                alarm_description=f"imagepipe {metric} above zero ({function_physical_name}).",
+                namespace=namespace,
+                metric_name=metric,
+                dimensions=dimensions,
+                statistic=statistic,
+                period=300,
+                evaluation_periods=1,
+                threshold=0,
+                comparison_operator="GreaterThanThreshold",
+                treat_missing_data="notBreaching",
+                alarm_actions=[ops.arn],
+                ok_actions=[ops.arn],
+                tags=tags,
+                opts=child,
+            )
+
+        self.uploads_bucket = uploads.bucket
+        self.renditions_bucket = renditions.bucket
+        self.cdn_url = pulumi.Output.concat("https://", distribution.domain_name)
+        self.records_table = records.name
+        self.events_topic = events.arn
+        self.function_name = function.name
+        self.dead_letter_queue = dlq.url
+        self.register_outputs(self.stack_outputs())
+
+    def stack_outputs(self) -> dict[str, pulumi.Output]:
+        """The stack outputs, camelCase as `pulumi stack output` shows them."""
+        return {
+            "uploadsBucket": self.uploads_bucket,
+            "renditionsBucket": self.renditions_bucket,
+            "cdnUrl": self.cdn_url,
+            "recordsTable": self.records_table,
+            "eventsTopic": self.events_topic,
+            "functionName": self.function_name,
+            "deadLetterQueue": self.dead_letter_queue,
+        }
+
+
+def _check_args(args: AwsImagePipelineArgs) -> None:
+    """Values AWS would only refuse halfway through `pulumi up`."""
+    if args.log_retention_days not in LOG_RETENTION_DAYS:
+        allowed = ", ".join(str(days) for days in LOG_RETENTION_DAYS)
+        raise SettingsError(
+            f"log retention is {args.log_retention_days} days; CloudWatch keeps logs for one of "
+            f"{allowed} days."
+        )

@@ -1,0 +1,294 @@
+"""`imagepipe dev`: the whole pipeline on an emulated AWS on 127.0.0.1.
+
+moto's server plays S3, DynamoDB, SNS and SQS; `lambda_service.AsyncInvoker`
+plays the Lambda service and calls the real handler (`functions.aws.handler`)
+in this process, with the environment the component gives the function;
+`cdn.RenditionServer` plays CloudFront. Nothing but the Lambda service is
+stood in for, so what works here is what `pulumi up` deploys.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from functions.core.settings import SETTINGS_ENV, PipelineSettings
+from functions.local.cdn import RenditionServer
+from functions.local.emulated_aws import (
+    REGION,
+    MotoServer,
+    PipelineResources,
+    PortInUse,
+    boto3_client,
+    client_environment,
+    create_pipeline_resources,
+)
+from functions.local.lambda_service import DEFAULT_RETRY_DELAYS, AsyncInvoker, Handler
+from functions.local.stack_config import settings_from_stack_config
+
+EXIT_OK, EXIT_USAGE = 0, 2
+DEFAULT_PORT = 4566
+DEFAULT_STACK_CONFIG = Path("stacks/Pulumi.aws-dev.yaml")
+DEFAULT_OUTPUTS = Path(".imagepipe-dev.json")
+ACCOUNT_ID = "123456789012"  # moto's default account
+
+
+def load_lambda_handler() -> Handler:
+    """Import the real handler as a Lambda cold start would: with the environment already set.
+
+    The handler builds its clients at import time from environment variables; a
+    module imported earlier (another pipeline, another port) is imported afresh.
+    """
+    name = "functions.aws.handler"
+    module = importlib.reload(sys.modules[name]) if name in sys.modules else None
+    if module is None:
+        module = importlib.import_module(name)
+    return module.handler  # type: ignore[no-any-return]
+
+
+class DevPipeline:
+    """Start with `start()` (or `with DevPipeline(...) as pipeline:`); `stop()` undoes everything.
+
+    `wrap_handler` receives the real handler and returns what the workers call:
+    the way to inject a fault for one object without patching any module.
+    """
+
+    def __init__(
+        self,
+        *,
+        port: int = DEFAULT_PORT,
+        cdn_port: int = 0,
+        settings: PipelineSettings | None = None,
+        name: str = "imagepipe",
+        workers: int = 3,
+        retry_delays: Sequence[int] = DEFAULT_RETRY_DELAYS,
+        wrap_handler: Callable[[Handler], Handler] | None = None,
+    ) -> None:
+        self.settings = settings or PipelineSettings()
+        self.name = name
+        self._moto = MotoServer(port)
+        self._cdn_port = cdn_port
+        self._workers = workers
+        self._retry_delays = retry_delays
+        self._wrap_handler = wrap_handler
+        self._saved_environ: dict[str, str | None] = {}
+        self._cdn: RenditionServer | None = None
+        self.invoker: AsyncInvoker | None = None
+        self.resources: PipelineResources | None = None
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    def start(self) -> DevPipeline:
+        self._moto.start()  # raises PortInUse before anything else exists
+        try:
+            self.resources = create_pipeline_resources(self.endpoint, self.name)
+            self._set_environ(self.function_environment())
+            handler = load_lambda_handler()
+            if self._wrap_handler is not None:
+                handler = self._wrap_handler(handler)
+            self.invoker = AsyncInvoker(
+                sqs=boto3_client("sqs", self.endpoint),
+                trigger_queue_url=self.resources.trigger_queue_url,
+                dead_letter_queue_url=self.resources.dead_letter_queue_url,
+                handler=handler,
+                function_name=self.function_name,
+                function_arn=f"arn:aws:lambda:{REGION}:{ACCOUNT_ID}:function:{self.function_name}",
+                workers=self._workers,
+                retry_delays=self._retry_delays,
+            )
+            self.invoker.start()
+            self._cdn = RenditionServer(
+                boto3_client("s3", self.endpoint), self.resources.renditions_bucket, self._cdn_port
+            )
+            self._cdn.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        """Stop taking events, finish the ones in hand, shut the servers down, restore the env."""
+        if self.invoker is not None:
+            self.invoker.stop()
+            self.invoker = None
+        if self._cdn is not None:
+            self._cdn.stop()
+            self._cdn = None
+        self._moto.stop()
+        self._restore_environ()
+
+    def __enter__(self) -> DevPipeline:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # --- what the stack would tell you --------------------------------------------------------
+
+    @property
+    def endpoint(self) -> str:
+        return self._moto.endpoint
+
+    @property
+    def function_name(self) -> str:
+        return f"{self.name}-fn"
+
+    def function_environment(self) -> dict[str, str]:
+        """What the component sets on the function, plus what Lambda itself provides."""
+        assert self.resources is not None
+        return {
+            **client_environment(self.endpoint),
+            SETTINGS_ENV: self.settings.to_json(),
+            "IMAGEPIPE_RENDITIONS_BUCKET": self.resources.renditions_bucket,
+            "IMAGEPIPE_RECORDS_TABLE": self.resources.records_table,
+            "IMAGEPIPE_EVENTS_TOPIC_ARN": self.resources.events_topic_arn,
+        }
+
+    def outputs(self) -> dict[str, str]:
+        """The stack outputs (same names as `pulumi stack output`), plus the emulator's address."""
+        assert self.resources is not None and self._cdn is not None
+        return {
+            "uploadsBucket": self.resources.uploads_bucket,
+            "renditionsBucket": self.resources.renditions_bucket,
+            "cdnUrl": self._cdn.url,
+            "recordsTable": self.resources.records_table,
+            "eventsTopic": self.resources.events_topic_arn,
+            "functionName": self.function_name,
+            "deadLetterQueue": self.resources.dead_letter_queue_url,
+            "eventsQueue": self.resources.events_queue_url,
+            "endpoint": self.endpoint,
+            "region": REGION,
+        }
+
+    # --- environment --------------------------------------------------------------------------
+
+    def _set_environ(self, values: Mapping[str, str]) -> None:
+        for key, value in values.items():
+            self._saved_environ.setdefault(key, os.environ.get(key))
+            os.environ[key] = value
+
+    def _restore_environ(self) -> None:
+        for key, value in self._saved_environ.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        self._saved_environ.clear()
+
+
+# --- the command ------------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=DEFAULT_PORT,
+        help=f"port of the emulated AWS endpoint on 127.0.0.1 (default {DEFAULT_PORT})",
+    )
+    parser.add_argument(
+        "--cdn-port",
+        type=int,
+        default=0,
+        help="port of the renditions server (default: any free port)",
+    )
+    parser.add_argument(
+        "--stack-config",
+        type=Path,
+        default=None,
+        help=f"stack config with the imagepipe:* settings (default {DEFAULT_STACK_CONFIG} "
+        "when it exists, else the built-in defaults)",
+    )
+    parser.add_argument(
+        "--outputs",
+        type=Path,
+        default=DEFAULT_OUTPUTS,
+        help=f"where to write the outputs as JSON (default {DEFAULT_OUTPUTS}); "
+        "`imagepipe upload --dev` reads them from there",
+    )
+
+
+def resolve_settings(stack_config: Path | None) -> tuple[PipelineSettings, str]:
+    if stack_config is not None:
+        return settings_from_stack_config(stack_config), str(stack_config)
+    if DEFAULT_STACK_CONFIG.exists():
+        return settings_from_stack_config(DEFAULT_STACK_CONFIG), str(DEFAULT_STACK_CONFIG)
+    return PipelineSettings(), "built-in defaults"
+
+
+def run(args: argparse.Namespace) -> int:
+    for option, port in (("--port", args.port), ("--cdn-port", args.cdn_port)):
+        if not 0 <= port <= 65535:
+            print(
+                f"imagepipe dev: {option} is {port}; use a port from 1 to 65535.", file=sys.stderr
+            )
+            return EXIT_USAGE
+    settings, settings_source = resolve_settings(args.stack_config)
+
+    stop_requested = threading.Event()
+    previous_sigterm = signal.signal(signal.SIGTERM, lambda *_: stop_requested.set())
+    pipeline = DevPipeline(port=args.port, cdn_port=args.cdn_port, settings=settings)
+    try:
+        try:
+            pipeline.start()
+        except PortInUse as error:
+            print(f"imagepipe dev: {error}", file=sys.stderr)
+            return EXIT_USAGE
+        outputs = pipeline.outputs()
+        args.outputs.write_text(json.dumps(outputs, indent=2) + "\n", encoding="utf-8")
+        _print_banner(outputs, settings, settings_source, args.outputs)
+        try:
+            while not stop_requested.wait(0.5):
+                pass
+        except KeyboardInterrupt:
+            pass
+        print("imagepipe dev: stopping ...", file=sys.stderr, flush=True)
+    finally:
+        pipeline.stop()
+        _remove_outputs(args.outputs, pipeline)
+        signal.signal(signal.SIGTERM, previous_sigterm)
+    print("imagepipe dev: stopped", file=sys.stderr, flush=True)
+    return EXIT_OK
+
+
+def _remove_outputs(path: Path, pipeline: DevPipeline) -> None:
+    """Remove the outputs file if it is still ours: a stale one would point at a dead port."""
+    try:
+        if json.loads(path.read_text(encoding="utf-8")).get("endpoint") == pipeline.endpoint:
+            path.unlink()
+    except (OSError, ValueError):
+        pass
+
+
+def _print_banner(
+    outputs: Mapping[str, Any], settings: PipelineSettings, source: str, outputs_path: Path
+) -> None:
+    renditions = ", ".join(spec.to_compact() for spec in settings.renditions)
+    width = max(len(name) for name in outputs)
+    lines = [
+        "imagepipe dev: the pipeline is running on an emulated AWS (Ctrl-C stops it)",
+        f"settings from {source}: {renditions}",
+        "",
+        *(f"  {name:<{width}}  {value}" for name, value in outputs.items()),
+        "",
+        f"outputs written to {outputs_path}",
+        "upload with imagepipe:   imagepipe upload photo.jpg --dev",
+        "or with the AWS CLI:     "
+        + " ".join(
+            f"{k}={v}"
+            for k, v in client_environment(outputs["endpoint"]).items()
+            if k.startswith("AWS_") and k != "AWS_ENDPOINT_URL" and k != "AWS_REGION"
+        )
+        + f" aws s3 cp photo.jpg s3://{outputs['uploadsBucket']}/"
+        + f" --endpoint-url {outputs['endpoint']}",
+        "then:                    imagepipe status photo.jpg --dev",
+    ]
+    print("\n".join(lines), flush=True)

@@ -1,0 +1,193 @@
+"""The stand-in for the Lambda service: asynchronous invocation of the real handler.
+
+moto cannot run Lambda code without Docker, so the uploads bucket notifies an
+SQS queue instead, and these workers do what Lambda's async invoke does with
+each event: call the handler, treat an exception as a failed attempt, retry
+twice more with backoff, then send the event to the on-failure destination
+(the dead-letter queue) in Lambda's destination record shape.
+
+Retries are counted by the queue, not in memory: an attempt is one receive
+(`ApproximateReceiveCount`), a failed attempt makes the message visible again
+after the backoff, and the message is deleted only once the handler returned
+or the event sits in the DLQ. A worker killed mid-attempt loses nothing: the
+message reappears when its visibility timeout ends, as a Lambda timeout would.
+Lambda waits about 1 and 2 minutes between attempts; here it is 1 and 2 seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import traceback
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from time import monotonic
+from typing import Any
+
+Handler = Callable[[dict[str, Any], Any], Any]
+
+MAX_ATTEMPTS = 3  # the first try plus Lambda's default 2 retries (the component sets 2)
+DEFAULT_RETRY_DELAYS: tuple[int, ...] = (1, 2)  # seconds after attempts 1 and 2
+POLL_SECONDS = 1  # long-poll length: also how quickly stop() is noticed
+
+log = logging.getLogger("imagepipe.dev")
+
+
+@dataclass
+class LambdaContext:
+    """The attributes of Lambda's context object that handlers and Powertools read."""
+
+    function_name: str
+    invoked_function_arn: str
+    aws_request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    memory_limit_in_mb: int = 1024
+    function_version: str = "$LATEST"
+    log_group_name: str = ""
+    log_stream_name: str = ""
+    timeout_seconds: int = 60
+    _started: float = field(default_factory=monotonic)
+
+    def get_remaining_time_in_millis(self) -> int:
+        return max(0, int((self.timeout_seconds - (monotonic() - self._started)) * 1000))
+
+
+def failure_destination_record(
+    event: Mapping[str, Any],
+    error: BaseException,
+    *,
+    request_id: str,
+    function_arn: str,
+    attempts: int,
+) -> dict[str, Any]:
+    """What Lambda sends to an on-failure destination once retries are exhausted."""
+    return {
+        "version": "1.0",
+        "timestamp": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "requestContext": {
+            "requestId": request_id,
+            "functionArn": f"{function_arn}:$LATEST",
+            "condition": "RetriesExhausted",
+            "approximateInvokeCount": attempts,
+        },
+        "requestPayload": dict(event),
+        "responseContext": {
+            "statusCode": 200,
+            "executedVersion": "$LATEST",
+            "functionError": "Unhandled",
+        },
+        "responsePayload": {
+            "errorMessage": str(error),
+            "errorType": type(error).__name__,
+            "stackTrace": traceback.format_exception(error)[-5:],
+        },
+    }
+
+
+class AsyncInvoker:
+    """A small pool of threads that long-poll the trigger queue and invoke `handler`."""
+
+    def __init__(
+        self,
+        *,
+        sqs: Any,
+        trigger_queue_url: str,
+        dead_letter_queue_url: str,
+        handler: Handler,
+        function_name: str,
+        function_arn: str,
+        workers: int = 3,
+        retry_delays: Sequence[int] = DEFAULT_RETRY_DELAYS,
+    ) -> None:
+        if len(retry_delays) < MAX_ATTEMPTS - 1:
+            raise ValueError(f"retry_delays needs {MAX_ATTEMPTS - 1} entries")
+        self._sqs = sqs
+        self._trigger = trigger_queue_url
+        self._dlq = dead_letter_queue_url
+        self._handler = handler
+        self._function_name = function_name
+        self._function_arn = function_arn
+        self._retry_delays = tuple(retry_delays)
+        self._stopping = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._run, name=f"lambda-worker-{n}", daemon=True)
+            for n in range(workers)
+        ]
+        self.invocations = 0  # attempts made, for tests and the shutdown summary
+        self._count_lock = threading.Lock()
+
+    def start(self) -> None:
+        for thread in self._threads:
+            thread.start()
+
+    def stop(self, timeout: float = 30) -> None:
+        """Finish the attempts in hand, then stop; a message not yet received stays queued."""
+        self._stopping.set()
+        deadline = monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - monotonic()))
+
+    @property
+    def alive(self) -> list[threading.Thread]:
+        return [thread for thread in self._threads if thread.is_alive()]
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                response = self._sqs.receive_message(
+                    QueueUrl=self._trigger,
+                    MaxNumberOfMessages=1,
+                    WaitTimeSeconds=POLL_SECONDS,
+                    AttributeNames=["ApproximateReceiveCount"],
+                )
+            except Exception:  # the emulator is going away, or hiccuped
+                if not self._stopping.is_set():
+                    log.exception("receiving from the trigger queue failed")
+                    self._stopping.wait(0.5)
+                continue
+            for message in response.get("Messages", []):
+                self._deliver(message)
+
+    def _deliver(self, message: Mapping[str, Any]) -> None:
+        attempt = int(message.get("Attributes", {}).get("ApproximateReceiveCount", "1"))
+        receipt = message["ReceiptHandle"]
+        event = json.loads(message["Body"])
+        context = LambdaContext(self._function_name, self._function_arn)
+        with self._count_lock:
+            self.invocations += 1
+        try:
+            self._handler(event, context)
+        except Exception as error:  # noqa: BLE001 - any exception is a failed invocation
+            if attempt >= MAX_ATTEMPTS:
+                log.error(
+                    "invocation %s failed %d times (%s: %s); event sent to the dead-letter queue",
+                    context.aws_request_id,
+                    attempt,
+                    type(error).__name__,
+                    error,
+                )
+                record = failure_destination_record(
+                    event,
+                    error,
+                    request_id=context.aws_request_id,
+                    function_arn=self._function_arn,
+                    attempts=attempt,
+                )
+                self._sqs.send_message(QueueUrl=self._dlq, MessageBody=json.dumps(record))
+                self._sqs.delete_message(QueueUrl=self._trigger, ReceiptHandle=receipt)
+            else:
+                delay = self._retry_delays[attempt - 1]
+                log.warning(
+                    "invocation attempt %d failed (%s: %s); retrying in %d s",
+                    attempt,
+                    type(error).__name__,
+                    error,
+                    delay,
+                )
+                self._sqs.change_message_visibility(
+                    QueueUrl=self._trigger, ReceiptHandle=receipt, VisibilityTimeout=delay
+                )
+            return
+        self._sqs.delete_message(QueueUrl=self._trigger, ReceiptHandle=receipt)

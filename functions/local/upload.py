@@ -1,0 +1,277 @@
+"""`imagepipe upload FILE...`: put images in the uploads bucket and wait for their records.
+
+The record id is computed from what S3 answered to the upload (bucket + key +
+versionId, else the ETag), by the same rule the handler applies to the event,
+so the record can be polled before it exists.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import mimetypes
+import sys
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from functions.core.records import FINAL_STATUSES, ImageRecord, Status, record_id
+from functions.local.target import PipelineTarget, TargetError, add_target_arguments, resolve_target
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+DEFAULT_TIMEOUT = 120.0
+POLL_INTERVAL = 0.05
+UPLOAD_THREADS = 8
+
+
+@dataclass(frozen=True)
+class Upload:
+    """One file to put under one key."""
+
+    path: Path
+    key: str
+
+
+@dataclass(frozen=True)
+class UploadResult:
+    upload: Upload
+    record_id: str
+    record: ImageRecord | None  # None: no final record before the timeout
+
+    @property
+    def status(self) -> str:
+        if self.record is None:
+            return "TIMEOUT"
+        return self.record.status.value
+
+    @property
+    def milliseconds(self) -> float:
+        return round(sum(self.record.stage_ms.values()), 1) if self.record else 0.0
+
+
+def object_version(response: dict[str, Any]) -> str:
+    """The handler's rule, applied to a PutObject/HeadObject answer."""
+    from functions.aws.adapters import object_version as event_object_version
+
+    return event_object_version({"versionId": response.get("VersionId"), "eTag": response["ETag"]})
+
+
+def upload_and_wait(
+    target: PipelineTarget,
+    uploads: Sequence[Upload],
+    *,
+    timeout: float = DEFAULT_TIMEOUT,
+    poll_interval: float = POLL_INTERVAL,
+    on_progress: Callable[[int, int, int], None] | None = None,
+) -> list[UploadResult]:
+    """Upload concurrently, then poll each record until COMPLETED/FAILED or the timeout."""
+    from functions.aws.adapters import DynamoDbRecordStore
+
+    s3 = target.client("s3")
+    records = DynamoDbRecordStore(target.client("dynamodb"), target.records_table)
+
+    def put(upload: Upload) -> str:
+        content_type = mimetypes.guess_type(upload.path.name)[0] or "application/octet-stream"
+        response = s3.put_object(
+            Bucket=target.uploads_bucket,
+            Key=upload.key,
+            Body=upload.path.read_bytes(),
+            ContentType=content_type,
+        )
+        return record_id(target.uploads_bucket, upload.key, object_version(response))
+
+    with ThreadPoolExecutor(max_workers=min(UPLOAD_THREADS, max(1, len(uploads)))) as pool:
+        ids = list(pool.map(put, uploads))
+    return wait_for_records(
+        records,
+        uploads,
+        ids,
+        timeout=timeout,
+        poll_interval=poll_interval,
+        on_progress=on_progress,
+    )
+
+
+def wait_for_records(
+    records: Any,
+    uploads: Sequence[Upload],
+    ids: Sequence[str],
+    *,
+    timeout: float,
+    poll_interval: float,
+    on_progress: Callable[[int, int, int], None] | None = None,
+) -> list[UploadResult]:
+    deadline = time.monotonic() + timeout
+    final: dict[str, ImageRecord] = {}
+    while True:
+        for rid in ids:
+            if rid not in final:
+                record = records.get(rid)
+                if record is not None and record.status in FINAL_STATUSES:
+                    final[rid] = record
+        if on_progress is not None:
+            failed = sum(1 for r in final.values() if r.status is Status.FAILED)
+            on_progress(len(final), len(ids), failed)
+        if len(final) == len(set(ids)) or time.monotonic() >= deadline:
+            break
+        time.sleep(poll_interval)
+    return [UploadResult(u, rid, final.get(rid)) for u, rid in zip(uploads, ids, strict=True)]
+
+
+# --- presentation -----------------------------------------------------------------------------
+
+
+def result_json(result: UploadResult, target: PipelineTarget) -> dict[str, Any]:
+    record = result.record
+    summary: dict[str, Any] = {
+        "file": str(result.upload.path),
+        "key": result.upload.key,
+        "id": result.record_id,
+        "status": result.status,
+    }
+    if record is not None:
+        summary.update(
+            width=record.image.width if record.image else None,
+            height=record.image.height if record.image else None,
+            ms=result.milliseconds,
+            urls={r.name: target.url(r.key) for r in record.renditions},
+            error={"code": record.error.code, "message": record.error.message}
+            if record.error
+            else None,
+            record=record.to_dict(),
+        )
+    return summary
+
+
+def print_table(results: Sequence[UploadResult], target: PipelineTarget, out: TextIO) -> None:
+    rows = [("KEY", "STATUS", "SIZE", "MS", "RENDITIONS / ERROR")]
+    for result in results:
+        record = result.record
+        size = f"{record.image.width}x{record.image.height}" if record and record.image else "-"
+        ms = f"{result.milliseconds:.0f}" if record else "-"
+        details = _details(result, target)
+        rows.append((result.upload.key, result.status, size, ms, details[0]))
+        rows.extend(("", "", "", "", line) for line in details[1:])
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    for row in rows:
+        cells = [
+            row[0].ljust(widths[0]),
+            row[1].ljust(widths[1]),
+            row[2].ljust(widths[2]),
+            row[3].rjust(widths[3]),
+            row[4],
+        ]
+        print("  ".join(cells).rstrip(), file=out)
+
+
+def _details(result: UploadResult, target: PipelineTarget) -> list[str]:
+    record = result.record
+    if record is None:
+        return [f"no final record yet (record id {result.record_id})"]
+    if record.error is not None:
+        return [f"{record.error.code}: {record.error.message}"]
+    width = max((len(r.name) for r in record.renditions), default=0)
+    return [f"{r.name:<{width}}  {target.url(r.key)}" for r in record.renditions] or ["-"]
+
+
+class ProgressLine:
+    """One stderr line, rewritten in place; only on a terminal, only for several files."""
+
+    def __init__(self, stream: TextIO, total: int) -> None:
+        self._stream = stream
+        self.enabled = total > 1 and stream.isatty()
+        self._last = ""
+
+    def __call__(self, done: int, total: int, failed: int) -> None:
+        if not self.enabled:
+            return
+        text = f"processed {done}/{total}" + (f" ({failed} failed)" if failed else "")
+        if text != self._last:
+            self._stream.write("\r" + text)
+            self._stream.flush()
+            self._last = text
+
+    def close(self) -> None:
+        if self.enabled and self._last:
+            self._stream.write("\r" + " " * len(self._last) + "\r")
+            self._stream.flush()
+
+
+# --- the command ------------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("files", nargs="+", type=Path, metavar="FILE", help="images to upload")
+    add_target_arguments(parser)
+    parser.add_argument("--json", action="store_true", help="one JSON object per file, per line")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT,
+        metavar="S",
+        help=f"seconds to wait for all records (default {DEFAULT_TIMEOUT:.0f})",
+    )
+    parser.add_argument(
+        "--key-prefix",
+        default="",
+        metavar="P",
+        help="put each file under P + its file name (e.g. 'holiday/')",
+    )
+
+
+def plan_uploads(files: Sequence[Path], key_prefix: str) -> list[Upload]:
+    """One upload per file; raises ValueError with a one-line reason on bad input."""
+    uploads: list[Upload] = []
+    seen: dict[str, Path] = {}
+    for path in files:
+        if not path.is_file():
+            raise ValueError(f"{path} is not a file" if path.exists() else f"{path} does not exist")
+        key = f"{key_prefix}{path.name}"
+        if key in seen:
+            raise ValueError(f"{seen[key]} and {path} would both be uploaded as {key}")
+        seen[key] = path
+        uploads.append(Upload(path, key))
+    return uploads
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.timeout <= 0:
+        print(
+            f"imagepipe upload: --timeout is {args.timeout}; use seconds greater than 0.",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    try:
+        uploads = plan_uploads(args.files, args.key_prefix)
+        target = resolve_target(args)
+    except (ValueError, TargetError) as error:
+        print(f"imagepipe upload: {error}", file=sys.stderr)
+        return EXIT_USAGE
+
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    progress = ProgressLine(sys.stderr, len(uploads))
+    try:
+        results = upload_and_wait(target, uploads, timeout=args.timeout, on_progress=progress)
+    except (BotoCoreError, ClientError) as error:
+        progress.close()
+        where = f"the dev pipeline at {target.endpoint}" if target.endpoint else "AWS"
+        print(f"imagepipe upload: could not reach {where}: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    progress.close()
+
+    if args.json:
+        for result in results:
+            print(json.dumps(result_json(result, target), sort_keys=True))
+    else:
+        print_table(results, target, sys.stdout)
+    timed_out = [r for r in results if r.record is None]
+    if timed_out:
+        print(
+            f"imagepipe upload: {len(timed_out)} record(s) not final after {args.timeout:g} s",
+            file=sys.stderr,
+        )
+    return EXIT_OK if all(r.status == "COMPLETED" for r in results) else EXIT_FAILED

@@ -1,0 +1,553 @@
+"""The image stages: detect -> validate -> inspect -> render -> encode.
+
+Pillow and the standard library only. Each stage is a small function; `render_image`
+runs them in order and times each one. Everything that can go wrong with the
+*content* becomes a `PermanentError` with a code from the closed set; nothing
+Pillow raises on hostile bytes escapes.
+
+Decode once: the source is decoded a single time, at reduced size where the format
+allows it (JPEG DCT scaling via `draft`), and every rendition is cut from that
+decode or, when it has pixels enough, from a larger rendition made before it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import struct
+import threading
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from functools import lru_cache
+from io import BytesIO
+
+from PIL import Image
+
+from functions.core.records import ImageMetadata, PermanentError
+from functions.core.settings import Limits, PipelineSettings, RenditionSpec
+from functions.core.timing import StageTimer
+
+log = logging.getLogger("imagepipe")
+
+CONTENT_TYPES = {
+    "jpeg": "image/jpeg",
+    "webp": "image/webp",
+    "png": "image/png",
+    "avif": "image/avif",
+    "gif": "image/gif",
+}
+ALPHA_FORMATS = frozenset({"png", "webp", "avif", "gif"})
+
+# A reduced-size JPEG decode must keep at least this many source pixels per output
+# pixel (per axis) for the largest rendition, so LANCZOS still has real detail to
+# filter: DCT scaling alone aliases a little. 1.5 keeps 1/2-scale decoding for a
+# 12 MP photo -> 1024x768 and measures > 45 dB PSNR against a full-size decode.
+DRAFT_MARGIN = 1.5
+# A smaller rendition is cut from a larger one only when the larger one has at
+# least this many pixels per output pixel over the region needed; otherwise (a very
+# wide panorama cropped to a square thumb, say) it goes back to the decoded source.
+DERIVE_MARGIN = 2.0
+# Pillow reduces by an integer factor (box filter, fast) until the remaining LANCZOS
+# step is at most this ratio; 3.0 is indistinguishable from LANCZOS alone.
+REDUCING_GAP = 3.0
+
+# EXIF orientation -> the transpose a viewer applies (as ImageOps.exif_transpose).
+_ORIENTATION_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+_SWAPS_AXES = frozenset({5, 6, 7, 8})
+
+_EXIF_MAKE, _EXIF_MODEL, _EXIF_ORIENTATION = 0x010F, 0x0110, 0x0112
+_EXIF_IFD, _EXIF_DATETIME_ORIGINAL = 0x8769, 0x9003
+
+# What Pillow may raise while parsing or decoding hostile bytes. Caught only around
+# Pillow calls, so our own bugs still surface as bugs.
+_DECODE_ERRORS = (
+    OSError,
+    SyntaxError,
+    ValueError,
+    struct.error,
+    EOFError,
+    IndexError,
+    KeyError,
+    TypeError,
+    ZeroDivisionError,
+    OverflowError,
+)
+
+
+@dataclass(frozen=True)
+class EncodedRendition:
+    spec: RenditionSpec
+    data: bytes
+    width: int
+    height: int
+    format: str  # resolved output format: jpeg | webp | png | avif | gif
+    content_type: str
+
+
+@dataclass(frozen=True)
+class RenderResult:
+    metadata: ImageMetadata
+    renditions: tuple[EncodedRendition, ...]
+
+
+def render_image(data: bytes, settings: PipelineSettings, timer: StageTimer) -> RenderResult:
+    """Run every stage on one upload's bytes. Raises `PermanentError` for bad content."""
+    with timer.stage("detect"):
+        detected = detect_format(data)
+    with timer.stage("validate"):
+        if detected not in settings.allowed_formats:
+            shown = detected or "unrecognised content"
+            raise PermanentError(
+                "unsupported_format",
+                f"{shown}; allowed: {', '.join(settings.allowed_formats)}",
+            )
+        image = open_checked(data, detected, settings.limits)
+    with timer.stage("inspect"):
+        metadata = inspect(image, detected)
+    with timer.stage("render"):
+        rendered = render(image, metadata, settings.renditions)
+    outputs = []
+    for spec, picture in rendered:
+        with timer.stage("encode"):
+            outputs.append(encode(picture, spec, metadata, settings.strip_metadata))
+    return RenderResult(metadata, tuple(outputs))
+
+
+# --- detect -------------------------------------------------------------------------
+
+
+def detect_format(data: bytes) -> str | None:
+    """The input format from magic bytes alone (never the name or Content-Type).
+
+    Returns one of settings.INPUT_FORMATS, "HEIF" (recognised, never accepted), or
+    None for anything unrecognised.
+    """
+    head = data[:32]
+    if head.startswith(b"\xff\xd8\xff"):
+        return "JPEG"
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "PNG"
+    if head[:6] in (b"GIF87a", b"GIF89a"):
+        return "GIF"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WEBP"
+    if head[:2] == b"BM" and len(head) >= 26:
+        return "BMP"
+    if head[:4] in (b"II*\x00", b"MM\x00*"):
+        return "TIFF"
+    if head[4:8] == b"ftyp":
+        return _iso_bmff_format(data)
+    return None
+
+
+def _iso_bmff_format(data: bytes) -> str | None:
+    """AVIF or HEIF from the `ftyp` box's major and compatible brands."""
+    (box_size,) = struct.unpack(">I", data[:4])
+    box_size = min(max(box_size, 16), 256, len(data))
+    brands = {data[8:12]} | {data[i : i + 4] for i in range(16, box_size - 3, 4)}
+    if brands & {b"avif", b"avis"}:
+        return "AVIF"
+    if brands & {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1"}:
+        return "HEIF"
+    return None
+
+
+# --- validate -----------------------------------------------------------------------
+
+# Pillow's decompression-bomb guard is process-global state twice over: the threshold
+# is the module attribute `PIL.Image.MAX_IMAGE_PIXELS` (89 MP by default) and turning
+# its warning into an error means changing the global warnings filters
+# (`warnings.catch_warnings` is documented as not thread-safe). A Cloud Functions gen2
+# instance serves concurrent requests on threads, and one process may carry settings
+# that differ from another caller's, so flipping either for the length of a decode
+# would race and would leak our limit into unrelated code. So the swap is confined to
+# the header parse: under `_HEADER_LOCK` we set the threshold to this call's
+# `max_pixels`, make the warning an error, run `Image.open` + the frame count (no
+# pixel is decoded, well under a millisecond), and restore both. Every limit is
+# decided there; decoding happens afterwards, outside the lock, and in parallel.
+_HEADER_LOCK = threading.Lock()
+
+
+@contextmanager
+def _bomb_guard(max_pixels: int) -> Iterator[None]:
+    with _HEADER_LOCK, warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        saved = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = max_pixels
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+
+
+def open_checked(data: bytes, detected: str, limits: Limits) -> Image.Image:
+    """Parse the header with an explicit one-format allowlist and enforce the limits.
+
+    Nothing is decoded here: a header that claims enormous dimensions is refused
+    before any pixel buffer exists.
+    """
+    try:
+        with _bomb_guard(limits.max_pixels):
+            image = Image.open(BytesIO(data), formats=[detected])
+            width, height = image.size
+            if width * height > limits.max_pixels:  # belt and braces: same limit
+                raise _too_many_pixels(width, height, limits)
+            frames = getattr(image, "n_frames", 1)
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError):
+        raise PermanentError(
+            "too_many_pixels",
+            f"the {detected} header claims more than {limits.max_pixels} pixels",
+        ) from None
+    except _DECODE_ERRORS as error:
+        raise PermanentError(
+            "corrupt_image", f"the {detected} data cannot be read ({_describe(error)})"
+        ) from None
+    if width < 1 or height < 1:
+        raise PermanentError("corrupt_image", f"the {detected} header says {width}x{height}")
+    if frames > limits.max_frames:
+        raise PermanentError(
+            "too_many_frames", f"the image has {frames} frames; the limit is {limits.max_frames}"
+        )
+    return image
+
+
+def _too_many_pixels(width: int, height: int, limits: Limits) -> PermanentError:
+    return PermanentError(
+        "too_many_pixels",
+        f"the image is {width}x{height} ({width * height} pixels); "
+        f"the limit is {limits.max_pixels}",
+    )
+
+
+def _describe(error: BaseException) -> str:
+    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return f"{type(error).__name__}: {text[:120]}" if text else type(error).__name__
+
+
+# --- inspect ------------------------------------------------------------------------
+
+
+def inspect(image: Image.Image, detected: str) -> ImageMetadata:
+    """What the header says, with width/height as a viewer shows them. Never GPS."""
+    exif = _read_exif(image, detected)
+    orientation = exif.get(_EXIF_ORIENTATION)
+    orientation = orientation if isinstance(orientation, int) and 1 <= orientation <= 8 else None
+    width, height = image.size
+    if orientation in _SWAPS_AXES:
+        width, height = height, width
+    return ImageMetadata(
+        format=detected,
+        width=width,
+        height=height,
+        mode=image.mode,
+        has_alpha=_has_alpha(image),
+        frames=getattr(image, "n_frames", 1),
+        has_icc_profile=bool(image.info.get("icc_profile")),
+        orientation=orientation,
+        camera_make=_exif_text(exif.get(_EXIF_MAKE)),
+        camera_model=_exif_text(exif.get(_EXIF_MODEL)),
+        captured_at=_captured_at(exif),
+    )
+
+
+def _read_exif(image: Image.Image, detected: str) -> Image.Exif:
+    # PNG's getexif() decodes the whole image to look for an eXIf chunk after the
+    # pixel data; the PNG spec puts eXIf before IDAT, so the header is enough.
+    if detected == "PNG" and "exif" not in image.info:
+        return Image.Exif()
+    try:
+        return image.getexif()
+    except _DECODE_ERRORS:  # a broken EXIF block does not make a broken image
+        return Image.Exif()
+
+
+def _has_alpha(image: Image.Image) -> bool:
+    return image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
+
+
+def _exif_text(value: object) -> str | None:
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    if not isinstance(value, str):
+        return None
+    text = value.replace("\x00", "").strip()
+    return text[:64] or None
+
+
+def _captured_at(exif: Image.Exif) -> str | None:
+    try:
+        raw = _exif_text(exif.get_ifd(_EXIF_IFD).get(_EXIF_DATETIME_ORIGINAL))
+    except _DECODE_ERRORS:
+        return None
+    if not raw:
+        return None
+    try:
+        return datetime.strptime(raw[:19], "%Y:%m:%d %H:%M:%S").isoformat()
+    except ValueError:
+        return None
+
+
+# --- render -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """One rendition's geometry in the *stored* (unrotated) source's pixel space."""
+
+    spec: RenditionSpec
+    region: tuple[float, float, float, float]  # the part of the source it shows
+    size: tuple[int, int]  # output size before orientation is applied
+
+    @property
+    def scale(self) -> float:
+        """Output pixels per source pixel (the larger axis, to be safe)."""
+        x0, y0, x1, y1 = self.region
+        return max(self.size[0] / (x1 - x0), self.size[1] / (y1 - y0))
+
+
+@dataclass(frozen=True)
+class _Picture:
+    """A resized image and the source region it covers (stored orientation)."""
+
+    image: Image.Image
+    region: tuple[float, float, float, float]
+
+
+def plan_rendition(
+    source_size: tuple[int, int], spec: RenditionSpec, orientation: int | None
+) -> _Plan:
+    """Where a rendition comes from in the source, and how big it is. Never upscales.
+
+    contain: the whole image, scaled to fit the box.
+    cover: the centred crop with the box's aspect ratio, scaled to exactly the box;
+    a source smaller than the box keeps the crop at its own resolution.
+    Computed in stored orientation with the box turned when the EXIF orientation
+    swaps axes; centred crops are symmetric, so that is the same region a viewer sees.
+    """
+    width, height = source_size
+    box_w, box_h = (
+        (spec.height, spec.width) if orientation in _SWAPS_AXES else (spec.width, spec.height)
+    )
+    if spec.fit == "contain":
+        scale = min(box_w / width, box_h / height, 1.0)
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        return _Plan(spec, (0.0, 0.0, float(width), float(height)), size)
+    aspect = box_w / box_h
+    if width / height > aspect:
+        crop_w, crop_h = height * aspect, float(height)
+    else:
+        crop_w, crop_h = float(width), width / aspect
+    left, top = (width - crop_w) / 2, (height - crop_h) / 2
+    region = (left, top, left + crop_w, top + crop_h)
+    if crop_w <= box_w:  # the source is smaller than the box: crop only
+        size = (max(1, min(box_w, round(crop_w))), max(1, min(box_h, round(crop_h))))
+    else:
+        size = (box_w, box_h)
+    return _Plan(spec, region, size)
+
+
+def render(
+    image: Image.Image, metadata: ImageMetadata, specs: tuple[RenditionSpec, ...]
+) -> list[tuple[RenditionSpec, Image.Image]]:
+    """Decode once and cut every rendition: oriented, in sRGB, RGB or RGBA, in spec order."""
+    plans = [plan_rendition(image.size, spec, metadata.orientation) for spec in specs]
+    base = _decode(image, max(plan.scale for plan in plans))
+    icc = image.info.get("icc_profile") or None
+    made: list[_Picture] = []
+    results: dict[str, Image.Image] = {}
+    # Largest first, so smaller renditions can be cut from larger ones.
+    for plan in sorted(plans, key=lambda p: p.scale, reverse=True):
+        parent = _best_parent(plan, made) or base
+        picture = _resize(parent, plan)
+        made.append(picture)
+        results[plan.spec.name] = _finish(picture.image, metadata, plan.spec, icc)
+    return [(spec, results[spec.name]) for spec in specs]
+
+
+def _decode(image: Image.Image, max_scale: float) -> _Picture:
+    """The one full decode: reduced-size for JPEG, first frame for animations."""
+    width, height = image.size
+    region = (0.0, 0.0, float(width), float(height))
+    try:
+        if image.format in ("JPEG", "MPO") and max_scale * DRAFT_MARGIN < 0.5:
+            wanted = (
+                max(1, math.ceil(width * max_scale * DRAFT_MARGIN)),
+                max(1, math.ceil(height * max_scale * DRAFT_MARGIN)),
+            )
+            drafted = image.draft(image.mode, wanted)
+            if drafted is not None:
+                # The box is the original extent in the reduced image's pixels; the
+                # last row/column may be partial, so geometry uses the box, not .size.
+                _, box = drafted
+                region = (0.0, 0.0, box[2], box[3])
+        image.load()
+        decoded = _resizable(image)
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError):
+        raise PermanentError("too_many_pixels", "the image data exceeds the pixel limit") from None
+    except _DECODE_ERRORS as error:
+        raise PermanentError(
+            "corrupt_image", f"the {image.format} data is truncated or corrupt ({_describe(error)})"
+        ) from None
+    return _Picture(decoded, region)
+
+
+def _resizable(image: Image.Image) -> Image.Image:
+    """A mode LANCZOS can work in, keeping alpha: L, LA, RGB, RGBA or CMYK."""
+    if image.mode in ("L", "LA", "RGB", "RGBA", "CMYK"):
+        return image
+    if image.mode in ("P", "PA"):
+        return image.convert("RGBA" if _has_alpha(image) else "RGB")
+    if image.mode == "1":
+        return image.convert("L")
+    if image.mode.startswith("I;16") or image.mode == "I":
+        # 16-bit greys: Pillow's convert("L") clips at 255; scale to 8 bits instead.
+        return image.convert("I").point(lambda value: value / 257).convert("L")
+    return image.convert("RGBA" if _has_alpha(image) else "RGB")
+
+
+def _best_parent(plan: _Plan, made: list[_Picture]) -> _Picture | None:
+    """The smallest rendition already made that holds the plan's region with pixels to spare."""
+    x0, y0, x1, y1 = plan.region
+    best: _Picture | None = None
+    for picture in made:
+        px0, py0, px1, py1 = picture.region
+        epsilon = 1e-6
+        if x0 < px0 - epsilon or y0 < py0 - epsilon or x1 > px1 + epsilon or y1 > py1 + epsilon:
+            continue
+        parent_scale = min(picture.image.width / (px1 - px0), picture.image.height / (py1 - py0))
+        if parent_scale < plan.scale * DERIVE_MARGIN:
+            continue
+        if best is None or picture.image.width * picture.image.height < (
+            best.image.width * best.image.height
+        ):
+            best = picture
+    return best
+
+
+def _resize(parent: _Picture, plan: _Plan) -> _Picture:
+    px0, py0, px1, py1 = parent.region
+    scale_x = parent.image.width / (px1 - px0)
+    scale_y = parent.image.height / (py1 - py0)
+    x0, y0, x1, y1 = plan.region
+    box = ((x0 - px0) * scale_x, (y0 - py0) * scale_y, (x1 - px0) * scale_x, (y1 - py0) * scale_y)
+    box = (
+        max(0.0, box[0]),
+        max(0.0, box[1]),
+        min(float(parent.image.width), box[2]),
+        min(float(parent.image.height), box[3]),
+    )
+    if plan.size == parent.image.size and box == (0.0, 0.0, *map(float, parent.image.size)):
+        resized = parent.image.copy()
+    else:
+        resized = parent.image.resize(
+            plan.size, Image.Resampling.LANCZOS, box=box, reducing_gap=REDUCING_GAP
+        )
+    return _Picture(resized, plan.region)
+
+
+def _finish(
+    image: Image.Image, metadata: ImageMetadata, spec: RenditionSpec, icc: bytes | None
+) -> Image.Image:
+    """Orientation applied, colour in sRGB, RGB or RGBA as the output format allows."""
+    if metadata.orientation in _ORIENTATION_TRANSPOSE:
+        image = image.transpose(_ORIENTATION_TRANSPOSE[metadata.orientation])
+    image = to_srgb(image, icc)
+    if image.mode == "RGBA" and output_format(spec, metadata) not in ALPHA_FORMATS:
+        flat = Image.new("RGB", image.size, (255, 255, 255))
+        flat.paste(image, mask=image.getchannel("A"))
+        image = flat
+    return image
+
+
+def to_srgb(image: Image.Image, icc: bytes | None) -> Image.Image:
+    """RGB or RGBA in sRGB. An embedded profile is honoured; a broken one is ignored."""
+    alpha = image.getchannel("A") if image.mode in ("RGBA", "LA") else None
+    colour = image.convert(image.mode[:-1]) if alpha is not None else image
+    converted = None
+    if icc:
+        transform = _transform_to_srgb(icc, colour.mode)
+        if transform is not None:
+            from PIL import ImageCms
+
+            converted = ImageCms.applyTransform(colour, transform)
+    if converted is None:
+        converted = colour if colour.mode == "RGB" else colour.convert("RGB")
+    if alpha is not None:
+        converted.putalpha(alpha)
+    return converted
+
+
+@lru_cache(maxsize=1)
+def _srgb_profile():  # -> ImageCms.ImageCmsProfile (imported lazily: most images have no ICC)
+    from PIL import ImageCms
+
+    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
+
+
+@lru_cache(maxsize=32)
+def _transform_to_srgb(icc: bytes, mode: str):  # -> ImageCms.ImageCmsTransform | None
+    """Built once per (profile, mode): building a LittleCMS transform costs milliseconds."""
+    from PIL import ImageCms
+
+    try:
+        source = ImageCms.ImageCmsProfile(BytesIO(icc))
+        return ImageCms.buildTransform(source, _srgb_profile(), mode, "RGB")
+    except (ImageCms.PyCMSError, OSError, ValueError, TypeError) as error:
+        log.info("ignoring an unusable ICC profile (%s)", _describe(error))
+        return None
+
+
+# --- encode -------------------------------------------------------------------------
+
+
+def output_format(spec: RenditionSpec, metadata: ImageMetadata) -> str:
+    """The format a rendition is written in; "source" keeps the input's when the web can show it."""
+    if spec.format != "source":
+        return spec.format
+    web = {"JPEG": "jpeg", "PNG": "png", "GIF": "gif", "WEBP": "webp", "AVIF": "avif"}
+    if metadata.format in web:
+        return web[metadata.format]
+    return "png" if metadata.has_alpha else "jpeg"
+
+
+def encode(
+    image: Image.Image, spec: RenditionSpec, metadata: ImageMetadata, strip_metadata: bool
+) -> EncodedRendition:
+    """Per-format rules; deterministic: the same pixels and spec give the same bytes.
+
+    Metadata: the pixels are already oriented and in sRGB, so with `strip_metadata`
+    nothing else is written: no EXIF (GPS above all), no XMP, no comment and no ICC
+    profile (untagged images are shown as sRGB by browsers; a profile would only
+    add bytes). Without it, the sRGB profile is embedded so the colour is explicit;
+    camera EXIF is still not copied, because its GPS and orientation would be wrong
+    or private in a rendition.
+    """
+    fmt = output_format(spec, metadata)
+    image.info.clear()  # resize/convert copy the source's info (exif, icc, xmp, comment)
+    options: dict[str, object] = {}
+    if not strip_metadata and fmt != "gif":  # GIF has no colour profiles
+        options["icc_profile"] = _srgb_profile().tobytes()
+    if fmt == "jpeg":
+        options.update(quality=spec.quality, optimize=True, progressive=True)
+    elif fmt == "webp":
+        options.update(quality=spec.quality, method=4)
+    elif fmt == "avif":
+        options.update(quality=spec.quality)
+    elif fmt in ("png", "gif"):
+        options.update(optimize=True)
+    buffer = BytesIO()
+    image.save(buffer, format=fmt.upper(), **options)
+    return EncodedRendition(
+        spec, buffer.getvalue(), image.width, image.height, fmt, CONTENT_TYPES[fmt]
+    )

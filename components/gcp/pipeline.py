@@ -1,0 +1,482 @@
+"""`GcpImagePipeline`: GCS uploads -> Eventarc -> Cloud Functions gen2 -> Firestore + Pub/Sub.
+
+One component stands the whole pipeline up in one project and region. Every
+child is parented to the component and named `<name>-<role>`; the function's
+service account gets only what the function does, each grant on the narrowest
+resource that takes an IAM binding.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+import pulumi
+import pulumi_gcp as gcp
+
+from components.gcp.args import GcpImagePipelineArgs
+from components.gcp.function_source import build_function_source
+
+TYPE_TOKEN = "imagepipe:index:GcpImagePipeline"
+RECORDS_COLLECTION = "images"
+ENTRY_POINT = "handle_upload"
+UPLOAD_EVENT_TYPE = "google.cloud.storage.object.v1.finalized"
+# short name -> what needs it. Each is enabled once and never disabled on destroy:
+# other workloads in the project may use the same API.
+REQUIRED_APIS = {
+    "cloudfunctions": "the function",
+    "run": "the function's Cloud Run service",
+    "cloudbuild": "building the function from source",
+    "eventarc": "the storage trigger",
+    "artifactregistry": "the function's container image",
+    "firestore": "the records database",
+    "pubsub": "the events topic and the trigger's transport",
+    "storage": "the buckets",
+    "iam": "the function's service account",
+    "logging": "the log-based metrics",
+    "monitoring": "the alert policies",
+}
+CDN_API = "compute"  # only in delivery mode "cdn": the load balancer and backend bucket
+STORAGE_BASE_URL = "https://storage.googleapis.com/"
+
+
+def service_account_id(name: str, stack: str) -> str:
+    """A 6-30 character account id, unique per component name and stack within a project."""
+    slug = re.sub(r"[^a-z0-9-]+", "-", f"{name}-{stack}".lower()).strip("-")
+    if not slug[:1].isalpha():
+        slug = f"ip-{slug}"
+    digest = hashlib.sha256(f"{name}/{stack}".encode()).hexdigest()[:6]
+    return f"{slug[:20].rstrip('-')}-{digest}"
+
+
+def database_condition_expression(project_id: str, database: str) -> str:
+    """IAM condition limiting a Firestore role to one database of the project."""
+    return f'resource.name == "projects/{project_id}/databases/{database}"'
+
+
+def function_log_filter(service_name: str, extra: str) -> str:
+    """Logs of the function's Cloud Run service (a gen2 function runs as one) matching `extra`."""
+    return (
+        'resource.type="cloud_run_revision" AND '
+        f'resource.labels.service_name="{service_name.lower()}" AND {extra}'
+    )
+
+
+def log_metric_filter(metric_name: str) -> str:
+    return (
+        f'metric.type="logging.googleapis.com/user/{metric_name}" AND '
+        'resource.type="cloud_run_revision"'
+    )
+
+
+class GcpImagePipeline(pulumi.ComponentResource):
+    """The image pipeline on Google Cloud; see the module docstring."""
+
+    uploads_bucket: pulumi.Output[str]
+    """Name of the bucket users upload originals to (its finalize events trigger the function)."""
+    renditions_bucket: pulumi.Output[str]
+    """Name of the bucket the renditions are written to."""
+    cdn_url: pulumi.Output[str]
+    """Base URL of the renditions: the CDN's address in mode `cdn`, else the bucket's
+    storage.googleapis.com URL (in mode `signed-urls` each object URL must be signed)."""
+    records_collection: pulumi.Output[str]
+    """Firestore collection (in the `(default)` database) holding one document per upload."""
+    events_topic: pulumi.Output[str]
+    """Pub/Sub topic id (`projects/<p>/topics/<t>`) receiving CloudEvents per processed upload."""
+    function_name: pulumi.Output[str]
+    """Name of the Cloud Functions gen2 function."""
+
+    def __init__(
+        self,
+        name: str,
+        args: GcpImagePipelineArgs,
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
+        super().__init__(TYPE_TOKEN, name, {}, opts)
+        labels = {"app": "imagepipe", "imagepipe-component": name, **args.labels}
+        project = gcp.organizations.get_project_output()
+        project_id = project.project_id
+
+        # --- APIs ---------------------------------------------------------------------
+        apis = {
+            api: gcp.projects.Service(
+                f"{name}-api-{api}",
+                service=f"{api}.googleapis.com",
+                disable_on_destroy=False,
+                disable_dependent_services=False,
+                opts=pulumi.ResourceOptions(parent=self),
+            )
+            for api in REQUIRED_APIS
+        }
+
+        # --- Buckets ------------------------------------------------------------------
+        expiry = (
+            [
+                gcp.storage.BucketLifecycleRuleArgs(
+                    action=gcp.storage.BucketLifecycleRuleActionArgs(type="Delete"),
+                    condition=gcp.storage.BucketLifecycleRuleConditionArgs(
+                        age=args.originals_expiry_days
+                    ),
+                )
+            ]
+            if args.originals_expiry_days
+            else None
+        )
+        uploads = gcp.storage.Bucket(
+            f"{name}-uploads",
+            location=args.region,
+            uniform_bucket_level_access=True,
+            public_access_prevention="enforced",
+            force_destroy=False,
+            lifecycle_rules=expiry,
+            labels=labels,
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[apis["storage"]]),
+        )
+        renditions_public = args.delivery_mode in ("public", "cdn")
+        renditions = gcp.storage.Bucket(
+            f"{name}-renditions",
+            location=args.region,
+            uniform_bucket_level_access=True,
+            # "inherited" lets the allUsers grant below take effect; the org policy may still
+            # enforce prevention, in which case public/cdn delivery fails loudly at `pulumi up`.
+            public_access_prevention="inherited" if renditions_public else "enforced",
+            force_destroy=False,
+            labels=labels,
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[apis["storage"]]),
+        )
+
+        # --- Delivery -----------------------------------------------------------------
+        if renditions_public:
+            # Backend buckets read the bucket as an anonymous client, so both "public" and
+            # "cdn" need allUsers:objectViewer - on the renditions bucket only.
+            gcp.storage.BucketIAMMember(
+                f"{name}-renditions-public-read",
+                bucket=renditions.name,
+                role="roles/storage.objectViewer",
+                member="allUsers",
+                opts=pulumi.ResourceOptions(parent=self, depends_on=[apis["storage"]]),
+            )
+        if args.delivery_mode == "cdn":
+            compute_api = gcp.projects.Service(
+                f"{name}-api-{CDN_API}",
+                service=f"{CDN_API}.googleapis.com",
+                disable_on_destroy=False,
+                disable_dependent_services=False,
+                opts=pulumi.ResourceOptions(parent=self),
+            )
+            backend = gcp.compute.BackendBucket(
+                f"{name}-cdn",
+                bucket_name=renditions.name,
+                enable_cdn=True,
+                description="imagepipe renditions through Cloud CDN",
+                cdn_policy=gcp.compute.BackendBucketCdnPolicyArgs(
+                    # Rendition keys are content-addressed and carry Cache-Control immutable.
+                    cache_mode="CACHE_ALL_STATIC",
+                    default_ttl=86400,
+                    max_ttl=31536000,
+                    client_ttl=31536000,
+                    negative_caching=True,
+                    request_coalescing=True,
+                ),
+                opts=pulumi.ResourceOptions(parent=self, depends_on=[compute_api]),
+            )
+            url_map = gcp.compute.URLMap(
+                f"{name}-cdn-urls",
+                default_service=backend.self_link,
+                opts=pulumi.ResourceOptions(parent=self, depends_on=[compute_api]),
+            )
+            # Plain HTTP: HTTPS needs a domain you own for a ManagedSslCertificate and a
+            # TargetHttpsProxy; add both when you have one.
+            proxy = gcp.compute.TargetHttpProxy(
+                f"{name}-cdn-proxy",
+                url_map=url_map.self_link,
+                opts=pulumi.ResourceOptions(parent=self, depends_on=[compute_api]),
+            )
+            address = gcp.compute.GlobalAddress(
+                f"{name}-cdn-address",
+                labels=labels,
+                opts=pulumi.ResourceOptions(parent=self, depends_on=[compute_api]),
+            )
+            gcp.compute.GlobalForwardingRule(
+                f"{name}-cdn-http",
+                target=proxy.self_link,
+                ip_address=address.address,
+                port_range="80",
+                load_balancing_scheme="EXTERNAL_MANAGED",
+                labels=labels,
+                opts=pulumi.ResourceOptions(parent=self, depends_on=[compute_api]),
+            )
+            cdn_url = pulumi.Output.concat("http://", address.address)
+        else:
+            cdn_url = pulumi.Output.concat(STORAGE_BASE_URL, renditions.name)
+
+        # --- Records and events -------------------------------------------------------
+        database = gcp.firestore.Database(
+            f"{name}-records",
+            name="(default)",
+            type="FIRESTORE_NATIVE",
+            location_id=args.region,
+            concurrency_mode="OPTIMISTIC",
+            point_in_time_recovery_enablement="POINT_IN_TIME_RECOVERY_ENABLED",
+            delete_protection_state="DELETE_PROTECTION_ENABLED",
+            # `pulumi destroy` leaves the database and its records in place (the default).
+            deletion_policy="ABANDON",
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[apis["firestore"]]),
+        )
+        topic = gcp.pubsub.Topic(
+            f"{name}-events",
+            labels=labels,
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[apis["pubsub"]]),
+        )
+
+        # --- The function's identity and its grants -----------------------------------
+        account = gcp.serviceaccount.Account(
+            f"{name}-sa",
+            account_id=service_account_id(name, pulumi.get_stack()),
+            display_name=f"imagepipe function ({name})",
+            description="Runs the imagepipe function and is the identity of its trigger.",
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[apis["iam"]]),
+        )
+        grants = [
+            gcp.storage.BucketIAMMember(
+                f"{name}-uploads-reader",
+                bucket=uploads.name,
+                role="roles/storage.objectViewer",
+                member=account.member,
+                opts=pulumi.ResourceOptions(parent=self, depends_on=[apis["storage"]]),
+            ),
+            # objectUser, not objectCreator: a redelivered event rewrites the same rendition
+            # keys, and overwriting an object needs storage.objects.delete.
+            gcp.storage.BucketIAMMember(
+                f"{name}-renditions-writer",
+                bucket=renditions.name,
+                role="roles/storage.objectUser",
+                member=account.member,
+                opts=pulumi.ResourceOptions(parent=self, depends_on=[apis["storage"]]),
+            ),
+            # Firestore has no per-collection IAM; the condition keeps the grant to this database.
+            gcp.projects.IAMMember(
+                f"{name}-records-user",
+                project=project_id,
+                role="roles/datastore.user",
+                member=account.member,
+                condition=gcp.projects.IAMMemberConditionArgs(
+                    title="imagepipe records database only",
+                    expression=pulumi.Output.all(project_id, database.name).apply(
+                        lambda values: database_condition_expression(*values)
+                    ),
+                ),
+                opts=pulumi.ResourceOptions(parent=self, depends_on=[database]),
+            ),
+            gcp.pubsub.TopicIAMMember(
+                f"{name}-events-publisher",
+                topic=topic.name,
+                role="roles/pubsub.publisher",
+                member=account.member,
+                opts=pulumi.ResourceOptions(parent=self, depends_on=[apis["pubsub"]]),
+            ),
+            # The same account is the trigger's identity: it receives the Eventarc events.
+            gcp.projects.IAMMember(
+                f"{name}-event-receiver",
+                project=project_id,
+                role="roles/eventarc.eventReceiver",
+                member=account.member,
+                opts=pulumi.ResourceOptions(parent=self, depends_on=[apis["eventarc"]]),
+            ),
+        ]
+        # Cloud Storage publishes its events through Pub/Sub as its own service agent;
+        # without this grant the trigger is created but never fires.
+        storage_agent = gcp.storage.get_project_service_account_output(project=project_id)
+        agent_publisher = gcp.projects.IAMMember(
+            f"{name}-storage-agent-publisher",
+            project=project_id,
+            role="roles/pubsub.publisher",
+            member=storage_agent.member,
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[apis["pubsub"]]),
+        )
+
+        # --- Source and function ------------------------------------------------------
+        source = build_function_source()
+        source_bucket = gcp.storage.Bucket(
+            f"{name}-source",
+            location=args.region,
+            uniform_bucket_level_access=True,
+            public_access_prevention="enforced",
+            force_destroy=True,  # holds only build inputs that `pulumi up` can recreate
+            labels=labels,
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[apis["storage"]]),
+        )
+        archive = gcp.storage.BucketObject(
+            f"{name}-source-archive",
+            bucket=source_bucket.name,
+            name=source.object_name,
+            source=pulumi.FileAsset(str(source.path)),
+            content_type="application/zip",
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[apis["storage"]]),
+        )
+        function = gcp.cloudfunctionsv2.Function(
+            f"{name}-fn",
+            location=args.region,
+            description="imagepipe: renders each upload, records it and publishes an event",
+            labels=labels,
+            build_config=gcp.cloudfunctionsv2.FunctionBuildConfigArgs(
+                runtime=args.runtime,
+                entry_point=ENTRY_POINT,
+                source=gcp.cloudfunctionsv2.FunctionBuildConfigSourceArgs(
+                    storage_source=gcp.cloudfunctionsv2.FunctionBuildConfigSourceStorageSourceArgs(
+                        bucket=source_bucket.name,
+                        object=archive.name,
+                    )
+                ),
+            ),
+            service_config=gcp.cloudfunctionsv2.FunctionServiceConfigArgs(
+                available_memory=f"{args.memory_mb}Mi",
+                available_cpu=args.cpu,
+                timeout_seconds=args.timeout_seconds,
+                max_instance_count=args.max_instances,
+                # Rendering is CPU-bound: one event per instance at a time.
+                max_instance_request_concurrency=1,
+                # Eventarc deliveries count as internal traffic; nothing else may call it.
+                ingress_settings="ALLOW_INTERNAL_ONLY",
+                all_traffic_on_latest_revision=True,
+                service_account_email=account.email,
+                environment_variables={
+                    "IMAGEPIPE_SETTINGS": args.settings.to_json(),
+                    "IMAGEPIPE_RENDITIONS_BUCKET": renditions.name,
+                    "IMAGEPIPE_RECORDS_COLLECTION": RECORDS_COLLECTION,
+                    "IMAGEPIPE_EVENTS_TOPIC": topic.id,
+                    "IMAGEPIPE_MAX_EVENT_AGE_SECONDS": str(args.max_event_age_seconds),
+                    "GOOGLE_CLOUD_PROJECT": project_id,
+                },
+            ),
+            event_trigger=gcp.cloudfunctionsv2.FunctionEventTriggerArgs(
+                # Storage events are regional: the trigger lives where the bucket does.
+                trigger_region=args.region,
+                event_type=UPLOAD_EVENT_TYPE,
+                event_filters=[
+                    gcp.cloudfunctionsv2.FunctionEventTriggerEventFilterArgs(
+                        attribute="bucket", value=uploads.name
+                    )
+                ],
+                # Transient errors raise and are retried with backoff; the function records
+                # events older than IMAGEPIPE_MAX_EVENT_AGE_SECONDS as FAILED/expired.
+                retry_policy="RETRY_POLICY_RETRY",
+                service_account_email=account.email,
+            ),
+            opts=pulumi.ResourceOptions(
+                parent=self,
+                depends_on=[
+                    *(apis[api] for api in REQUIRED_APIS),
+                    agent_publisher,
+                    *grants,
+                ],
+            ),
+        )
+        # The trigger's identity must be allowed to invoke the function's Cloud Run service,
+        # and only that service (a gen2 function runs as a service of the same name). Granted
+        # once the service exists; an event delivered before that is refused and retried.
+        gcp.cloudrunv2.ServiceIamMember(
+            f"{name}-trigger-invoker",
+            location=args.region,
+            name=function.name,
+            role="roles/run.invoker",
+            member=account.member,
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[apis["run"]]),
+        )
+
+        # --- Observability ------------------------------------------------------------
+        self._alert_on_logs(
+            name,
+            role="errors",
+            title="imagepipe function errors",
+            log_filter=function.name.apply(
+                lambda service: function_log_filter(service, "severity>=ERROR")
+            ),
+            documentation="The function logged an error: a transient failure being retried or "
+            "a bug. Read the function's logs in Cloud Logging.",
+            labels=labels,
+            apis=apis,
+        )
+        self._alert_on_logs(
+            name,
+            role="failed-images",
+            title="imagepipe FAILED images",
+            log_filter=function.name.apply(
+                lambda service: function_log_filter(service, 'jsonPayload.status="FAILED"')
+            ),
+            documentation="An upload ended FAILED (unsupported, corrupt, too large or expired). "
+            f"Its Firestore document in '{RECORDS_COLLECTION}' says why.",
+            labels=labels,
+            apis=apis,
+        )
+
+        self.uploads_bucket = uploads.name
+        self.renditions_bucket = renditions.name
+        self.cdn_url = cdn_url
+        self.records_collection = pulumi.Output.from_input(RECORDS_COLLECTION)
+        self.events_topic = topic.id
+        self.function_name = function.name
+        self.register_outputs(self.stack_outputs())
+
+    def _alert_on_logs(
+        self,
+        name: str,
+        *,
+        role: str,
+        title: str,
+        log_filter: pulumi.Input[str],
+        documentation: str,
+        labels: dict[str, str],
+        apis: dict[str, gcp.projects.Service],
+    ) -> None:
+        """A counter of log entries matching `log_filter` and an alert when it rises above zero.
+
+        No notification channel: the incident shows in Cloud Monitoring; add a channel to
+        the policy (e-mail, chat) to be told.
+        """
+        metric = gcp.logging.Metric(
+            f"{name}-{role}",
+            filter=log_filter,
+            description=title,
+            metric_descriptor=gcp.logging.MetricMetricDescriptorArgs(
+                metric_kind="DELTA", value_type="INT64", unit="1"
+            ),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[apis["logging"]]),
+        )
+        gcp.monitoring.AlertPolicy(
+            f"{name}-{role}-alert",
+            display_name=title,
+            combiner="OR",
+            conditions=[
+                gcp.monitoring.AlertPolicyConditionArgs(
+                    display_name=f"{title} > 0 in 5 minutes",
+                    condition_threshold=gcp.monitoring.AlertPolicyConditionConditionThresholdArgs(
+                        filter=metric.name.apply(log_metric_filter),
+                        comparison="COMPARISON_GT",
+                        threshold_value=0,
+                        duration="0s",
+                        aggregations=[
+                            gcp.monitoring.AlertPolicyConditionConditionThresholdAggregationArgs(
+                                alignment_period="300s", per_series_aligner="ALIGN_SUM"
+                            )
+                        ],
+                    ),
+                )
+            ],
+            documentation=gcp.monitoring.AlertPolicyDocumentationArgs(
+                content=documentation, mime_type="text/markdown"
+            ),
+            user_labels=labels,
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[apis["monitoring"], metric]),
+        )
+
+    def stack_outputs(self) -> dict[str, pulumi.Output]:
+        """What `__main__.py` exports, by the stack output names of the contract."""
+        return {
+            "uploadsBucket": self.uploads_bucket,
+            "renditionsBucket": self.renditions_bucket,
+            "cdnUrl": self.cdn_url,
+            "recordsCollection": self.records_collection,
+            "eventsTopic": self.events_topic,
+            "functionName": self.function_name,
+        }

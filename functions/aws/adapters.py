@@ -1,0 +1,329 @@
+"""boto3 adapters for the core's ports, and the parser for S3 event notifications.
+
+Each adapter turns its SDK's outages (no connection, timeouts, throttling and
+5xx answers that survived botocore's own retries) into the core's transient
+errors, so the core can tell "try again later" from "this image is bad".
+Everything else (AccessDenied, a malformed request) propagates unchanged: it is
+a deployment bug, and Lambda's retries and dead-letter queue keep the event
+until it is fixed.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from decimal import Decimal
+from typing import Any
+from urllib.parse import unquote_plus
+
+from botocore.exceptions import ClientError, ConnectionError, HTTPClientError
+
+from functions.core.records import (
+    ImageRecord,
+    ObjectRef,
+    PublisherUnavailable,
+    RecordStoreUnavailable,
+    Status,
+    StorageUnavailable,
+    TransientError,
+)
+
+# --- S3 event notifications -------------------------------------------------------------------
+
+TEST_EVENT = "s3:TestEvent"
+# An ETag (the version used when the bucket is not versioned): an MD5, or MD5-<parts> for a
+# multipart upload. S3 version ids are 32 characters of a wider alphabet and never look like this.
+_ETAG = re.compile(r"^[0-9a-f]{32}(-\d+)?$")
+
+
+class MalformedEvent(ValueError):
+    """The event is not an S3 notification this function can act on."""
+
+
+def is_test_event(event: Mapping[str, Any]) -> bool:
+    """S3 sends one `s3:TestEvent` when a notification is configured; it names no object."""
+    return event.get("Event") == TEST_EVENT
+
+
+def object_refs(event: Mapping[str, Any]) -> list[ObjectRef]:
+    """The uploaded object versions an S3 notification reports, in order.
+
+    Records other than ObjectCreated (a misconfigured trigger) are left out.
+    """
+    if is_test_event(event):
+        return []
+    records = event.get("Records")
+    if not isinstance(records, list):
+        raise MalformedEvent("the event has no 'Records' list; expected an S3 event notification")
+    return [
+        object_ref(record, index)
+        for index, record in enumerate(records)
+        if str(record.get("eventName", "")).startswith("ObjectCreated:")
+    ]
+
+
+def object_ref(record: Mapping[str, Any], index: int = 0) -> ObjectRef:
+    try:
+        bucket = record["s3"]["bucket"]["name"]
+        obj = record["s3"]["object"]
+        raw_key = obj["key"]
+    except (KeyError, TypeError):
+        raise MalformedEvent(
+            f"S3 event record {index} lacks s3.bucket.name or s3.object.key"
+        ) from None
+    version = object_version(obj)
+    if not version:
+        raise MalformedEvent(f"S3 event record {index} has neither a versionId nor an eTag")
+    size = obj.get("size")
+    return ObjectRef(
+        bucket=bucket,
+        # Keys arrive URL-encoded, with '+' for a space.
+        key=unquote_plus(raw_key),
+        version=version,
+        size=int(size) if size is not None else None,
+    )
+
+
+def object_version(obj: Mapping[str, Any]) -> str:
+    """versionId when the bucket is versioned, else the ETag without its quotes.
+
+    S3 writes the literal versionId "null" for objects put while versioning was off or suspended.
+    """
+    version_id = obj.get("versionId")
+    if version_id and version_id != "null":
+        return str(version_id)
+    return str(obj.get("eTag") or obj.get("etag") or "").strip('"')
+
+
+def looks_like_etag(version: str) -> bool:
+    return bool(_ETAG.match(version))
+
+
+# --- Error translation ------------------------------------------------------------------------
+
+# Throttling and server-side failures: botocore already retried them with backoff.
+_RETRYABLE_CODES = frozenset(
+    {
+        "Throttling",
+        "ThrottlingException",
+        "ThrottledException",
+        "RequestThrottled",
+        "RequestThrottledException",
+        "TooManyRequestsException",
+        "ProvisionedThroughputExceededException",
+        "RequestLimitExceeded",
+        "SlowDown",
+        "TransactionInProgressException",
+        "KMSThrottlingException",
+        "InternalError",
+        "InternalFailure",
+        "ServiceUnavailable",
+    }
+)
+
+
+def error_code(error: ClientError) -> str:
+    return str(error.response.get("Error", {}).get("Code", ""))
+
+
+def http_status(error: ClientError) -> int:
+    return int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+
+
+def is_outage(error: Exception) -> bool:
+    """True for errors that another attempt later may not meet."""
+    if isinstance(error, ConnectionError | HTTPClientError):
+        return True  # refused, DNS, connect/read timeouts, connection reset
+    if isinstance(error, ClientError):
+        return error_code(error) in _RETRYABLE_CODES or http_status(error) >= 500
+    return False
+
+
+@contextmanager
+def translated_outages(
+    unavailable: Callable[[str], TransientError],
+    what: str,
+    also: frozenset[str] = frozenset(),
+) -> Iterator[None]:
+    """Re-raise SDK outages (and errors with a code in `also`) as `unavailable`."""
+    try:
+        yield
+    except TransientError:
+        raise
+    except Exception as error:
+        if is_outage(error) or (isinstance(error, ClientError) and error_code(error) in also):
+            raise unavailable(f"{what} failed: {_describe(error)}") from error
+        raise
+
+
+def _describe(error: Exception) -> str:
+    if isinstance(error, ClientError):
+        message = error.response.get("Error", {}).get("Message", "")
+        return f"{error_code(error) or http_status(error)}: {message}"
+    return str(error)
+
+
+# --- S3 ---------------------------------------------------------------------------------------
+
+_MISSING_OBJECT_CODES = frozenset(
+    {"NoSuchKey", "NoSuchVersion", "NoSuchBucket", "404", "NotFound", "PreconditionFailed", "412"}
+)
+
+
+class S3BlobStore:
+    """Reads uploads and writes renditions with one S3 client."""
+
+    def __init__(self, client: Any) -> None:
+        self._s3 = client
+
+    def read(self, bucket: str, key: str, version: str | None = None) -> bytes:
+        request: dict[str, Any] = {"Bucket": bucket, "Key": key}
+        if version and looks_like_etag(version):
+            # Unversioned bucket: insist on the bytes the event announced. If the key was
+            # overwritten since, S3 answers 412 and that later upload has its own event.
+            request["IfMatch"] = f'"{version}"'
+        elif version:
+            request["VersionId"] = version
+        with translated_outages(StorageUnavailable, f"reading s3://{bucket}/{key}"):
+            try:
+                response = self._s3.get_object(**request)
+                return response["Body"].read()
+            except ClientError as error:
+                if error_code(error) in _MISSING_OBJECT_CODES:
+                    raise KeyError(key) from error
+                raise
+
+    def write(
+        self,
+        bucket: str,
+        key: str,
+        data: bytes,
+        *,
+        content_type: str,
+        cache_control: str,
+        metadata: Mapping[str, str],
+    ) -> None:
+        with translated_outages(StorageUnavailable, f"writing s3://{bucket}/{key}"):
+            self._s3.put_object(
+                Bucket=bucket,
+                Key=key,
+                Body=data,
+                ContentType=content_type,
+                CacheControl=cache_control,
+                Metadata=dict(metadata),
+            )
+
+
+# --- DynamoDB ---------------------------------------------------------------------------------
+
+
+def to_dynamodb(value: Any) -> Any:
+    """Plain JSON-ready data -> what boto3's TypeSerializer accepts (floats as Decimal)."""
+    if isinstance(value, float):
+        # str() keeps the short decimal form: Decimal(0.1) would be 55 digits of binary noise.
+        return Decimal(str(value))
+    if isinstance(value, Mapping):
+        return {k: to_dynamodb(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_dynamodb(v) for v in value]
+    return value
+
+
+def from_dynamodb(value: Any) -> Any:
+    """TypeDeserializer output -> plain data (Decimal back to int or float)."""
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, Mapping):
+        return {k: from_dynamodb(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [from_dynamodb(v) for v in value]
+    return value
+
+
+# A missing table (deleted, or mid-restore: point-in-time recovery restores into a new table)
+# means nothing can be recorded; the event must wait for a retry, like in an outage.
+_NO_TABLE = frozenset({"ResourceNotFoundException"})
+
+
+class DynamoDbRecordStore:
+    """Image records in one table keyed by `id`, with conditional writes for the claim."""
+
+    def __init__(self, client: Any, table: str) -> None:
+        # The low-level client and the type (de)serializers: the boto3 resource layer would
+        # add a noticeable share to the cold start for the same three calls.
+        from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
+
+        self._dynamodb = client
+        self.table = table
+        self._serialize = TypeSerializer().serialize
+        self._deserialize = TypeDeserializer().deserialize
+
+    def get(self, record_id: str) -> ImageRecord | None:
+        with translated_outages(
+            RecordStoreUnavailable, f"reading record {record_id} from table {self.table}", _NO_TABLE
+        ):
+            response = self._dynamodb.get_item(
+                TableName=self.table, Key={"id": {"S": record_id}}, ConsistentRead=True
+            )
+        item = response.get("Item")
+        if item is None:
+            return None
+        return ImageRecord.from_dict(
+            from_dynamodb({name: self._deserialize(value) for name, value in item.items()})
+        )
+
+    def create(self, record: ImageRecord) -> bool:
+        return self._put(record, ConditionExpression="attribute_not_exists(id)")
+
+    def replace(
+        self, record: ImageRecord, *, expected_status: Status, expected_attempts: int
+    ) -> bool:
+        return self._put(
+            record,
+            ConditionExpression="#s = :expected_status AND attempts = :expected_attempts",
+            ExpressionAttributeNames={"#s": "status"},
+            ExpressionAttributeValues={
+                ":expected_status": {"S": expected_status.value},
+                ":expected_attempts": {"N": str(expected_attempts)},
+            },
+        )
+
+    def _put(self, record: ImageRecord, **condition: Any) -> bool:
+        item = {
+            name: self._serialize(value) for name, value in to_dynamodb(record.to_dict()).items()
+        }
+        with translated_outages(
+            RecordStoreUnavailable, f"writing record {record.id} to table {self.table}", _NO_TABLE
+        ):
+            try:
+                self._dynamodb.put_item(TableName=self.table, Item=item, **condition)
+            except ClientError as error:
+                if error_code(error) == "ConditionalCheckFailedException":
+                    return False
+                raise
+        return True
+
+
+# --- SNS --------------------------------------------------------------------------------------
+
+
+class SnsEventPublisher:
+    """Publishes each CloudEvent as the JSON message body, its type as a message attribute.
+
+    The attribute lets subscriptions filter (the component's failure e-mail takes only
+    `imagepipe.image.failed`) without parsing the body.
+    """
+
+    def __init__(self, client: Any, topic_arn: str) -> None:
+        self._sns = client
+        self.topic_arn = topic_arn
+
+    def publish(self, event: Mapping[str, Any]) -> None:
+        with translated_outages(PublisherUnavailable, f"publishing {event.get('id')}"):
+            self._sns.publish(
+                TopicArn=self.topic_arn,
+                Message=json.dumps(event, separators=(",", ":"), ensure_ascii=False),
+                MessageAttributes={"type": {"DataType": "String", "StringValue": event["type"]}},
+            )

@@ -1,0 +1,183 @@
+"""The boto3 adapters against moto over HTTP: the ports' contracts; outages as transient errors."""
+
+from __future__ import annotations
+
+import socket
+
+import boto3
+import pytest
+from botocore.config import Config
+
+from functions.aws.adapters import DynamoDbRecordStore, S3BlobStore, SnsEventPublisher
+from functions.core.events import lifecycle_event
+from functions.core.records import (
+    ErrorInfo,
+    ImageMetadata,
+    ImageRecord,
+    PublisherUnavailable,
+    RecordStoreUnavailable,
+    RenditionRecord,
+    Source,
+    Status,
+    StorageUnavailable,
+)
+
+from .conftest import RENDITIONS, TABLE, UPLOADS, EmulatedStack
+
+pytestmark = pytest.mark.emulator
+
+
+def a_record(status: Status = Status.PROCESSING, attempts: int = 1) -> ImageRecord:
+    return ImageRecord(
+        id="r" * 40,
+        source=Source(UPLOADS, "dir/photo one.jpg", "0123456789abcdef0123456789abcdef", 1234),
+        status=status,
+        attempts=attempts,
+        created_at="2026-01-01T00:00:00.000Z",
+        updated_at="2026-01-01T00:00:01.000Z",
+        lease_expires_at="2026-01-01T00:16:00.000Z",
+    )
+
+
+def finished_record() -> ImageRecord:
+    return a_record(Status.COMPLETED).evolve(
+        stage_ms={"read": 1.25, "render": 80.0, "store": 0.1},
+        image=ImageMetadata("JPEG", 1600, 1200, "RGB", False, 1, True, orientation=None),
+        renditions=(RenditionRecord("thumb", "abc/thumb.jpg", 200, 200, "jpeg", 5120),),
+        error=ErrorInfo("storage_unavailable", "earlier attempt", True),
+        lease_expires_at=None,
+    )
+
+
+@pytest.fixture
+def records(stack: EmulatedStack) -> DynamoDbRecordStore:
+    return DynamoDbRecordStore(boto3.client("dynamodb"), TABLE)
+
+
+def test_a_record_round_trips_with_floats_nones_and_nested_values(
+    records: DynamoDbRecordStore,
+) -> None:
+    record = finished_record()
+    assert records.create(record)
+    assert records.get(record.id) == record
+    assert records.get("absent") is None
+
+
+def test_create_refuses_an_existing_id(records: DynamoDbRecordStore) -> None:
+    assert records.create(a_record())
+    assert not records.create(a_record(Status.PENDING, attempts=7))
+    assert records.get(a_record().id) == a_record()
+
+
+def test_replace_needs_the_expected_status_and_attempts(records: DynamoDbRecordStore) -> None:
+    records.create(a_record(Status.PROCESSING, attempts=2))
+    done = finished_record().evolve(attempts=2)
+    assert not records.replace(done, expected_status=Status.PENDING, expected_attempts=2)
+    assert not records.replace(done, expected_status=Status.PROCESSING, expected_attempts=1)
+    assert records.replace(done, expected_status=Status.PROCESSING, expected_attempts=2)
+    assert records.get(done.id) == done
+    assert not records.replace(
+        done.evolve(id="s" * 40), expected_status=Status.PROCESSING, expected_attempts=2
+    )
+
+
+def test_the_status_index_finds_records_by_status(
+    stack: EmulatedStack, records: DynamoDbRecordStore
+) -> None:
+    records.create(finished_record())
+    found = stack.dynamodb.query(
+        TableName=TABLE,
+        IndexName="by-status",
+        KeyConditionExpression="#s = :s",
+        ExpressionAttributeNames={"#s": "status"},
+        ExpressionAttributeValues={":s": {"S": "COMPLETED"}},
+    )["Items"]
+    assert [item["id"]["S"] for item in found] == [finished_record().id]
+
+
+def test_a_missing_table_is_an_unavailable_record_store(
+    stack: EmulatedStack, records: DynamoDbRecordStore
+) -> None:
+    stack.dynamodb.delete_table(TableName=TABLE)
+    with pytest.raises(RecordStoreUnavailable, match=TABLE):
+        records.get("x")
+    with pytest.raises(RecordStoreUnavailable):
+        records.create(a_record())
+
+
+def test_blobs_are_written_with_their_headers_and_read_back(stack: EmulatedStack) -> None:
+    blobs = S3BlobStore(boto3.client("s3"))
+    blobs.write(
+        RENDITIONS,
+        "k/thumb.jpg",
+        b"bytes",
+        content_type="image/jpeg",
+        cache_control="public, max-age=31536000, immutable",
+        metadata={"imagepipe-rendition": "true"},
+    )
+    head = stack.s3.head_object(Bucket=RENDITIONS, Key="k/thumb.jpg")
+    assert head["ContentType"] == "image/jpeg"
+    assert head["CacheControl"] == "public, max-age=31536000, immutable"
+    assert head["Metadata"] == {"imagepipe-rendition": "true"}
+    assert blobs.read(RENDITIONS, "k/thumb.jpg") == b"bytes"
+
+
+def test_a_read_by_etag_refuses_an_overwritten_object(stack: EmulatedStack) -> None:
+    blobs = S3BlobStore(boto3.client("s3"))
+    first = stack.s3.put_object(Bucket=UPLOADS, Key="a b.jpg", Body=b"first")["ETag"].strip('"')
+    assert blobs.read(UPLOADS, "a b.jpg", first) == b"first"
+    stack.s3.put_object(Bucket=UPLOADS, Key="a b.jpg", Body=b"second")
+    with pytest.raises(KeyError):
+        blobs.read(UPLOADS, "a b.jpg", first)
+    with pytest.raises(KeyError):
+        blobs.read(UPLOADS, "never-uploaded.jpg", first)
+
+
+def test_a_read_by_version_id_gets_that_version(stack: EmulatedStack) -> None:
+    stack.s3.put_bucket_versioning(Bucket=UPLOADS, VersioningConfiguration={"Status": "Enabled"})
+    blobs = S3BlobStore(boto3.client("s3"))
+    old = stack.s3.put_object(Bucket=UPLOADS, Key="v.jpg", Body=b"old")["VersionId"]
+    stack.s3.put_object(Bucket=UPLOADS, Key="v.jpg", Body=b"new")
+    assert blobs.read(UPLOADS, "v.jpg", old) == b"old"
+    stack.s3.delete_object(Bucket=UPLOADS, Key="v.jpg", VersionId=old)
+    with pytest.raises(KeyError):
+        blobs.read(UPLOADS, "v.jpg", old)
+
+
+def test_events_are_published_as_json_with_their_type_attribute(stack: EmulatedStack) -> None:
+    publisher = SnsEventPublisher(boto3.client("sns"), stack.topic_arn)
+    event = lifecycle_event(finished_record(), source="urn:imagepipe:aws:test")
+    publisher.publish(event)
+    (received,) = stack.published_events()
+    assert received["event"] == event
+    assert received["type_attribute"] == "imagepipe.image.completed"
+
+
+def closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]  # nothing listens once the probe is closed
+
+
+@pytest.fixture
+def unreachable() -> Config:
+    """A client config for an endpoint that refuses connections, retried once."""
+    return Config(retries={"mode": "standard", "total_max_attempts": 2}, connect_timeout=1)
+
+
+def test_an_unreachable_endpoint_is_a_transient_error_for_every_port(unreachable: Config) -> None:
+    endpoint = f"http://127.0.0.1:{closed_port()}"
+    blobs = S3BlobStore(boto3.client("s3", endpoint_url=endpoint, config=unreachable))
+    records = DynamoDbRecordStore(
+        boto3.client("dynamodb", endpoint_url=endpoint, config=unreachable), TABLE
+    )
+    publisher = SnsEventPublisher(
+        boto3.client("sns", endpoint_url=endpoint, config=unreachable),
+        "arn:aws:sns:us-east-1:123456789012:t",
+    )
+    with pytest.raises(StorageUnavailable, match="reading s3://"):
+        blobs.read(UPLOADS, "a.jpg", "v")
+    with pytest.raises(RecordStoreUnavailable):
+        records.get("x")
+    with pytest.raises(PublisherUnavailable):
+        publisher.publish(lifecycle_event(finished_record(), source="urn:test"))

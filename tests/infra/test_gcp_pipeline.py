@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import runpy
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ import pytest
 import yaml
 
 from components.gcp import GcpImagePipeline, GcpImagePipelineArgs
-from components.gcp.pipeline import REQUIRED_APIS
+from components.gcp.pipeline import REQUIRED_APIS, service_account_id
 from functions.core.settings import PipelineSettings, RenditionSpec
 from tests.infra.conftest import (
     GCP_PROJECT,
@@ -400,3 +401,14 @@ def test_main_rejects_an_unknown_delivery_mode_naming_the_key(pulumi_mocks):
     with pytest.raises(pulumi.RunError, match=r"imagepipe:deliveryMode is 'ftp'.*signed-urls"):
         run_main()
     assert not pulumi_mocks.of_type(FUNCTION)
+
+
+@pytest.mark.parametrize(
+    ("name", "stack"),
+    [("imagepipe", "dev"), ("Image_Pipe", "a-very-long-production-stack-name"), ("9lives", "x")],
+)
+def test_service_account_ids_are_valid_and_differ_per_stack(name, stack):
+    account_id = service_account_id(name, stack)
+
+    assert re.fullmatch(r"[a-z][a-z0-9-]{4,28}[a-z0-9]", account_id), account_id
+    assert account_id != service_account_id(name, stack + "2")

@@ -16,6 +16,7 @@ import os
 import signal
 import sys
 import threading
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ from functions.local.emulated_aws import (
     create_pipeline_resources,
 )
 from functions.local.lambda_service import DEFAULT_RETRY_DELAYS, AsyncInvoker, Handler
-from functions.local.stack_config import settings_from_stack_config
+from functions.local.stack_config import LocalStackConfig, read_stack_config
 
 EXIT_OK, EXIT_USAGE = 0, 2
 DEFAULT_PORT = 4566
@@ -66,14 +67,17 @@ class DevPipeline:
         *,
         port: int = DEFAULT_PORT,
         cdn_port: int = 0,
-        settings: PipelineSettings | None = None,
+        stack: LocalStackConfig | None = None,
         name: str = "imagepipe",
+        log_level: str = "INFO",
         workers: int = 3,
         retry_delays: Sequence[int] = DEFAULT_RETRY_DELAYS,
         wrap_handler: Callable[[Handler], Handler] | None = None,
     ) -> None:
-        self.settings = settings or PipelineSettings()
+        self.stack = stack or LocalStackConfig()
+        self.settings: PipelineSettings = self.stack.settings
         self.name = name
+        self._log_level = log_level
         self._moto = MotoServer(port)
         self._cdn_port = cdn_port
         self._workers = workers
@@ -87,9 +91,13 @@ class DevPipeline:
     # --- lifecycle ----------------------------------------------------------------------------
 
     def start(self) -> DevPipeline:
+        # Metrics are disabled locally, so Powertools' "no metrics to publish" has nothing to say.
+        warnings.filterwarnings("ignore", message="No application metrics to publish")
         self._moto.start()  # raises PortInUse before anything else exists
         try:
-            self.resources = create_pipeline_resources(self.endpoint, self.name)
+            self.resources = create_pipeline_resources(
+                self.endpoint, self.name, self.stack.uploads_prefix, self.stack.uploads_suffix
+            )
             self._set_environ(self.function_environment())
             handler = load_lambda_handler()
             if self._wrap_handler is not None:
@@ -103,6 +111,7 @@ class DevPipeline:
                 function_arn=f"arn:aws:lambda:{REGION}:{ACCOUNT_ID}:function:{self.function_name}",
                 workers=self._workers,
                 retry_delays=self._retry_delays,
+                max_event_age_seconds=self.stack.max_event_age_seconds,
             )
             self.invoker.start()
             self._cdn = RenditionServer(
@@ -150,6 +159,13 @@ class DevPipeline:
             "IMAGEPIPE_RENDITIONS_BUCKET": self.resources.renditions_bucket,
             "IMAGEPIPE_RECORDS_TABLE": self.resources.records_table,
             "IMAGEPIPE_EVENTS_TOPIC_ARN": self.resources.events_topic_arn,
+            "POWERTOOLS_SERVICE_NAME": "imagepipe",
+            "POWERTOOLS_METRICS_NAMESPACE": "imagepipe",
+            # Lambda's own variable; the handler names its event source after it.
+            "AWS_LAMBDA_FUNCTION_NAME": self.function_name,
+            # CloudWatch would swallow the EMF metric blobs; on a terminal they are noise.
+            "POWERTOOLS_METRICS_DISABLED": "true",
+            "POWERTOOLS_LOG_LEVEL": self._log_level,
         }
 
     def outputs(self) -> dict[str, str]:
@@ -157,6 +173,7 @@ class DevPipeline:
         assert self.resources is not None and self._cdn is not None
         return {
             "uploadsBucket": self.resources.uploads_bucket,
+            "uploadsPrefix": self.stack.uploads_prefix,
             "renditionsBucket": self.resources.renditions_bucket,
             "cdnUrl": self._cdn.url,
             "recordsTable": self.resources.records_table,
@@ -216,12 +233,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def resolve_settings(stack_config: Path | None) -> tuple[PipelineSettings, str]:
-    if stack_config is not None:
-        return settings_from_stack_config(stack_config), str(stack_config)
+def resolve_stack_config(path: Path | None) -> tuple[LocalStackConfig, str]:
+    """The given stack config; else the example one when run from the project; else defaults."""
+    if path is not None:
+        return read_stack_config(path), str(path)
     if DEFAULT_STACK_CONFIG.exists():
-        return settings_from_stack_config(DEFAULT_STACK_CONFIG), str(DEFAULT_STACK_CONFIG)
-    return PipelineSettings(), "built-in defaults"
+        return read_stack_config(DEFAULT_STACK_CONFIG), str(DEFAULT_STACK_CONFIG)
+    return LocalStackConfig(), "built-in defaults"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -231,11 +249,12 @@ def run(args: argparse.Namespace) -> int:
                 f"imagepipe dev: {option} is {port}; use a port from 1 to 65535.", file=sys.stderr
             )
             return EXIT_USAGE
-    settings, settings_source = resolve_settings(args.stack_config)
+    stack, settings_source = resolve_stack_config(args.stack_config)
 
     stop_requested = threading.Event()
     previous_sigterm = signal.signal(signal.SIGTERM, lambda *_: stop_requested.set())
-    pipeline = DevPipeline(port=args.port, cdn_port=args.cdn_port, settings=settings)
+    pipeline = DevPipeline(port=args.port, cdn_port=args.cdn_port, stack=stack)
+    outputs: dict[str, str] = {}
     try:
         try:
             pipeline.start()
@@ -244,7 +263,7 @@ def run(args: argparse.Namespace) -> int:
             return EXIT_USAGE
         outputs = pipeline.outputs()
         args.outputs.write_text(json.dumps(outputs, indent=2) + "\n", encoding="utf-8")
-        _print_banner(outputs, settings, settings_source, args.outputs)
+        _print_banner(outputs, stack.settings, settings_source, args.outputs)
         try:
             while not stop_requested.wait(0.5):
                 pass
@@ -253,16 +272,17 @@ def run(args: argparse.Namespace) -> int:
         print("imagepipe dev: stopping ...", file=sys.stderr, flush=True)
     finally:
         pipeline.stop()
-        _remove_outputs(args.outputs, pipeline)
+        if outputs:
+            _remove_outputs(args.outputs, outputs["endpoint"])
         signal.signal(signal.SIGTERM, previous_sigterm)
     print("imagepipe dev: stopped", file=sys.stderr, flush=True)
     return EXIT_OK
 
 
-def _remove_outputs(path: Path, pipeline: DevPipeline) -> None:
+def _remove_outputs(path: Path, endpoint: str) -> None:
     """Remove the outputs file if it is still ours: a stale one would point at a dead port."""
     try:
-        if json.loads(path.read_text(encoding="utf-8")).get("endpoint") == pipeline.endpoint:
+        if json.loads(path.read_text(encoding="utf-8")).get("endpoint") == endpoint:
             path.unlink()
     except (OSError, ValueError):
         pass
@@ -287,8 +307,8 @@ def _print_banner(
             for k, v in client_environment(outputs["endpoint"]).items()
             if k.startswith("AWS_") and k != "AWS_ENDPOINT_URL" and k != "AWS_REGION"
         )
-        + f" aws s3 cp photo.jpg s3://{outputs['uploadsBucket']}/"
+        + f" aws s3 cp photo.jpg s3://{outputs['uploadsBucket']}/{outputs['uploadsPrefix']}"
         + f" --endpoint-url {outputs['endpoint']}",
-        "then:                    imagepipe status photo.jpg --dev",
+        f"then:                    imagepipe status {outputs['uploadsPrefix']}photo.jpg --dev",
     ]
     print("\n".join(lines), flush=True)

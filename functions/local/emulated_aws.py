@@ -73,10 +73,13 @@ class MotoServer:
         self.requested_port = port
         self._server: Any = None
         self._thread: threading.Thread | None = None
+        self._bound_port: int | None = None
 
     @property
     def port(self) -> int:
-        return int(self._server.server_address[1])
+        if self._bound_port is None:
+            raise RuntimeError("the emulator has not been started")
+        return self._bound_port
 
     @property
     def endpoint(self) -> str:
@@ -101,6 +104,7 @@ class MotoServer:
             if error.errno == errno.EADDRINUSE:
                 raise PortInUse(self.requested_port) from None
             raise
+        self._bound_port = int(self._server.server_address[1])
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="moto-server", daemon=True
         )
@@ -137,8 +141,13 @@ class PipelineResources:
     events_queue_url: str  # subscribed to the events topic, for watching events
 
 
-def create_pipeline_resources(endpoint: str, name: str = "imagepipe") -> PipelineResources:
-    """Create the component's resources with its role words: `<name>-uploads`, `-records`, ..."""
+def create_pipeline_resources(
+    endpoint: str, name: str = "imagepipe", uploads_prefix: str = "", uploads_suffix: str = ""
+) -> PipelineResources:
+    """Create the component's resources with its role words: `<name>-uploads`, `-records`, ...
+
+    The notification has the stack's prefix/suffix filter: a key outside it triggers nothing.
+    """
     s3 = boto3_client("s3", endpoint)
     dynamodb = boto3_client("dynamodb", endpoint)
     sns = boto3_client("sns", endpoint)
@@ -180,17 +189,20 @@ def create_pipeline_resources(endpoint: str, name: str = "imagepipe") -> Pipelin
     )["QueueUrl"]
     events_url = sqs.create_queue(QueueName=f"{name}-events-watch")["QueueUrl"]
 
+    notification: dict[str, Any] = {
+        "Id": f"{name}-fn",
+        "QueueArn": _queue_arn(sqs, trigger_url),
+        "Events": ["s3:ObjectCreated:*"],
+    }
+    rules = [
+        {"Name": name_, "Value": value}
+        for name_, value in (("prefix", uploads_prefix), ("suffix", uploads_suffix))
+        if value
+    ]
+    if rules:
+        notification["Filter"] = {"Key": {"FilterRules": rules}}
     s3.put_bucket_notification_configuration(
-        Bucket=uploads,
-        NotificationConfiguration={
-            "QueueConfigurations": [
-                {
-                    "Id": f"{name}-fn",
-                    "QueueArn": _queue_arn(sqs, trigger_url),
-                    "Events": ["s3:ObjectCreated:*"],
-                }
-            ]
-        },
+        Bucket=uploads, NotificationConfiguration={"QueueConfigurations": [notification]}
     )
     sns.subscribe(
         TopicArn=topic_arn,

@@ -12,6 +12,8 @@ after the backoff, and the message is deleted only once the handler returned
 or the event sits in the DLQ. A worker killed mid-attempt loses nothing: the
 message reappears when its visibility timeout ends, as a Lambda timeout would.
 Lambda waits about 1 and 2 minutes between attempts; here it is 1 and 2 seconds.
+An event older than the maximum event age is not invoked again but dead-lettered
+(condition `EventAgeExceeded`), as Lambda does.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 import traceback
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -56,34 +59,37 @@ class LambdaContext:
 
 def failure_destination_record(
     event: Mapping[str, Any],
-    error: BaseException,
+    error: BaseException | None,
     *,
+    condition: str = "RetriesExhausted",
     request_id: str,
     function_arn: str,
     attempts: int,
 ) -> dict[str, Any]:
     """What Lambda sends to an on-failure destination once retries are exhausted."""
-    return {
+    record: dict[str, Any] = {
         "version": "1.0",
         "timestamp": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
         "requestContext": {
             "requestId": request_id,
             "functionArn": f"{function_arn}:$LATEST",
-            "condition": "RetriesExhausted",
+            "condition": condition,
             "approximateInvokeCount": attempts,
         },
         "requestPayload": dict(event),
-        "responseContext": {
+    }
+    if error is not None:
+        record["responseContext"] = {
             "statusCode": 200,
             "executedVersion": "$LATEST",
             "functionError": "Unhandled",
-        },
-        "responsePayload": {
+        }
+        record["responsePayload"] = {
             "errorMessage": str(error),
             "errorType": type(error).__name__,
             "stackTrace": traceback.format_exception(error)[-5:],
-        },
-    }
+        }
+    return record
 
 
 class AsyncInvoker:
@@ -100,6 +106,7 @@ class AsyncInvoker:
         function_arn: str,
         workers: int = 3,
         retry_delays: Sequence[int] = DEFAULT_RETRY_DELAYS,
+        max_event_age_seconds: int = 3600,
     ) -> None:
         if len(retry_delays) < MAX_ATTEMPTS - 1:
             raise ValueError(f"retry_delays needs {MAX_ATTEMPTS - 1} entries")
@@ -110,6 +117,7 @@ class AsyncInvoker:
         self._function_name = function_name
         self._function_arn = function_arn
         self._retry_delays = tuple(retry_delays)
+        self._max_event_age_ms = max_event_age_seconds * 1000
         self._stopping = threading.Event()
         self._threads = [
             threading.Thread(target=self._run, name=f"lambda-worker-{n}", daemon=True)
@@ -140,7 +148,7 @@ class AsyncInvoker:
                     QueueUrl=self._trigger,
                     MaxNumberOfMessages=1,
                     WaitTimeSeconds=POLL_SECONDS,
-                    AttributeNames=["ApproximateReceiveCount"],
+                    AttributeNames=["ApproximateReceiveCount", "SentTimestamp"],
                 )
             except Exception:  # the emulator is going away, or hiccuped
                 if not self._stopping.is_set():
@@ -151,10 +159,23 @@ class AsyncInvoker:
                 self._deliver(message)
 
     def _deliver(self, message: Mapping[str, Any]) -> None:
-        attempt = int(message.get("Attributes", {}).get("ApproximateReceiveCount", "1"))
+        attributes = message.get("Attributes", {})
+        attempt = int(attributes.get("ApproximateReceiveCount", "1"))
         receipt = message["ReceiptHandle"]
         event = json.loads(message["Body"])
+        if event.get("Event") == "s3:TestEvent":
+            # S3 sends it to queues and topics when a notification is set up, never to a
+            # Lambda function: it only exists here because of the queue standing in for Lambda.
+            self._sqs.delete_message(QueueUrl=self._trigger, ReceiptHandle=receipt)
+            return
         context = LambdaContext(self._function_name, self._function_arn)
+        age_ms = time.time() * 1000 - int(attributes.get("SentTimestamp", time.time() * 1000))
+        if attempt > 1 and age_ms > self._max_event_age_ms:
+            log.error(
+                "event %s is past the maximum event age; dead-lettered", context.aws_request_id
+            )
+            self._dead_letter(event, None, context, attempt - 1, "EventAgeExceeded", receipt)
+            return
         with self._count_lock:
             self.invocations += 1
         try:
@@ -168,15 +189,7 @@ class AsyncInvoker:
                     type(error).__name__,
                     error,
                 )
-                record = failure_destination_record(
-                    event,
-                    error,
-                    request_id=context.aws_request_id,
-                    function_arn=self._function_arn,
-                    attempts=attempt,
-                )
-                self._sqs.send_message(QueueUrl=self._dlq, MessageBody=json.dumps(record))
-                self._sqs.delete_message(QueueUrl=self._trigger, ReceiptHandle=receipt)
+                self._dead_letter(event, error, context, attempt, "RetriesExhausted", receipt)
             else:
                 delay = self._retry_delays[attempt - 1]
                 log.warning(
@@ -190,4 +203,25 @@ class AsyncInvoker:
                     QueueUrl=self._trigger, ReceiptHandle=receipt, VisibilityTimeout=delay
                 )
             return
+        self._sqs.delete_message(QueueUrl=self._trigger, ReceiptHandle=receipt)
+
+    def _dead_letter(
+        self,
+        event: Mapping[str, Any],
+        error: BaseException | None,
+        context: LambdaContext,
+        attempts: int,
+        condition: str,
+        receipt: str,
+    ) -> None:
+        """Send to the DLQ first, delete second: a crash in between duplicates, never loses."""
+        record = failure_destination_record(
+            event,
+            error,
+            condition=condition,
+            request_id=context.aws_request_id,
+            function_arn=self._function_arn,
+            attempts=attempts,
+        )
+        self._sqs.send_message(QueueUrl=self._dlq, MessageBody=json.dumps(record))
         self._sqs.delete_message(QueueUrl=self._trigger, ReceiptHandle=receipt)

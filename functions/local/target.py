@@ -27,6 +27,7 @@ class PipelineTarget:
     uploads_bucket: str
     records_table: str
     cdn_url: str
+    uploads_prefix: str = ""  # keys outside it trigger nothing
     endpoint: str | None = None  # None: real AWS, with the default credential chain
     region: str | None = None
 
@@ -39,6 +40,7 @@ class PipelineTarget:
             uploads_bucket=str(outputs["uploadsBucket"]),
             records_table=str(outputs["recordsTable"]),
             cdn_url=str(outputs["cdnUrl"]).rstrip("/"),
+            uploads_prefix=str(outputs.get("uploadsPrefix") or ""),
             endpoint=outputs.get("endpoint"),
             region=outputs.get("region"),
         )

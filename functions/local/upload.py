@@ -216,9 +216,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--key-prefix",
-        default="",
+        default=None,
         metavar="P",
-        help="put each file under P + its file name (e.g. 'holiday/')",
+        help="put each file under P + its file name (default: the stack's uploadsPrefix, "
+        "the only keys that trigger processing)",
     )
 
 
@@ -245,8 +246,9 @@ def run(args: argparse.Namespace) -> int:
         )
         return EXIT_USAGE
     try:
-        uploads = plan_uploads(args.files, args.key_prefix)
         target = resolve_target(args)
+        prefix = target.uploads_prefix if args.key_prefix is None else args.key_prefix
+        uploads = plan_uploads(args.files, prefix)
     except (ValueError, TargetError) as error:
         print(f"imagepipe upload: {error}", file=sys.stderr)
         return EXIT_USAGE

@@ -1,0 +1,178 @@
+"""AWS Lambda entry point: S3 ObjectCreated notifications in, `process_object` per record.
+
+Errors: a permanent one (bad image, too large, gone) is already a FAILED record and a
+failure event when `process_object` returns, so the handler returns normally and nothing
+is retried. A transient one (S3, DynamoDB or SNS unavailable) is raised after every
+record of the event had its turn: Lambda retries the event twice, then sends it to the
+dead-letter queue. Records finished before the retry are duplicates the second time, and
+duplicates change and publish nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import boto3
+from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools.metrics import MetricUnit
+from botocore.config import Config
+
+from functions.aws.adapters import (
+    DynamoDbRecordStore,
+    S3BlobStore,
+    SnsEventPublisher,
+    is_test_event,
+    object_refs,
+)
+from functions.core.records import ObjectRef, PipelineError
+from functions.core.service import Outcome, process_object
+from functions.core.settings import SETTINGS_ENV, PipelineSettings, SettingsError
+
+RENDITIONS_BUCKET_ENV = "IMAGEPIPE_RENDITIONS_BUCKET"
+RECORDS_TABLE_ENV = "IMAGEPIPE_RECORDS_TABLE"
+EVENTS_TOPIC_ENV = "IMAGEPIPE_EVENTS_TOPIC_ARN"
+REQUIRED_ENV = (SETTINGS_ENV, RENDITIONS_BUCKET_ENV, RECORDS_TABLE_ENV, EVENTS_TOPIC_ENV)
+
+# Standard mode: jittered exponential backoff and a retry quota shared across calls; its
+# default of 3 attempts holds unless AWS_MAX_ATTEMPTS says otherwise (botocore's own knob,
+# like AWS_ENDPOINT_URL). Short connect timeout: an unreachable endpoint should fail fast
+# enough for the retries to fit in the function's timeout.
+SDK_CONFIG = Config(retries={"mode": "standard"}, connect_timeout=3, read_timeout=20)
+
+# Logger(service="imagepipe") formats the core's `logging.getLogger("imagepipe")` too.
+logger = Logger(service="imagepipe")
+metrics = Metrics(namespace="imagepipe", service="imagepipe")
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """The core's ports bound to this stack's bucket, table and topic."""
+
+    settings: PipelineSettings
+    blobs: S3BlobStore
+    records: DynamoDbRecordStore
+    events: SnsEventPublisher
+    renditions_bucket: str
+    event_source: str
+
+    def process(self, ref: ObjectRef) -> Outcome:
+        return process_object(
+            ref,
+            settings=self.settings,
+            blobs=self.blobs,
+            records=self.records,
+            events=self.events,
+            renditions_bucket=self.renditions_bucket,
+            event_source=self.event_source,
+        )
+
+
+def build_pipeline(environ: Mapping[str, str]) -> Pipeline:
+    """Clients and adapters from the environment the AwsImagePipeline component sets.
+
+    Endpoints, region and credentials come from boto3's own environment variables
+    (AWS_ENDPOINT_URL points every client at an emulator).
+    """
+    missing = [name for name in REQUIRED_ENV if not environ.get(name)]
+    if missing:
+        raise SettingsError(
+            f"environment variable {', '.join(missing)} is not set; "
+            "the AwsImagePipeline component sets it on the function."
+        )
+    function_name = environ.get("AWS_LAMBDA_FUNCTION_NAME", "local")
+    return Pipeline(
+        settings=PipelineSettings.from_json(environ[SETTINGS_ENV]),
+        blobs=S3BlobStore(boto3.client("s3", config=SDK_CONFIG)),
+        records=DynamoDbRecordStore(
+            boto3.client("dynamodb", config=SDK_CONFIG), environ[RECORDS_TABLE_ENV]
+        ),
+        events=SnsEventPublisher(boto3.client("sns", config=SDK_CONFIG), environ[EVENTS_TOPIC_ENV]),
+        renditions_bucket=environ[RENDITIONS_BUCKET_ENV],
+        event_source=f"urn:imagepipe:aws:{function_name}",
+    )
+
+
+PIPELINE = build_pipeline(os.environ)
+
+
+@logger.inject_lambda_context(clear_state=True)
+@metrics.log_metrics
+def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    return handle_event(event, PIPELINE)
+
+
+def handle_event(event: Mapping[str, Any], pipeline: Pipeline) -> dict[str, Any]:
+    """Process every object of one S3 notification; raise the first transient error at the end."""
+    if is_test_event(event):
+        logger.info("ignored the s3:TestEvent sent when the notification was configured")
+        return {"records": []}
+    summaries: list[dict[str, Any]] = []
+    first_error: Exception | None = None
+    for ref in object_refs(event):
+        started = time.perf_counter()
+        try:
+            outcome = pipeline.process(ref)
+        except Exception as error:  # noqa: BLE001 - re-raised below, after the other records
+            _report_retry(ref, error, _elapsed_ms(started))
+            first_error = first_error or error
+            continue
+        summaries.append(_report(ref, outcome, _elapsed_ms(started)))
+    if first_error is not None:
+        raise first_error
+    return {"records": summaries}
+
+
+_OUTCOME_METRICS = {
+    "completed": "ImagesCompleted",
+    "failed": "ImagesFailed",
+    "duplicate": "Duplicates",
+    "in_progress": "Duplicates",
+}
+
+
+def _report(ref: ObjectRef, outcome: Outcome, ms: float) -> dict[str, Any]:
+    """One log line and the metrics for one processed object; returns its summary."""
+    record = outcome.record
+    summary = {"action": outcome.action, "id": record.id, "status": record.status.value}
+    logger.info(
+        f"{outcome.action}: {ref.key}",
+        extra={
+            **summary,
+            "outcome": outcome.action,
+            "bucket": ref.bucket,
+            "key": ref.key,
+            "version": ref.version,
+            "ms": ms,
+            "error_code": record.error.code if record.error else None,
+        },
+    )
+    metrics.add_metric(name=_OUTCOME_METRICS[outcome.action], unit=MetricUnit.Count, value=1)
+    if outcome.action in ("completed", "failed"):
+        metrics.add_metric(name="ProcessingMs", unit=MetricUnit.Milliseconds, value=ms)
+    return summary
+
+
+def _report_retry(ref: ObjectRef, error: Exception, ms: float) -> None:
+    extra = {
+        "outcome": "retry",
+        "bucket": ref.bucket,
+        "key": ref.key,
+        "version": ref.version,
+        "id": ref.record_id,
+        "ms": ms,
+    }
+    if isinstance(error, PipelineError):
+        # Expected outages: the code says which dependency; a traceback would add nothing.
+        logger.warning(
+            f"retry: {ref.key}: {error.message}", extra={**extra, "error_code": error.code}
+        )
+    else:
+        logger.exception(f"retry: {ref.key}: unexpected {type(error).__name__}", extra=extra)
+
+
+def _elapsed_ms(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 1)

@@ -1,0 +1,272 @@
+"""The Lambda handler end to end on moto: `aws s3 cp` -> S3 notification (via SQS) -> handler
+in-process -> renditions in S3, a record in DynamoDB, an event on SNS (read from an SQS subscriber).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import socket
+from types import ModuleType
+from typing import Any
+
+import pytest
+from boto3.dynamodb.types import TypeDeserializer
+from PIL import Image
+
+from functions.core.records import RecordStoreUnavailable, TransientError
+from functions.core.service import IMMUTABLE_CACHE_CONTROL
+from functions.core.settings import DEFAULT_RENDITIONS
+
+from .conftest import RENDITIONS, TABLE, UPLOADS, EmulatedStack, LambdaContext
+
+pytestmark = [
+    pytest.mark.emulator,
+    # Powertools warns when an invocation (the s3:TestEvent, an outage) records no metric.
+    pytest.mark.filterwarnings("ignore:No application metrics to publish"),
+]
+
+
+def plain_items(stack: EmulatedStack) -> list[dict[str, Any]]:
+    deserialize = TypeDeserializer().deserialize
+    return [{name: deserialize(value) for name, value in item.items()} for item in stack.items()]
+
+
+def test_an_upload_becomes_renditions_a_completed_record_and_one_event(
+    stack: EmulatedStack,
+    handler_module: ModuleType,
+    lambda_context: LambdaContext,
+    photo_jpeg: bytes,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    event = stack.upload("photos/cat.jpg", photo_jpeg, with_cli=True)
+
+    result = handler_module.handler(event, lambda_context)
+
+    (item,) = plain_items(stack)
+    assert result == {"records": [{"action": "completed", "id": item["id"], "status": "COMPLETED"}]}
+    assert item["status"] == "COMPLETED"
+    assert item["attempts"] == 1
+    assert item["error"] is None and item["lease_expires_at"] is None
+    assert item["source"]["bucket"] == UPLOADS
+    assert item["source"]["key"] == "photos/cat.jpg"
+    assert item["source"]["bytes"] == len(photo_jpeg)
+    assert item["source"]["version"] == event["Records"][0]["s3"]["object"]["eTag"]
+    assert (item["image"]["width"], item["image"]["height"]) == (1600, 1200)
+    assert set(item["stage_ms"]) >= {"claim", "read", "store"}
+
+    boxes = {spec.name: (spec.width, spec.height) for spec in DEFAULT_RENDITIONS}
+    assert sorted(r["name"] for r in item["renditions"]) == sorted(boxes)
+    assert stack.rendition_keys() == sorted(r["key"] for r in item["renditions"])
+    for rendition in item["renditions"]:
+        stored = stack.s3.get_object(Bucket=RENDITIONS, Key=rendition["key"])
+        assert stored["CacheControl"] == IMMUTABLE_CACHE_CONTROL
+        assert stored["ContentType"] == "image/jpeg"
+        assert stored["Metadata"]["imagepipe-rendition"] == "true"
+        assert stored["Metadata"]["imagepipe-source-sha256"] == item["source"]["sha256"]
+        image = Image.open(io.BytesIO(stored["Body"].read()))
+        box_width, box_height = boxes[rendition["name"]]
+        assert image.format == "JPEG"
+        assert image.size == (rendition["width"], rendition["height"])
+        assert image.width <= box_width and image.height <= box_height
+
+    (published,) = stack.published_events()
+    assert published["type_attribute"] == "imagepipe.image.completed"
+    assert published["event"]["type"] == "imagepipe.image.completed"
+    assert published["event"]["subject"] == "photos/cat.jpg"
+    assert published["event"]["source"] == "urn:imagepipe:aws:imagepipe-test-fn"
+    assert published["event"]["data"]["id"] == item["id"]
+    # SNS refuses messages over 256 KiB; a record is a few KiB.
+    assert published["message_bytes"] < 16 * 1024
+
+    # The log line, as Powertools' JSON formatter writes it to stdout in Lambda.
+    formatted = [
+        json.loads(handler_module.logger.registered_formatter.format(r)) for r in caplog.records
+    ]
+    (log_line,) = [line for line in formatted if line.get("outcome") == "completed"]
+    assert log_line["key"] == "photos/cat.jpg"
+    assert log_line["status"] == "COMPLETED"
+    assert log_line["function_request_id"] == lambda_context.aws_request_id
+    assert log_line["ms"] > 0
+    emitted = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line]
+    (emf,) = [line for line in emitted if "_aws" in line]
+    assert emf["ImagesCompleted"] == [1.0]
+    assert emf["ProcessingMs"][0] > 0
+
+
+def test_keys_with_spaces_and_unicode_arrive_encoded_and_are_decoded(
+    stack: EmulatedStack,
+    handler_module: ModuleType,
+    lambda_context: LambdaContext,
+    photo_jpeg: bytes,
+) -> None:
+    key = "holiday 2024/café + crème brûlée (1).jpg"
+    event = stack.upload(key, photo_jpeg, with_cli=True)
+    assert event["Records"][0]["s3"]["object"]["key"] != key  # URL-encoded by S3
+
+    result = handler_module.handler(event, lambda_context)
+
+    assert [summary["action"] for summary in result["records"]] == ["completed"]
+    (item,) = plain_items(stack)
+    assert item["source"]["key"] == key
+    (published,) = stack.published_events()
+    assert published["event"]["subject"] == key
+
+
+def test_the_same_event_delivered_twice_makes_one_record_and_one_event(
+    stack: EmulatedStack,
+    handler_module: ModuleType,
+    lambda_context: LambdaContext,
+    photo_jpeg: bytes,
+) -> None:
+    event = stack.upload("twice.jpg", photo_jpeg)
+
+    first = handler_module.handler(event, lambda_context)
+    renditions_after_first = {
+        key: stack.s3.head_object(Bucket=RENDITIONS, Key=key)["LastModified"]
+        for key in stack.rendition_keys()
+    }
+    second = handler_module.handler(event, lambda_context)
+
+    assert first["records"][0]["action"] == "completed"
+    assert second["records"] == [{**first["records"][0], "action": "duplicate"}]
+    (item,) = plain_items(stack)
+    assert item["attempts"] == 1
+    assert len(stack.published_events()) == 1
+    assert {
+        key: stack.s3.head_object(Bucket=RENDITIONS, Key=key)["LastModified"]
+        for key in stack.rendition_keys()
+    } == renditions_after_first
+
+
+def test_several_records_in_one_event_are_each_processed(
+    stack: EmulatedStack,
+    handler_module: ModuleType,
+    lambda_context: LambdaContext,
+    photo_jpeg: bytes,
+) -> None:
+    first = stack.upload("one.jpg", photo_jpeg)
+    second = stack.upload("two.txt.jpg", b"not an image at all")
+    event = {"Records": first["Records"] + second["Records"]}
+
+    result = handler_module.handler(event, lambda_context)
+
+    assert [(r["action"], r["status"]) for r in result["records"]] == [
+        ("completed", "COMPLETED"),
+        ("failed", "FAILED"),
+    ]
+    assert sorted(e["event"]["subject"] for e in stack.published_events()) == [
+        "one.jpg",
+        "two.txt.jpg",
+    ]
+
+
+def test_a_text_file_named_jpg_fails_permanently_without_renditions(
+    stack: EmulatedStack, handler_module: ModuleType, lambda_context: LambdaContext
+) -> None:
+    event = stack.upload("evil.jpg", b"#!/bin/sh\necho this is not a JPEG\n" * 20)
+
+    result = handler_module.handler(event, lambda_context)  # returns: no Lambda retry
+
+    assert [(r["action"], r["status"]) for r in result["records"]] == [("failed", "FAILED")]
+    (item,) = plain_items(stack)
+    assert item["status"] == "FAILED"
+    assert item["error"]["code"] == "unsupported_format"
+    assert item["error"]["retryable"] is False
+    assert item["renditions"] == []
+    assert stack.rendition_keys() == []
+    (published,) = stack.published_events()
+    assert published["type_attribute"] == "imagepipe.image.failed"
+    assert published["event"]["data"]["error"]["code"] == "unsupported_format"
+    assert published["event"]["subject"] == "evil.jpg"
+
+
+def test_an_object_over_the_byte_limit_is_refused_from_the_event_size(
+    stack: EmulatedStack,
+    handler_module: ModuleType,
+    lambda_context: LambdaContext,
+    photo_jpeg: bytes,
+) -> None:
+    event = stack.upload("huge.jpg", photo_jpeg)
+    # Pretend S3 announced a 60 MB object: the handler must refuse it without reading it,
+    # and the object in the bucket is a valid JPEG, so only the event's size can say no.
+    event["Records"][0]["s3"]["object"]["size"] = 60 * 1024 * 1024
+
+    handler_module.handler(event, lambda_context)
+
+    (item,) = plain_items(stack)
+    assert item["error"]["code"] == "too_large"
+    assert "read" not in item["stage_ms"]
+
+
+def test_the_s3_test_event_is_ignored(
+    stack: EmulatedStack, handler_module: ModuleType, lambda_context: LambdaContext
+) -> None:
+    (test_event,) = stack.test_events  # what S3 (here moto) sent when the trigger was set up
+    assert test_event["Event"] == "s3:TestEvent"
+
+    assert handler_module.handler(test_event, lambda_context) == {"records": []}
+
+    assert stack.items() == []
+    assert stack.published_events() == []
+
+
+def closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_an_unreachable_records_table_raises_a_retryable_error_and_changes_nothing(
+    stack: EmulatedStack,
+    handler_module: ModuleType,
+    photo_jpeg: bytes,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    event = stack.upload("later.jpg", photo_jpeg)
+    # DynamoDB down, S3 and SNS up: boto3's service-specific endpoint variable moves only
+    # DynamoDB to a port nothing listens on.
+    monkeypatch.setenv("AWS_ENDPOINT_URL_DYNAMODB", f"http://127.0.0.1:{closed_port()}")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "2")
+    pipeline = handler_module.build_pipeline(os.environ)
+
+    with pytest.raises(RecordStoreUnavailable) as raised:
+        handler_module.handle_event(event, pipeline)
+
+    assert isinstance(raised.value, TransientError) and raised.value.retryable
+    assert stack.rendition_keys() == []
+    assert stack.published_events() == []
+    assert stack.items() == []
+
+
+def test_a_deleted_records_table_raises_a_retryable_error(
+    stack: EmulatedStack,
+    handler_module: ModuleType,
+    lambda_context: LambdaContext,
+    photo_jpeg: bytes,
+) -> None:
+    event = stack.upload("no-table.jpg", photo_jpeg)
+    stack.dynamodb.delete_table(TableName=TABLE)
+
+    with pytest.raises(RecordStoreUnavailable, match=TABLE):
+        handler_module.handler(event, lambda_context)
+
+    assert stack.rendition_keys() == []
+    assert stack.published_events() == []
+
+
+def test_the_handler_module_refuses_to_start_without_its_environment(
+    handler_module: ModuleType,
+) -> None:
+    with pytest.raises(ValueError, match="IMAGEPIPE_RECORDS_TABLE is not set"):
+        handler_module.build_pipeline(
+            {k: v for k, v in os.environ.items() if k != "IMAGEPIPE_RECORDS_TABLE"}
+        )
+
+
+def test_clients_use_botocore_standard_retries(handler_module: ModuleType) -> None:
+    client = handler_module.PIPELINE.records._dynamodb
+    assert client.meta.config.retries["mode"] == "standard"
+    assert client.meta.endpoint_url == os.environ["AWS_ENDPOINT_URL"]

@@ -55,8 +55,19 @@ def load_lambda_handler() -> Handler:
     return module.handler  # type: ignore[no-any-return]
 
 
+class PipelineAlreadyRunning(RuntimeError):
+    pass
+
+
+_active_lock = threading.Lock()
+_active: DevPipeline | None = None
+
+
 class DevPipeline:
     """Start with `start()` (or `with DevPipeline(...) as pipeline:`); `stop()` undoes everything.
+
+    One at a time per process: the handler module, moto's backends and the
+    environment variables are process-wide, as they are in one Lambda sandbox.
 
     `wrap_handler` receives the real handler and returns what the workers call:
     the way to inject a fault for one object without patching any module.
@@ -93,7 +104,15 @@ class DevPipeline:
     def start(self) -> DevPipeline:
         # Metrics are disabled locally, so Powertools' "no metrics to publish" has nothing to say.
         warnings.filterwarnings("ignore", message="No application metrics to publish")
+        global _active
         self._moto.start()  # raises PortInUse before anything else exists
+        with _active_lock:
+            if _active is not None:
+                self._moto.stop(reset=False)
+                raise PipelineAlreadyRunning(
+                    f"a dev pipeline already runs in this process at {_active.endpoint}"
+                )
+            _active = self
         try:
             self.resources = create_pipeline_resources(
                 self.endpoint, self.name, self.stack.uploads_prefix, self.stack.uploads_suffix
@@ -133,6 +152,10 @@ class DevPipeline:
             self._cdn = None
         self._moto.stop()
         self._restore_environ()
+        global _active
+        with _active_lock:
+            if _active is self:
+                _active = None
 
     def __enter__(self) -> DevPipeline:
         return self.start()

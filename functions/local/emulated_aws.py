@@ -110,16 +110,17 @@ class MotoServer:
         )
         self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self, reset: bool = True) -> None:
         if self._server is None:
             return
-        # The backends are process-global: forget this pipeline's buckets, tables and
-        # queues, so a later pipeline in the same process starts from nothing.
-        try:
+        if reset:
+            # The backends are process-global: forget this pipeline's buckets, tables and
+            # queues, so a later pipeline in the same process starts from nothing.
             request = urllib.request.Request(f"{self.endpoint}/moto-api/reset", method="POST")
-            urllib.request.urlopen(request, timeout=5).close()
-        except OSError:
-            logging.getLogger("imagepipe.dev").warning("could not reset the emulator's state")
+            try:
+                urllib.request.urlopen(request, timeout=5).close()
+            except OSError:
+                logging.getLogger("imagepipe.dev").warning("could not reset the emulator's state")
         self._server.shutdown()
         self._server.server_close()
         if self._thread is not None:

@@ -1,0 +1,1 @@
+"""GCP: the Cloud Functions gen2 entry point (`main.py`) and its google-cloud-* adapters."""

@@ -1,0 +1,66 @@
+"""Cloud Functions gen2 entry point: one `object.v1.finalized` event -> `process_object`.
+
+The deploy archive puts a copy of this file at its root as `main.py`, so it imports
+only `functions.core` and `functions.gcp`. Clients are built once per instance.
+A transient error is raised: functions-framework answers 500 and Eventarc retries
+with backoff until the core records the event FAILED (`expired`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import functions_framework
+from cloudevents.http import CloudEvent
+
+from functions.core.service import process_object
+from functions.gcp.adapters import (
+    InvalidStorageEvent,
+    build_pipeline,
+    configure_json_logging,
+    outcome_fields,
+    parse_storage_event,
+    retry_fields,
+)
+
+configure_json_logging(sys.stdout)
+log = logging.getLogger("imagepipe.gcp")
+PIPELINE = build_pipeline(os.environ)
+
+
+@functions_framework.cloud_event
+def handle_upload(cloud_event: CloudEvent) -> None:
+    try:
+        upload = parse_storage_event(cloud_event.get_attributes(), cloud_event.get_data())
+    except InvalidStorageEvent as error:  # retrying cannot fix it: acknowledge and say why
+        log.error("ignored event %s: %s", cloud_event.get("id"), error)
+        return
+    if upload.is_rendition:  # a trigger pointed at the renditions bucket must not recurse
+        log.warning("ignored rendition gs://%s/%s", upload.ref.bucket, upload.ref.key)
+        return
+    try:
+        outcome = process_object(
+            upload.ref,
+            settings=PIPELINE.settings,
+            blobs=PIPELINE.blobs,
+            records=PIPELINE.records,
+            events=PIPELINE.events,
+            renditions_bucket=PIPELINE.renditions_bucket,
+            event_source=PIPELINE.event_source,
+            event_time=upload.event_time,
+            max_event_age=PIPELINE.max_event_age,
+        )
+    except Exception as error:
+        fields = retry_fields(upload.ref, error)
+        log.error("will retry %s: %s", upload.ref.key, error, extra={"json_fields": fields})
+        raise
+    level = logging.WARNING if outcome.record.error else logging.INFO
+    log.log(
+        level,
+        "%s %s",
+        outcome.action,
+        upload.ref.key,
+        extra={"json_fields": outcome_fields(outcome)},
+    )

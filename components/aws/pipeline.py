@@ -417,6 +417,6 @@ def _check_args(args: AwsImagePipelineArgs) -> None:
     if args.log_retention_days not in LOG_RETENTION_DAYS:
         allowed = ", ".join(str(days) for days in LOG_RETENTION_DAYS)
         raise SettingsError(
-            f"log retention is {args.log_retention_days} days; CloudWatch keeps logs for one of "
+            f"log_retention_days is {args.log_retention_days}; CloudWatch keeps logs for one of "
             f"{allowed} days."
         )

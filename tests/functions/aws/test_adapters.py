@@ -160,7 +160,7 @@ def closed_port() -> int:
 
 
 @pytest.fixture
-def unreachable() -> Config:
+def unreachable(aws_env: dict[str, str]) -> Config:
     """A client config for an endpoint that refuses connections, retried once."""
     return Config(retries={"mode": "standard", "total_max_attempts": 2}, connect_timeout=1)
 

@@ -15,7 +15,7 @@ import pytest
 from boto3.dynamodb.types import TypeDeserializer
 from PIL import Image
 
-from functions.core.records import RecordStoreUnavailable, TransientError
+from functions.core.records import PublisherUnavailable, RecordStoreUnavailable, TransientError
 from functions.core.service import IMMUTABLE_CACHE_CONTROL
 from functions.core.settings import DEFAULT_RENDITIONS
 
@@ -239,6 +239,35 @@ def test_an_unreachable_records_table_raises_a_retryable_error_and_changes_nothi
     assert stack.rendition_keys() == []
     assert stack.published_events() == []
     assert stack.items() == []
+
+
+def test_after_an_sns_outage_the_retry_completes_and_publishes_once(
+    stack: EmulatedStack,
+    handler_module: ModuleType,
+    lambda_context: LambdaContext,
+    photo_jpeg: bytes,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    event = stack.upload("retried.jpg", photo_jpeg)
+    with monkeypatch.context() as outage:
+        outage.setenv("AWS_ENDPOINT_URL_SNS", f"http://127.0.0.1:{closed_port()}")
+        outage.setenv("AWS_MAX_ATTEMPTS", "2")
+        sns_down = handler_module.build_pipeline(os.environ)
+    with pytest.raises(PublisherUnavailable):
+        handler_module.handle_event(event, sns_down)
+    (pending,) = plain_items(stack)
+    assert (pending["status"], pending["attempts"]) == ("PENDING", 1)
+    assert pending["error"]["code"] == "publisher_unavailable"
+    assert stack.published_events() == []
+
+    # Lambda's retry: the same event, the real pipeline, a conditional takeover of the record.
+    result = handler_module.handler(event, lambda_context)
+
+    assert [r["action"] for r in result["records"]] == ["completed"]
+    (item,) = plain_items(stack)
+    assert (item["status"], item["attempts"], item["error"]) == ("COMPLETED", 2, None)
+    (published,) = stack.published_events()
+    assert published["event"]["id"] == f"{item['id']}-completed"
 
 
 def test_a_deleted_records_table_raises_a_retryable_error(

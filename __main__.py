@@ -143,7 +143,9 @@ def main() -> None:
     try:
         cloud = reader.choice("cloud", CLOUDS, "aws")
         settings = read_settings(reader)
-        pipeline = aws_pipeline(reader, settings) if cloud == "aws" else gcp_pipeline(reader, settings)
+        pipeline = (
+            aws_pipeline(reader, settings) if cloud == "aws" else gcp_pipeline(reader, settings)
+        )
     except SettingsError as error:
         # RunError reports the sentence alone, without a Python traceback.
         raise pulumi.RunError(str(error)) from None

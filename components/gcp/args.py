@@ -7,7 +7,6 @@ from typing import Literal
 
 from functions.core.settings import PipelineSettings
 
-
 GCP_DELIVERY_MODES = ("signed-urls", "public", "cdn")
 GCP_CPUS = ("0.5", "1", "2", "4", "8")
 

@@ -21,4 +21,5 @@ def rendition_key(content_sha256: str, spec: RenditionSpec, output_format: str) 
     spec_text = f"v{RENDER_VERSION}:{spec.to_compact()}:{output_format}"
     spec_digest = hashlib.sha256(spec_text.encode()).hexdigest()[:10]
     extension = EXTENSIONS[output_format]
-    return f"{content_sha256}/{spec.name}-{spec.width}x{spec.height}-{spec.fit}-{spec_digest}.{extension}"
+    box = f"{spec.width}x{spec.height}"
+    return f"{content_sha256}/{spec.name}-{box}-{spec.fit}-{spec_digest}.{extension}"

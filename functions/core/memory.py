@@ -81,7 +81,9 @@ class InMemoryRecordStore:
             self.records[record.id] = record
             return True
 
-    def replace(self, record: ImageRecord, *, expected_status: Status, expected_attempts: int) -> bool:
+    def replace(
+        self, record: ImageRecord, *, expected_status: Status, expected_attempts: int
+    ) -> bool:
         self._check()
         with self._lock:
             current = self.records.get(record.id)

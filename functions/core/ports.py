@@ -39,7 +39,9 @@ class RecordStore(Protocol):
         """Write `record` only if no record has its id; False when one already does."""
         ...
 
-    def replace(self, record: ImageRecord, *, expected_status: Status, expected_attempts: int) -> bool:
+    def replace(
+        self, record: ImageRecord, *, expected_status: Status, expected_attempts: int
+    ) -> bool:
         """Overwrite the stored record only while it still has this status and attempt count.
 
         False when another delivery changed it first (optimistic concurrency).

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import asdict, dataclass, field, replace
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 
-class Status(str, Enum):
+class Status(StrEnum):
     # PENDING: a transient error stopped an attempt; the platform will retry it.
     PENDING = "PENDING"
     PROCESSING = "PROCESSING"

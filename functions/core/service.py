@@ -106,9 +106,12 @@ def process_object(
                 f"the event is older than {int(max_event_age.total_seconds())} s; "
                 "retries stopped after transient errors",
             )
-        source, renditions, image = _render_and_store(ref, settings, blobs, renditions_bucket, timer)
-        final = claimed.evolve(status=Status.COMPLETED, source=source, image=image,
-                               renditions=renditions, error=None)
+        source, renditions, image = _render_and_store(
+            ref, settings, blobs, renditions_bucket, timer
+        )
+        final = claimed.evolve(
+            status=Status.COMPLETED, source=source, image=image, renditions=renditions, error=None
+        )
     except PermanentError as error:
         final = claimed.evolve(status=Status.FAILED, error=ErrorInfo.from_error(error))
     except Exception as error:
@@ -119,8 +122,9 @@ def process_object(
     try:
         with timer.stage("notify"):
             events.publish(lifecycle_event(final, source=event_source))
-        if not records.replace(final, expected_status=Status.PROCESSING,
-                               expected_attempts=claimed.attempts):
+        if not records.replace(
+            final, expected_status=Status.PROCESSING, expected_attempts=claimed.attempts
+        ):
             # Our lease ran out and another delivery took over; its result stands.
             log.warning("record %s changed while %s was processed", final.id, ref.key)
     except Exception as error:
@@ -210,8 +214,16 @@ def _render_and_store(
                 cache_control=IMMUTABLE_CACHE_CONTROL,
                 metadata={**RENDITION_MARKER, "imagepipe-source-sha256": content_sha256},
             )
-            stored.append(RenditionRecord(output.spec.name, key, output.width, output.height,
-                                          output.format, len(output.data)))
+            stored.append(
+                RenditionRecord(
+                    output.spec.name,
+                    key,
+                    output.width,
+                    output.height,
+                    output.format,
+                    len(output.data),
+                )
+            )
     source = Source(ref.bucket, ref.key, ref.version, len(data), content_sha256, ref.content_type)
     return source, tuple(stored), result.metadata
 
@@ -230,10 +242,12 @@ def _release_for_retry(
         # Not in the closed set on purpose: an unexpected error is a bug to fix, and
         # until it is fixed the platform's retries and dead-letter queue keep the event.
         info = ErrorInfo("internal_error", f"{type(error).__name__}: {error}", True)
-    pending = claimed.evolve(status=Status.PENDING, error=info, lease_expires_at=None,
-                             updated_at=isoformat(clock()))
+    pending = claimed.evolve(
+        status=Status.PENDING, error=info, lease_expires_at=None, updated_at=isoformat(clock())
+    )
     try:
-        records.replace(pending, expected_status=Status.PROCESSING,
-                        expected_attempts=claimed.attempts)
+        records.replace(
+            pending, expected_status=Status.PROCESSING, expected_attempts=claimed.attempts
+        )
     except Exception:  # noqa: BLE001 - the original error is the one worth raising
         log.warning("could not mark %s PENDING after %s", claimed.id, info.code)

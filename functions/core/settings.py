@@ -253,14 +253,22 @@ def _compact_fields(text: str, key: str) -> dict[str, Any]:
         )
     size = re.fullmatch(r"(\d+)x(\d+)", parts[1])
     if not size:
-        raise SettingsError(f"{key} has size {parts[1]!r}; write it as WIDTHxHEIGHT, e.g. 1024x768.")
+        raise SettingsError(
+            f"{key} has size {parts[1]!r}; write it as WIDTHxHEIGHT, e.g. 1024x768."
+        )
     fields: dict[str, Any] = {"name": parts[0], "width": int(size[1]), "height": int(size[2])}
-    for name, part in zip(("fit", "format", "quality"), parts[2:]):
+    for name, part in zip(("fit", "format", "quality"), parts[2:], strict=False):
         fields[name] = int(part) if name == "quality" and part.isdigit() else part
     return fields
 
 
 def _side(value: Any, key: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_RENDITION_SIDE:
-        raise SettingsError(f"{key} is {value!r}; use a whole number from 1 to {MAX_RENDITION_SIDE}.")
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or not 1 <= value <= MAX_RENDITION_SIDE
+    ):
+        raise SettingsError(
+            f"{key} is {value!r}; use a whole number from 1 to {MAX_RENDITION_SIDE}."
+        )
     return value

@@ -133,7 +133,9 @@ def _computed_state(typ: str, name: str, inputs: dict[str, Any]) -> dict[str, An
             }
         elif typ == "gcp:compute/globalAddress:GlobalAddress":
             state["address"] = "203.0.113.10"
-    return state | inputs
+    # Inputs first, then what the provider computes: nested computed blocks (a gen2
+    # function's serviceConfig.service) must survive the inputs of the same name.
+    return inputs | state
 
 
 class RecordingMocks(pulumi.runtime.Mocks):
@@ -172,7 +174,7 @@ class RecordingMonitor(MockMonitor):
         super().__init__(mocks)
         self.recording = mocks
 
-    def RegisterResource(self, request):  # noqa: N802 - the gRPC method's name
+    def RegisterResource(self, request):
         response = super().RegisterResource(request)
         if request.type != "pulumi:pulumi:Stack":
             registration = self.resources.get(response.urn)
@@ -206,7 +208,10 @@ def pulumi_mocks() -> RecordingMocks:
 def set_config(values: dict[str, Any]) -> None:
     """Stack config as the CLI hands it over: structured values as JSON text."""
     pulumi.runtime.set_all_config(
-        {key: value if isinstance(value, str) else json.dumps(value) for key, value in values.items()},
+        {
+            key: value if isinstance(value, str) else json.dumps(value)
+            for key, value in values.items()
+        },
         [],
     )
 

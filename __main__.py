@@ -56,6 +56,15 @@ class _ConfigReader:
             )
         return int(value)
 
+    def integer_choice(self, key: str, allowed: tuple[int, ...], default: int) -> int:
+        value = self.string(key)
+        if value is None:
+            return default
+        if not re.fullmatch(r"\d+", value.strip()) or int(value) not in allowed:
+            listed = ", ".join(str(option) for option in allowed)
+            raise SettingsError(f"{self.namespace}:{key} is {value!r}; use one of {listed}.")
+        return int(value)
+
     def boolean(self, key: str, default: bool) -> bool:
         value = self.string(key)
         if value is None:
@@ -89,6 +98,7 @@ def read_settings(reader: _ConfigReader):
 def aws_pipeline(reader: _ConfigReader, settings):
     from components.aws import (
         AWS_ARCHITECTURES,
+        AWS_LOG_RETENTION_DAYS,
         AWS_PRICE_CLASSES,
         AwsImagePipeline,
         AwsImagePipelineArgs,
@@ -101,7 +111,7 @@ def aws_pipeline(reader: _ConfigReader, settings):
         memory_mb=reader.integer("memoryMb", 1024, 128, 10240),
         timeout_seconds=reader.integer("timeoutSeconds", 60, 1, 900),
         max_event_age_seconds=reader.integer("maxEventAgeSeconds", 3600, 60, 21600),
-        log_retention_days=reader.integer("logRetentionDays", 30, 1, 3653),
+        log_retention_days=reader.integer_choice("logRetentionDays", AWS_LOG_RETENTION_DAYS, 30),
         tracing=reader.boolean("tracing", False),
         price_class=reader.choice("priceClass", AWS_PRICE_CLASSES, "PriceClass_100"),
         alarm_email=reader.string("alarmEmail"),

@@ -10,6 +10,9 @@ from functions.core.settings import PipelineSettings
 AWS_ARCHITECTURES = ("arm64", "x86_64")
 
 AWS_PRICE_CLASSES = ("PriceClass_100", "PriceClass_200", "PriceClass_All")
+# The values CloudWatch Logs accepts for a log group's retention.
+AWS_LOG_RETENTION_DAYS = (1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096)
+AWS_LOG_RETENTION_DAYS += (1827, 2192, 2557, 2922, 3288, 3653)
 
 
 @dataclass(frozen=True)

@@ -15,16 +15,13 @@ import pulumi
 import pulumi_aws as aws
 
 from components.aws import policies
-from components.aws.args import AwsImagePipelineArgs
+from components.aws.args import AWS_LOG_RETENTION_DAYS, AwsImagePipelineArgs
 from components.aws.lambda_archive import build_lambda_archive
 from functions.core.settings import SettingsError
 
 TYPE_TOKEN = "imagepipe:index:AwsImagePipeline"
 HANDLER = "functions.aws.handler.handler"
 FAILED_EVENT_TYPE = "imagepipe.image.failed"
-# The values CloudWatch Logs accepts for a log group's retention.
-LOG_RETENTION_DAYS = (1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096)
-LOG_RETENTION_DAYS += (1827, 2192, 2557, 2922, 3288, 3653)
 _PHYSICAL_NAME_LIMIT = 64  # Lambda function and CloudFront OAC names
 
 
@@ -414,8 +411,8 @@ class AwsImagePipeline(pulumi.ComponentResource):
 
 def _check_args(args: AwsImagePipelineArgs) -> None:
     """Values AWS would only refuse halfway through `pulumi up`."""
-    if args.log_retention_days not in LOG_RETENTION_DAYS:
-        allowed = ", ".join(str(days) for days in LOG_RETENTION_DAYS)
+    if args.log_retention_days not in AWS_LOG_RETENTION_DAYS:
+        allowed = ", ".join(str(days) for days in AWS_LOG_RETENTION_DAYS)
         raise SettingsError(
             f"log_retention_days is {args.log_retention_days}; CloudWatch keeps logs for one of "
             f"{allowed} days."

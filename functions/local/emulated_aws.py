@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import socket
 import threading
 import urllib.request
 from collections.abc import Mapping
@@ -96,14 +97,15 @@ class MotoServer:
         # werkzeug logs every request at INFO; the pipeline's own logs are what matter here.
         logging.getLogger("werkzeug").setLevel(logging.WARNING)
         app = DomainDispatcherApplication(create_backend_app)
+        _ensure_port_free(self.requested_port)
         try:
             self._server = make_server(
                 HOST, self.requested_port, app, threaded=True, request_handler=MotoRequestHandler
             )
-        except OSError as error:
-            if error.errno == errno.EADDRINUSE:
-                raise PortInUse(self.requested_port) from None
-            raise
+        except SystemExit:
+            # werkzeug prints its own message and exits when the bind fails: the port was
+            # taken between the check above and here.
+            raise PortInUse(self.requested_port) from None
         self._bound_port = int(self._server.server_address[1])
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="moto-server", daemon=True
@@ -126,6 +128,20 @@ class MotoServer:
         if self._thread is not None:
             self._thread.join(timeout=10)
         self._server = None
+
+
+def _ensure_port_free(port: int) -> None:
+    """Bind the port the way the server will (SO_REUSEADDR, like werkzeug) to see if it is free."""
+    if port == 0:
+        return
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((HOST, port))
+        except OSError as error:
+            if error.errno == errno.EADDRINUSE:
+                raise PortInUse(port) from None
+            raise
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,134 @@
+"""`imagepipe dev` as a process: a busy port, a clean stop on SIGTERM, no thread left behind."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from functions.local import dev
+from functions.local.samples import small_png
+from functions.local.target import PipelineTarget
+from functions.local.upload import Upload, upload_and_wait
+from tests.local.conftest import wait_for
+
+pytestmark = [pytest.mark.emulator, pytest.mark.timeout(60)]
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+# Runs `imagepipe dev` exactly as the console script does, minus the other subcommands.
+DEV_COMMAND = textwrap.dedent("""
+    import argparse, sys
+    from functions.local import dev
+    parser = argparse.ArgumentParser(prog="imagepipe dev")
+    dev.add_arguments(parser)
+    sys.exit(dev.run(parser.parse_args(sys.argv[1:])))
+""")
+
+
+def clean_environment() -> dict[str, str]:
+    """This process's environment without the AWS_* the package's pipeline set."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "IMAGEPIPE_"))}
+
+
+def test_a_busy_port_gives_one_clear_line_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        parser = argparse.ArgumentParser()
+        dev.add_arguments(parser)
+        args = parser.parse_args(["--port", str(port), "--outputs", str(tmp_path / "out.json")])
+        assert dev.run(args) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"imagepipe dev: port {port} on 127.0.0.1 is in use (another `imagepipe dev`?); "
+        "pick another with --port\n"
+    )
+    assert not (tmp_path / "out.json").exists()
+
+
+def test_sigterm_stops_a_running_pipeline_cleanly(tmp_path: Path) -> None:
+    outputs_file = tmp_path / "outputs.json"
+    process = subprocess.Popen(
+        [sys.executable, "-c", DEV_COMMAND, "--port", "0", "--outputs", str(outputs_file)],
+        cwd=PROJECT_ROOT,
+        env=clean_environment(),
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert wait_for(outputs_file.exists, timeout=30), "imagepipe dev did not start"
+        outputs = json.loads(outputs_file.read_text())
+        target = PipelineTarget.from_outputs(outputs, str(outputs_file))
+        image = tmp_path / "alive.png"
+        image.write_bytes(small_png(seed=1))
+        [result] = upload_and_wait(
+            target, [Upload(image, f"{target.uploads_prefix}alive.png")], timeout=30
+        )
+        assert result.status == "COMPLETED"  # it was really running
+
+        process.send_signal(signal.SIGTERM)
+        stdout, stderr = process.communicate(timeout=20)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    assert process.returncode == 0, stderr
+    assert "Traceback" not in stderr
+    assert stderr.rstrip().endswith("imagepipe dev: stopped")
+    assert "aws s3 cp photo.jpg s3://imagepipe-uploads/" in stdout
+    assert not outputs_file.exists()  # a stale file would point at a dead port
+    with socket.socket() as probe:
+        port = int(outputs["endpoint"].rsplit(":", 1)[1])
+        assert probe.connect_ex(("127.0.0.1", port)) != 0  # nothing listens any more
+
+
+STOP_SCRIPT = textwrap.dedent("""
+    import threading, tempfile, pathlib
+    from functions.local.dev import DevPipeline
+    from functions.local.samples import small_png
+    from functions.local.target import PipelineTarget
+    from functions.local.upload import Upload, upload_and_wait
+
+    with DevPipeline(port=0, log_level="WARNING") as pipeline:
+        target = PipelineTarget.from_outputs(pipeline.outputs(), "pipeline")
+        path = pathlib.Path(tempfile.mkdtemp()) / "one.png"
+        path.write_bytes(small_png(seed=2))
+        [result] = upload_and_wait(target, [Upload(path, "one.png")], timeout=30)
+        print("status", result.status)
+        print("threads while running", len(threading.enumerate()))
+    left = [t.name for t in threading.enumerate() if t is not threading.main_thread()]
+    print("left", ",".join(left))
+""")
+
+
+def test_stop_joins_every_thread_it_started() -> None:
+    completed = subprocess.run(
+        [sys.executable, "-c", STOP_SCRIPT],
+        cwd=PROJECT_ROOT,
+        env=clean_environment(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr
+    lines = dict(
+        line.split(" ", 1) if " " in line else (line, "")
+        for line in completed.stdout.splitlines()
+        if line.startswith(("status", "left"))
+    )
+    assert lines["status"] == "COMPLETED"
+    assert lines["left"] == ""

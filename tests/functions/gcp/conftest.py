@@ -36,65 +36,49 @@ def emulator_logs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def firestore_emulator(emulator_logs: Path) -> Iterator[ServerProcess]:
-    missing = gcloud_component_missing("cloud-firestore-emulator")
-    if missing:
-        pytest.skip(f"Firestore emulator unavailable: {missing}")
-    port = free_port()
-    command = ["gcloud", "emulators", "firestore", "start", f"--host-port=127.0.0.1:{port}"]
-    server = ServerProcess.start("firestore emulator", command, port, emulator_logs / "fs.log")
-    yield server
-    server.stop()
+def emulator_env(emulator_logs: Path) -> Iterator[dict[str, str]]:
+    """Firestore, Pub/Sub and GCS emulators for the whole session, and the SDKs' own
+    variables pointing at them, set for this process and every function it serves."""
+    for component in ("cloud-firestore-emulator", "pubsub-emulator"):
+        missing = gcloud_component_missing(component)
+        if missing:
+            pytest.skip(f"GCP emulator tests need the {component}: {missing}")
+    gcs_executable = VENV_BIN / "gcp-storage-emulator"
+    if not gcs_executable.exists():
+        pytest.skip(f"GCP emulator tests need gcp-storage-emulator (not found at {gcs_executable})")
 
-
-@pytest.fixture(scope="session")
-def pubsub_emulator(emulator_logs: Path) -> Iterator[ServerProcess]:
-    missing = gcloud_component_missing("pubsub-emulator")
-    if missing:
-        pytest.skip(f"Pub/Sub emulator unavailable: {missing}")
-    port = free_port()
-    command = ["gcloud", "beta", "emulators", "pubsub", "start",
-               f"--host-port=127.0.0.1:{port}", f"--project={PROJECT}"]  # fmt: skip
-    server = ServerProcess.start("pubsub emulator", command, port, emulator_logs / "ps.log")
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="session")
-def gcs_emulator(emulator_logs: Path) -> Iterator[ServerProcess]:
-    executable = VENV_BIN / "gcp-storage-emulator"
-    if not executable.exists():
-        pytest.skip("GCS emulator unavailable: gcp-storage-emulator is not installed in the venv")
-    port = free_port()
-    command = [str(executable), "start", "--host", "127.0.0.1", "--port", str(port), "--in-memory"]
-    server = ServerProcess.start("gcs emulator", command, port, emulator_logs / "gcs.log")
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="session")
-def emulator_env(
-    firestore_emulator: ServerProcess, pubsub_emulator: ServerProcess, gcs_emulator: ServerProcess
-) -> Iterator[dict[str, str]]:
-    """The SDKs' own emulator variables, set for this process and every function it serves."""
-    env = {
-        "FIRESTORE_EMULATOR_HOST": f"127.0.0.1:{firestore_emulator.port}",
-        "PUBSUB_EMULATOR_HOST": f"127.0.0.1:{pubsub_emulator.port}",
-        "STORAGE_EMULATOR_HOST": f"http://127.0.0.1:{gcs_emulator.port}",
-        "GOOGLE_CLOUD_PROJECT": PROJECT,
-    }
-    print(
-        "\nemulator start-up: "
-        + ", ".join(
-            f"{s.name} {s.startup_seconds:.1f} s"
-            for s in (firestore_emulator, pubsub_emulator, gcs_emulator)
-        )
-    )
+    ports = {"firestore": free_port(), "pubsub": free_port(), "gcs": free_port()}
+    commands = {
+        "firestore": ["gcloud", "emulators", "firestore", "start",
+                      f"--host-port=127.0.0.1:{ports['firestore']}"],
+        "pubsub": ["gcloud", "beta", "emulators", "pubsub", "start",
+                   f"--host-port=127.0.0.1:{ports['pubsub']}", f"--project={PROJECT}"],
+        "gcs": [str(gcs_executable), "start", "--host", "127.0.0.1",
+                "--port", str(ports["gcs"]), "--in-memory"],
+    }  # fmt: skip
+    servers: list[ServerProcess] = []
     patch = pytest.MonkeyPatch()
-    for name, value in env.items():
-        patch.setenv(name, value)
-    yield env
-    patch.undo()
+    try:
+        for name, command in commands.items():
+            log = emulator_logs / f"{name}.log"
+            servers.append(ServerProcess.launch(f"{name} emulator", command, ports[name], log))
+        for server in servers:
+            server.wait_ready(timeout=90)
+        slowest = max(s.startup_seconds for s in servers)
+        print(f"\nFirestore, Pub/Sub and GCS emulators ready in {slowest:.1f} s (side by side)")
+        env = {
+            "FIRESTORE_EMULATOR_HOST": f"127.0.0.1:{ports['firestore']}",
+            "PUBSUB_EMULATOR_HOST": f"127.0.0.1:{ports['pubsub']}",
+            "STORAGE_EMULATOR_HOST": f"http://127.0.0.1:{ports['gcs']}",
+            "GOOGLE_CLOUD_PROJECT": PROJECT,
+        }
+        for name, value in env.items():
+            patch.setenv(name, value)
+        yield env
+    finally:
+        patch.undo()
+        for server in servers:
+            server.stop()
 
 
 @pytest.fixture(scope="session")
@@ -164,8 +148,9 @@ def serve_function(emulator_env: dict[str, str], tmp_path: Path) -> Iterator[Any
             f"--port={port}",
         ]
         log = tmp_path / f"function-{len(started)}.log"
-        server = ServerProcess.start("functions-framework", command, port, log, env, timeout=30)
+        server = ServerProcess.launch("functions-framework", command, port, log, env)
         started.append(server)
+        server.wait_ready(timeout=30)
         print(f"\nfunctions-framework start-up: {server.startup_seconds:.1f} s")
         return FunctionServer(server)
 

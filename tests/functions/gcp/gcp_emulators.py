@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,14 +32,14 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def wait_for_port(port: int, process: subprocess.Popen, log: Path, timeout: float) -> float:
+def wait_for_port(port: int, process: subprocess.Popen, log: Path, timeout: float) -> None:
     started = time.monotonic()
     while time.monotonic() - started < timeout:
         if process.poll() is not None:
             raise RuntimeError(f"exited with {process.returncode}:\n{log.read_text()[-3000:]}")
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return time.monotonic() - started
+            return
         except OSError:
             time.sleep(0.1)
     raise RuntimeError(f"not listening on {port} after {timeout} s:\n{log.read_text()[-3000:]}")
@@ -52,18 +53,19 @@ class ServerProcess:
     process: subprocess.Popen
     port: int
     log: Path
+    launched_at: float = 0.0
     startup_seconds: float = 0.0
 
     @classmethod
-    def start(
+    def launch(
         cls,
         name: str,
         command: list[str],
         port: int,
         log: Path,
         env: Mapping[str, str] | None = None,
-        timeout: float = 60.0,
     ) -> ServerProcess:
+        """Start without waiting, so slow starters (two JVMs) can boot side by side."""
         with log.open("wb") as sink:
             process = subprocess.Popen(
                 command,
@@ -74,13 +76,16 @@ class ServerProcess:
                 cwd=PROJECT_ROOT,
                 start_new_session=True,
             )
-        server = cls(name, process, port, log)
+        return cls(name, process, port, log, launched_at=time.monotonic())
+
+    def wait_ready(self, timeout: float = 60.0) -> ServerProcess:
         try:
-            server.startup_seconds = wait_for_port(port, process, log, timeout)
+            wait_for_port(self.port, self.process, self.log, timeout)
         except RuntimeError as error:
-            server.stop()
-            raise RuntimeError(f"{name} did not start: {error}") from None
-        return server
+            self.stop()
+            raise RuntimeError(f"{self.name} did not start: {error}") from None
+        self.startup_seconds = time.monotonic() - self.launched_at
+        return self
 
     def stop(self, grace: float = 5.0) -> None:
         if self.process.poll() is None:
@@ -128,23 +133,23 @@ class GcpNames:
 
 
 def pull_messages(subscriber: Any, subscription: str, *, settle: float = 1.0) -> list[Any]:
-    """Every message on the subscription, acknowledged; waits `settle` s after the last one
-    so a duplicate publish would be seen too."""
+    """Every message on the subscription, acknowledged. A pull that waits `settle` s and
+    finds nothing ends it, so a late duplicate would still be counted."""
+    from google.api_core.exceptions import DeadlineExceeded
+
     messages: list[Any] = []
-    quiet_since = time.monotonic()
-    while time.monotonic() - quiet_since < settle:
-        response = subscriber.pull(
-            subscription=subscription, max_messages=10, return_immediately=True, timeout=5
-        )
-        if response.received_messages:
-            messages.extend(m.message for m in response.received_messages)
-            subscriber.acknowledge(
-                subscription=subscription, ack_ids=[m.ack_id for m in response.received_messages]
+    while True:
+        try:
+            response = subscriber.pull(
+                subscription=subscription, max_messages=10, timeout=settle, retry=None
             )
-            quiet_since = time.monotonic()
-        else:
-            time.sleep(0.1)
-    return messages
+        except DeadlineExceeded:
+            return messages
+        if not response.received_messages:
+            return messages
+        messages.extend(m.message for m in response.received_messages)
+        ack_ids = [m.ack_id for m in response.received_messages]
+        subscriber.acknowledge(subscription=subscription, ack_ids=ack_ids)
 
 
 @dataclass
@@ -172,3 +177,29 @@ class FunctionServer:
                 except json.JSONDecodeError:
                     continue
         return entries
+
+
+def finalized_event(blob: Any, *, time: str | None = None) -> dict[str, Any]:
+    """The `object.v1.finalized` CloudEvent Eventarc delivers for an uploaded blob."""
+    from datetime import UTC, datetime
+
+    bucket = blob.bucket.name
+    return {
+        "specversion": "1.0",
+        "id": uuid.uuid4().hex,
+        "type": "google.cloud.storage.object.v1.finalized",
+        "source": f"//storage.googleapis.com/projects/_/buckets/{bucket}",
+        "subject": f"objects/{blob.name}",
+        "time": time or datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+        "data": {
+            "kind": "storage#object",
+            "bucket": bucket,
+            "name": blob.name,
+            "generation": str(blob.generation),
+            "metageneration": str(blob.metageneration),
+            "size": str(blob.size),
+            "contentType": blob.content_type,
+            "timeCreated": blob.time_created.isoformat().replace("+00:00", "Z"),
+            "metadata": blob.metadata or {},
+        },
+    }

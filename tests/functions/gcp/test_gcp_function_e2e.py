@@ -1,0 +1,228 @@
+"""The real Cloud Function, served by functions-framework and called over HTTP with the
+`object.v1.finalized` CloudEvent Eventarc would send, on real Firestore, Pub/Sub and GCS
+emulators. Each test has its own buckets, collection, topic and function process."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import struct
+import zlib
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from gcp_emulators import finalized_event, free_port, pull_messages
+from PIL import Image, ImageDraw
+
+from functions.core.records import ObjectRef
+from functions.core.service import IMMUTABLE_CACHE_CONTROL
+
+pytestmark = pytest.mark.emulator
+
+
+def a_photo(width: int = 1600, height: int = 1200) -> bytes:
+    image = Image.new("RGB", (width, height), (30, 90, 160))
+    draw = ImageDraw.Draw(image)
+    draw.ellipse((width // 4, height // 4, width * 3 // 4, height * 3 // 4), fill=(240, 200, 40))
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def a_decompression_bomb(side: int = 60_000) -> bytes:
+    """A valid PNG header claiming side x side pixels: tiny on disk, 10 GB once decoded."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        crc = zlib.crc32(kind + body) & 0xFFFFFFFF
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc)
+
+    header = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
+    pixels = zlib.compress(b"\0" * (1 + side * 3) * 4)  # a few rows; the rest is "missing"
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels)
+            + chunk(b"IEND", b""))  # fmt: skip
+
+
+@pytest.fixture
+def upload(gcp_clients, gcp_names):
+    def put(name: str, data: bytes, content_type: str = "image/jpeg"):
+        blob = gcp_clients.storage.bucket(gcp_names.uploads_bucket).blob(name)
+        blob.upload_from_string(data, content_type=content_type)
+        blob.reload()
+        return blob
+
+    return put
+
+
+def record_documents(gcp_clients, gcp_names) -> dict[str, dict]:
+    collection = gcp_clients.firestore.collection(gcp_names.collection)
+    return {snapshot.id: snapshot.to_dict() for snapshot in collection.stream()}
+
+
+def record_id_of(blob) -> str:
+    return ObjectRef(blob.bucket.name, blob.name, str(blob.generation)).record_id
+
+
+def rendition_names(gcp_clients, gcp_names) -> list[str]:
+    return sorted(b.name for b in gcp_clients.storage.list_blobs(gcp_names.renditions_bucket))
+
+
+def entries_for(function, record_id: str) -> list[dict]:
+    return [e for e in function.log_entries() if e.get("record_id") == record_id]
+
+
+def test_an_upload_gets_renditions_a_completed_document_and_one_event(
+    serve_function, gcp_clients, gcp_names, upload
+):
+    function = serve_function(gcp_names)
+    photo = a_photo()
+    blob = upload("holiday/beach photo.jpg", photo)
+
+    response = function.deliver(finalized_event(blob))
+
+    assert response.status_code == 200, response.text
+    record_id = record_id_of(blob)
+    document = record_documents(gcp_clients, gcp_names)[record_id]
+    assert document["status"] == "COMPLETED"
+    assert document["source"]["sha256"] == hashlib.sha256(photo).hexdigest()
+    assert document["source"]["version"] == str(blob.generation)
+    sizes = {r["name"]: (r["width"], r["height"]) for r in document["renditions"]}
+    assert sizes == {"large": (1024, 768), "thumb": (200, 200)}
+
+    renditions = gcp_clients.storage.bucket(gcp_names.renditions_bucket)
+    assert rendition_names(gcp_clients, gcp_names) == sorted(
+        r["key"] for r in document["renditions"]
+    )
+    for rendition in document["renditions"]:
+        stored = renditions.get_blob(rendition["key"])
+        assert stored.content_type == "image/jpeg"
+        assert stored.cache_control == IMMUTABLE_CACHE_CONTROL
+        assert stored.metadata == {
+            "imagepipe-rendition": "true",
+            "imagepipe-source-sha256": document["source"]["sha256"],
+        }
+        decoded = Image.open(io.BytesIO(renditions.blob(rendition["key"]).download_as_bytes()))
+        assert (decoded.format, decoded.size) == ("JPEG", (rendition["width"], rendition["height"]))
+
+    [message] = pull_messages(gcp_clients.subscriber, gcp_names.subscription)
+    event = json.loads(message.data)
+    assert message.attributes["type"] == "imagepipe.image.completed"
+    assert (event["type"], event["subject"]) == ("imagepipe.image.completed", blob.name)
+    assert event["id"] == f"{record_id}-completed"
+    # The event goes out before the final write, so only the record has the notify timing.
+    without_timings = {k: v for k, v in document.items() if k != "stage_ms"}
+    assert {k: v for k, v in event["data"].items() if k != "stage_ms"} == without_timings
+
+    [entry] = entries_for(function, record_id)
+    assert (entry["severity"], entry["status"], entry["renditions"]) == ("INFO", "COMPLETED", 2)
+
+
+def test_the_same_event_delivered_twice_gives_one_document_and_one_event(
+    serve_function, gcp_clients, gcp_names, upload
+):
+    function = serve_function(gcp_names)
+    blob = upload("twice.jpg", a_photo(800, 600))
+    event = finalized_event(blob)
+
+    assert function.deliver(event).status_code == 200
+    assert function.deliver(event).status_code == 200
+
+    documents = record_documents(gcp_clients, gcp_names)
+    assert list(documents) == [record_id_of(blob)]
+    assert documents[record_id_of(blob)]["attempts"] == 1
+    assert len(pull_messages(gcp_clients.subscriber, gcp_names.subscription)) == 1
+    actions = [e["action"] for e in entries_for(function, record_id_of(blob))]
+    assert actions == ["completed", "duplicate"]
+
+
+def test_a_hostile_object_is_recorded_failed_announced_once_and_acknowledged(
+    serve_function, gcp_clients, gcp_names, upload
+):
+    function = serve_function(gcp_names)
+    blob = upload("innocent.png", a_decompression_bomb(), content_type="image/png")
+
+    response = function.deliver(finalized_event(blob))
+
+    assert response.status_code == 200, "a permanent failure must not be retried"
+    document = record_documents(gcp_clients, gcp_names)[record_id_of(blob)]
+    assert document["status"] == "FAILED"
+    assert document["error"]["code"] == "too_many_pixels"
+    assert document["error"]["retryable"] is False
+    assert rendition_names(gcp_clients, gcp_names) == []
+    [message] = pull_messages(gcp_clients.subscriber, gcp_names.subscription)
+    assert message.attributes["type"] == "imagepipe.image.failed"
+    assert json.loads(message.data)["data"]["error"]["code"] == "too_many_pixels"
+    # The line the component's log-based metric counts (jsonPayload.status="FAILED").
+    [entry] = entries_for(function, record_id_of(blob))
+    assert (entry["severity"], entry["status"], entry["error_code"]) == (
+        "WARNING",
+        "FAILED",
+        "too_many_pixels",
+    )
+
+
+def test_with_the_record_store_down_the_function_fails_retryably_and_a_retry_completes(
+    serve_function, gcp_clients, gcp_names, upload
+):
+    outage = serve_function(
+        gcp_names,
+        FIRESTORE_EMULATOR_HOST=f"127.0.0.1:{free_port()}",  # nothing listens there
+        IMAGEPIPE_SDK_RETRY_SECONDS="1",
+    )
+    blob = upload("during-outage.jpg", a_photo(640, 480))
+    event = finalized_event(blob)
+
+    response = outage.deliver(event)
+
+    assert response.status_code == 500, "Eventarc retries only what fails"
+    assert pull_messages(gcp_clients.subscriber, gcp_names.subscription, settle=0.5) == []
+    assert rendition_names(gcp_clients, gcp_names) == []
+    [entry] = [e for e in outage.log_entries() if e.get("key") == blob.name]
+    assert (entry["severity"], entry["status"], entry["error_code"]) == (
+        "ERROR",
+        "PENDING",
+        "record_store_unavailable",
+    )
+
+    # Eventarc redelivers the same event once Firestore is back.
+    healthy = serve_function(gcp_names)
+    assert healthy.deliver(event).status_code == 200
+    assert record_documents(gcp_clients, gcp_names)[record_id_of(blob)]["status"] == "COMPLETED"
+    assert len(pull_messages(gcp_clients.subscriber, gcp_names.subscription)) == 1
+
+
+def test_an_event_older_than_the_maximum_age_is_recorded_expired_and_acknowledged(
+    serve_function, gcp_clients, gcp_names, upload
+):
+    function = serve_function(gcp_names, IMAGEPIPE_MAX_EVENT_AGE_SECONDS="3600")
+    blob = upload("late.jpg", a_photo(640, 480))
+    two_hours_ago = datetime.now(UTC) - timedelta(hours=2)
+
+    response = function.deliver(finalized_event(blob, time=two_hours_ago.isoformat()))
+
+    assert response.status_code == 200, "an expired event must stop being retried"
+    document = record_documents(gcp_clients, gcp_names)[record_id_of(blob)]
+    assert (document["status"], document["error"]["code"]) == ("FAILED", "expired")
+    assert rendition_names(gcp_clients, gcp_names) == []
+    [message] = pull_messages(gcp_clients.subscriber, gcp_names.subscription)
+    assert message.attributes["type"] == "imagepipe.image.failed"
+
+
+def test_a_rendition_or_a_malformed_event_is_acknowledged_without_a_record(
+    serve_function, gcp_clients, gcp_names, upload
+):
+    function = serve_function(gcp_names)
+    rendition = upload("already/a-rendition.jpg", a_photo(320, 240))
+    rendition.metadata = {"imagepipe-rendition": "true"}
+    rendition.patch()
+    malformed = finalized_event(rendition)
+    malformed["data"] = {**malformed["data"], "generation": "not-a-number"}
+
+    assert function.deliver(finalized_event(rendition)).status_code == 200
+    assert function.deliver(malformed).status_code == 200
+
+    assert record_documents(gcp_clients, gcp_names) == {}
+    assert pull_messages(gcp_clients.subscriber, gcp_names.subscription, settle=0.5) == []
+    messages = [e["message"] for e in function.log_entries() if e.get("logger") == "imagepipe.gcp"]
+    assert any(m.startswith("ignored rendition") for m in messages)
+    assert any("generation 'not-a-number' is not a non-negative integer" in m for m in messages)

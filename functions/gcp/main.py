@@ -3,7 +3,8 @@
 The deploy archive puts a copy of this file at its root as `main.py`, so it imports
 only `functions.core` and `functions.gcp`. Clients are built once per instance.
 A transient error is raised: functions-framework answers 500 and Eventarc retries
-with backoff until the core records the event FAILED (`expired`).
+with backoff until the core records the event FAILED (`expired`). Permanent failures
+and duplicates answer 200; an image another delivery is processing answers 409 (retry).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import logging
 import os
 import sys
 
+import flask
 import functions_framework
 from cloudevents.http import CloudEvent
 
@@ -57,10 +59,10 @@ def handle_upload(cloud_event: CloudEvent) -> None:
         log.error("will retry %s: %s", upload.ref.key, error, extra={"json_fields": fields})
         raise
     level = logging.WARNING if outcome.record.error else logging.INFO
-    log.log(
-        level,
-        "%s %s",
-        outcome.action,
-        upload.ref.key,
-        extra={"json_fields": outcome_fields(outcome)},
-    )
+    fields = outcome_fields(outcome)
+    log.log(level, "%s %s", outcome.action, upload.ref.key, extra={"json_fields": fields})
+    if outcome.action == "in_progress":
+        # Another delivery holds the lease. Acknowledging would strand the image if that
+        # worker died, so answer 409: Eventarc redelivers with backoff until it is done
+        # (a duplicate, acknowledged then) or the lease runs out and this delivery takes over.
+        flask.abort(409, description=f"{upload.ref.key} is being processed by another delivery")

@@ -15,8 +15,8 @@ import pytest
 from gcp_emulators import finalized_event, free_port, pull_messages
 from PIL import Image, ImageDraw
 
-from functions.core.records import ObjectRef
-from functions.core.service import IMMUTABLE_CACHE_CONTROL
+from functions.core.records import ImageRecord, ObjectRef, Source, Status
+from functions.core.service import IMMUTABLE_CACHE_CONTROL, isoformat
 
 pytestmark = pytest.mark.emulator
 
@@ -226,3 +226,31 @@ def test_a_rendition_or_a_malformed_event_is_acknowledged_without_a_record(
     messages = [e["message"] for e in function.log_entries() if e.get("logger") == "imagepipe.gcp"]
     assert any(m.startswith("ignored rendition") for m in messages)
     assert any("generation 'not-a-number' is not a non-negative integer" in m for m in messages)
+
+
+def test_an_image_another_delivery_is_processing_is_left_to_a_later_retry(
+    serve_function, gcp_clients, gcp_names, upload
+):
+    function = serve_function(gcp_names)
+    blob = upload("busy.jpg", a_photo(640, 480))
+    now = datetime.now(UTC)
+    held = ImageRecord(
+        id=record_id_of(blob),
+        source=Source(blob.bucket.name, blob.name, str(blob.generation)),
+        status=Status.PROCESSING,
+        attempts=1,
+        created_at=isoformat(now),
+        updated_at=isoformat(now),
+        lease_expires_at=isoformat(now + timedelta(minutes=10)),
+    )
+    collection = gcp_clients.firestore.collection(gcp_names.collection)
+    collection.document(held.id).create(held.to_dict())
+
+    response = function.deliver(finalized_event(blob))
+
+    # Not 200: if the worker holding the lease died, only a redelivery can finish the image.
+    assert response.status_code == 409
+    assert record_documents(gcp_clients, gcp_names) == {held.id: held.to_dict()}
+    assert pull_messages(gcp_clients.subscriber, gcp_names.subscription, settle=0.5) == []
+    [entry] = entries_for(function, held.id)
+    assert (entry["action"], entry["status"]) == ("in_progress", "PROCESSING")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import socket
 from types import ModuleType
@@ -42,6 +43,11 @@ def test_an_upload_becomes_renditions_a_completed_record_and_one_event(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     event = stack.upload("photos/cat.jpg", photo_jpeg, with_cli=True)
+    # POWERTOOLS_LOG_LEVEL decides the level at import; another suite may have imported quieter.
+    caplog.set_level(logging.INFO, logger="imagepipe")
+    # With POWERTOOLS_METRICS_DISABLED (the dev pipeline sets it) Powertools keeps, rather
+    # than drops, what it did not print; start this invocation from an empty metric set.
+    handler_module.metrics.clear_metrics()
 
     result = handler_module.handler(event, lambda_context)
 

@@ -1,0 +1,121 @@
+"""process_object's lifecycle: claim, duplicates, leases, transient errors, events."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from functions.core.records import (
+    PublisherUnavailable,
+    RecordStoreUnavailable,
+    Status,
+    StorageUnavailable,
+)
+from functions.core.service import IMMUTABLE_CACHE_CONTROL
+from tests.core.images import Pipeline, encoded, quadrants
+
+
+@pytest.fixture
+def pipeline() -> Pipeline:
+    return Pipeline()
+
+
+def test_completes_and_stores_immutable_marked_renditions(pipeline):
+    outcome = pipeline.process(pipeline.upload("photos/cat.jpg", encoded(quadrants())))
+    assert outcome.action == "completed"
+    record = pipeline.records.get(outcome.record.id)
+    assert record.status is Status.COMPLETED and record.attempts == 1
+    assert [r.name for r in record.renditions] == ["large", "thumb"]
+    assert record.source.sha256 and record.image.width == 400
+    assert {"detect", "validate", "inspect", "render", "encode", "store"} <= set(record.stage_ms)
+    for rendition in record.renditions:
+        blob = pipeline.blobs.objects[("renditions", rendition.key)]
+        assert blob.cache_control == IMMUTABLE_CACHE_CONTROL
+        assert blob.metadata["imagepipe-rendition"] == "true"
+        assert blob.content_type == "image/jpeg" and len(blob.data) == rendition.bytes
+        assert "cat" not in rendition.key
+    assert len(pipeline.events.events) == 1
+    event = pipeline.events.events[0]
+    assert event["type"] == "imagepipe.image.completed" and event["subject"] == "photos/cat.jpg"
+
+
+def test_a_second_delivery_is_a_duplicate(pipeline):
+    ref = pipeline.upload("a.jpg", encoded(quadrants()))
+    first = pipeline.process(ref)
+    second = pipeline.process(ref)
+    assert second.action == "duplicate" and second.record == pipeline.records.get(first.record.id)
+    assert len(pipeline.events.events) == 1
+
+
+def test_same_bytes_under_another_name_reuse_the_rendition_keys(pipeline):
+    data = encoded(quadrants())
+    a = pipeline.process(pipeline.upload("a.jpg", data))
+    b = pipeline.process(pipeline.upload("b.jpg", data))
+    assert [r.key for r in a.record.renditions] == [r.key for r in b.record.renditions]
+    assert len(pipeline.renditions()) == 2
+
+
+def test_a_concurrent_claim_is_skipped_until_the_lease_expires(pipeline):
+    ref = pipeline.upload("a.jpg", encoded(quadrants()))
+    pipeline.blobs.unavailable = True
+    with pytest.raises(StorageUnavailable):
+        pipeline.process(ref)
+    pending = pipeline.records.get(ref.record_id)
+    # Simulate a worker that claimed and died: PROCESSING with a lease in the future.
+    stuck = pending.evolve(status=Status.PROCESSING, lease_expires_at="2026-01-01T00:10:00.000Z")
+    pipeline.records.records[ref.record_id] = stuck
+    pipeline.blobs.unavailable = False
+    assert pipeline.process(ref).action == "in_progress"
+    pipeline.now += timedelta(minutes=11)
+    outcome = pipeline.process(ref)
+    assert outcome.action == "completed" and outcome.record.attempts == stuck.attempts + 1
+
+
+def test_transient_storage_error_leaves_pending_and_raises(pipeline):
+    ref = pipeline.upload("a.jpg", encoded(quadrants()))
+    pipeline.blobs.unavailable = True
+    with pytest.raises(StorageUnavailable):
+        pipeline.process(ref)
+    record = pipeline.records.get(ref.record_id)
+    assert record.status is Status.PENDING
+    assert record.error.code == "storage_unavailable" and record.error.retryable
+    assert pipeline.events.events == []
+    pipeline.blobs.unavailable = False
+    outcome = pipeline.process(ref)
+    assert outcome.action == "completed" and outcome.record.attempts == 2
+    assert outcome.record.error is None
+
+
+def test_publish_failure_keeps_the_record_claimable_and_the_retry_publishes_once(pipeline):
+    ref = pipeline.upload("a.jpg", encoded(quadrants()))
+    pipeline.events.unavailable = True
+    with pytest.raises(PublisherUnavailable):
+        pipeline.process(ref)
+    assert pipeline.records.get(ref.record_id).status is Status.PENDING
+    pipeline.events.unavailable = False
+    assert pipeline.process(ref).action == "completed"
+    assert pipeline.process(ref).action == "duplicate"
+    assert [e["type"] for e in pipeline.events.events] == ["imagepipe.image.completed"]
+
+
+def test_record_store_outage_raises(pipeline):
+    ref = pipeline.upload("a.jpg", encoded(quadrants()))
+    pipeline.records.unavailable = True
+    with pytest.raises(RecordStoreUnavailable):
+        pipeline.process(ref)
+    assert pipeline.events.events == []
+
+
+def test_an_expired_event_fails_permanently(pipeline):
+    ref = pipeline.upload("a.jpg", encoded(quadrants()))
+    outcome = pipeline.process(
+        ref, event_time=pipeline.now - timedelta(hours=2), max_event_age=timedelta(hours=1)
+    )
+    assert outcome.action == "failed" and outcome.record.error.code == "expired"
+
+
+def test_a_deleted_object_fails_as_missing(pipeline):
+    ref = pipeline.upload("a.jpg", encoded(quadrants()))
+    del pipeline.blobs.objects[("uploads", "a.jpg")]
+    assert pipeline.process(ref).record.error.code == "object_missing"

@@ -44,6 +44,7 @@ format: install
 
 bench: install
 	$(BIN)/python bench/core_bench.py
+	$(BIN)/python bench/local_bench.py
 
 lock:
 	$(BIN)/python -m pip install --quiet uv

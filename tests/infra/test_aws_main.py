@@ -59,7 +59,7 @@ def test_example_stack_exports_every_output(mocked):
     function = mocked.one("aws:lambda/function:Function").inputs
     assert function["architectures"] == ["arm64"]
     settings = function["environment"]["variables"]["IMAGEPIPE_SETTINGS"]
-    assert '"name":"medium"' in settings
+    assert '"allowed_formats":["JPEG","PNG","WEBP","GIF"]' in settings
     assert mocked.one("aws:cloudwatch/logGroup:LogGroup").inputs["retentionInDays"] == 14
     assert mocked.one("aws:iam/role:Role").inputs["tags"] == {"project": "imagepipe", "env": "dev"}
     (target,) = mocked.one("aws:s3/bucketNotification:BucketNotification").inputs["lambdaFunctions"]

@@ -316,15 +316,17 @@ def build_pipeline(environ: Mapping[str, str]) -> GcpPipeline:
         environ, "IMAGEPIPE_MAX_EVENT_AGE_SECONDS", DEFAULT_MAX_EVENT_AGE_SECONDS
     )
     retry_seconds = _positive_int(environ, "IMAGEPIPE_SDK_RETRY_SECONDS", DEFAULT_SDK_RETRY_SECONDS)
+    collection = required("IMAGEPIPE_RECORDS_COLLECTION")
+    renditions_bucket = required("IMAGEPIPE_RENDITIONS_BUCKET")
+    # Every variable is checked before any client is built: a bad deploy fails on the
+    # variable's name, not on a credentials lookup.
     retry = sdk_retry(retry_seconds)
     return GcpPipeline(
         settings=settings,
         blobs=GcsBlobStore(storage.Client(project=project), retry=retry),
-        records=FirestoreRecordStore(
-            firestore.Client(project=project), required("IMAGEPIPE_RECORDS_COLLECTION"), retry=retry
-        ),
+        records=FirestoreRecordStore(firestore.Client(project=project), collection, retry=retry),
         events=PubSubEventPublisher(pubsub_v1.PublisherClient(), topic, retry=retry),
-        renditions_bucket=required("IMAGEPIPE_RENDITIONS_BUCKET"),
+        renditions_bucket=renditions_bucket,
         event_source=f"//pubsub.googleapis.com/{topic}",
         max_event_age=timedelta(seconds=max_age),
     )

@@ -19,6 +19,7 @@ from cloudevents.http import CloudEvent
 
 from functions.core.service import process_object
 from functions.gcp.adapters import (
+    ConfigError,
     InvalidStorageEvent,
     build_pipeline,
     configure_json_logging,
@@ -29,7 +30,11 @@ from functions.gcp.adapters import (
 
 configure_json_logging(sys.stdout)
 log = logging.getLogger("imagepipe.gcp")
-PIPELINE = build_pipeline(os.environ)
+try:
+    PIPELINE = build_pipeline(os.environ)
+except ConfigError as error:  # a deploy mistake: one clear line, then no instance at all
+    log.critical("cannot start: %s", error)
+    raise SystemExit(1) from None
 
 
 @functions_framework.cloud_event

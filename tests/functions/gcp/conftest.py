@@ -38,7 +38,8 @@ def emulator_logs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def emulator_env(emulator_logs: Path) -> Iterator[dict[str, str]]:
     """Firestore, Pub/Sub and GCS emulators for the whole session, and the SDKs' own
-    variables pointing at them, set for this process and every function it serves."""
+    variables pointing at them (given to the clients and functions these tests build;
+    never left in os.environ, where other suites would meet them)."""
     for component in ("cloud-firestore-emulator", "pubsub-emulator"):
         missing = gcloud_component_missing(component)
         if missing:
@@ -57,7 +58,6 @@ def emulator_env(emulator_logs: Path) -> Iterator[dict[str, str]]:
                 "--port", str(ports["gcs"]), "--in-memory"],
     }  # fmt: skip
     servers: list[ServerProcess] = []
-    patch = pytest.MonkeyPatch()
     try:
         for name, command in commands.items():
             log = emulator_logs / f"{name}.log"
@@ -72,11 +72,8 @@ def emulator_env(emulator_logs: Path) -> Iterator[dict[str, str]]:
             "STORAGE_EMULATOR_HOST": f"http://127.0.0.1:{ports['gcs']}",
             "GOOGLE_CLOUD_PROJECT": PROJECT,
         }
-        for name, value in env.items():
-            patch.setenv(name, value)
         yield env
     finally:
-        patch.undo()
         for server in servers:
             server.stop()
 
@@ -85,14 +82,18 @@ def emulator_env(emulator_logs: Path) -> Iterator[dict[str, str]]:
 def gcp_clients(emulator_env: dict[str, str]) -> Iterator[GcpClients]:
     from google.cloud import firestore, pubsub_v1, storage
 
-    subscriber = pubsub_v1.SubscriberClient()
-    yield GcpClients(
-        storage=storage.Client(project=PROJECT),
-        firestore=firestore.Client(project=PROJECT),
-        publisher=pubsub_v1.PublisherClient(),
-        subscriber=subscriber,
-    )
-    subscriber.close()
+    # Each client reads its emulator variable once, when it is built.
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in emulator_env.items():
+            patch.setenv(name, value)
+        clients = GcpClients(
+            storage=storage.Client(project=PROJECT),
+            firestore=firestore.Client(project=PROJECT),
+            publisher=pubsub_v1.PublisherClient(),
+            subscriber=pubsub_v1.SubscriberClient(),
+        )
+    yield clients
+    clients.subscriber.close()
 
 
 # --- Per-test resources ---------------------------------------------------------------

@@ -5,7 +5,11 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
+import subprocess
+import sys
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
@@ -101,6 +105,8 @@ def test_a_malformed_event_is_refused_with_one_line_saying_what_is_wrong(attribu
     assert "\n" not in str(caught.value)
 
 
+MAIN = Path(__file__).resolve().parents[3] / "functions" / "gcp" / "main.py"
+
 COMPONENT_ENV = {
     "IMAGEPIPE_SETTINGS": '{"renditions": [{"name": "thumb", "width": 64, "height": 64}]}',
     "IMAGEPIPE_RENDITIONS_BUCKET": "renditions",
@@ -154,3 +160,27 @@ def test_log_lines_are_json_with_severity_and_the_fields_the_metrics_filter_on()
     assert entry["severity"] == "WARNING"
     assert entry["message"] == "failed a.jpg"
     assert entry["status"] == "FAILED"
+
+
+def test_the_function_refuses_to_start_on_a_bad_environment_with_one_json_line():
+    # What an instance does when a deploy sets a bad variable: no traceback, one log line.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IMAGEPIPE_")}
+    env.update({**COMPONENT_ENV, "IMAGEPIPE_EVENTS_TOPIC": "events"})
+    command = [
+        str(Path(sys.executable).parent / "functions-framework"),
+        "--target=handle_upload",
+        f"--source={MAIN}",
+        "--signature-type=cloudevent",
+        "--host=127.0.0.1",
+        "--port=9",  # never bound: the module fails first
+    ]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    [line] = result.stdout.splitlines()
+    assert json.loads(line) == {
+        "severity": "CRITICAL",
+        "message": "cannot start: IMAGEPIPE_EVENTS_TOPIC 'events' is not "
+        "projects/<project>/topics/<topic>.",
+        "logger": "imagepipe.gcp",
+    }
+    assert "Traceback" not in result.stderr

@@ -14,6 +14,7 @@ import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import boto3
@@ -29,7 +30,7 @@ from functions.aws.adapters import (
     object_refs,
 )
 from functions.core.records import ObjectRef, PipelineError
-from functions.core.service import Outcome, process_object
+from functions.core.service import DEFAULT_LEASE, Outcome, process_object
 from functions.core.settings import SETTINGS_ENV, PipelineSettings, SettingsError
 
 RENDITIONS_BUCKET_ENV = "IMAGEPIPE_RENDITIONS_BUCKET"
@@ -42,6 +43,10 @@ REQUIRED_ENV = (SETTINGS_ENV, RENDITIONS_BUCKET_ENV, RECORDS_TABLE_ENV, EVENTS_T
 # like AWS_ENDPOINT_URL). Short connect timeout: an unreachable endpoint should fail fast
 # enough for the retries to fit in the function's timeout.
 SDK_CONFIG = Config(retries={"mode": "standard"}, connect_timeout=3, read_timeout=20)
+# A claim outlives the invocation by this much. If the invocation dies (timeout, crash),
+# Lambda's own retry comes a minute or more later and finds the claim expired, so it
+# takes the work over instead of skipping it as "in progress elsewhere".
+LEASE_MARGIN = timedelta(seconds=5)
 
 # Logger(service="imagepipe") formats the core's `logging.getLogger("imagepipe")` too.
 logger = Logger(service="imagepipe")
@@ -59,7 +64,7 @@ class Pipeline:
     renditions_bucket: str
     event_source: str
 
-    def process(self, ref: ObjectRef) -> Outcome:
+    def process(self, ref: ObjectRef, lease: timedelta = DEFAULT_LEASE) -> Outcome:
         return process_object(
             ref,
             settings=self.settings,
@@ -68,6 +73,7 @@ class Pipeline:
             events=self.events,
             renditions_bucket=self.renditions_bucket,
             event_source=self.event_source,
+            lease=lease,
         )
 
 
@@ -102,10 +108,17 @@ PIPELINE = build_pipeline(os.environ)
 @logger.inject_lambda_context(clear_state=True)
 @metrics.log_metrics
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    return handle_event(event, PIPELINE)
+    return handle_event(event, PIPELINE, lease_for(context))
 
 
-def handle_event(event: Mapping[str, Any], pipeline: Pipeline) -> dict[str, Any]:
+def lease_for(context: Any) -> timedelta:
+    """How long this invocation's claims hold: what is left of its timeout, plus a margin."""
+    return timedelta(milliseconds=context.get_remaining_time_in_millis()) + LEASE_MARGIN
+
+
+def handle_event(
+    event: Mapping[str, Any], pipeline: Pipeline, lease: timedelta = DEFAULT_LEASE
+) -> dict[str, Any]:
     """Process every object of one S3 notification; raise the first transient error at the end."""
     if is_test_event(event):
         logger.info("ignored the s3:TestEvent sent when the notification was configured")
@@ -115,7 +128,7 @@ def handle_event(event: Mapping[str, Any], pipeline: Pipeline) -> dict[str, Any]
     for ref in object_refs(event):
         started = time.perf_counter()
         try:
-            outcome = pipeline.process(ref)
+            outcome = pipeline.process(ref, lease)
         except Exception as error:  # noqa: BLE001 - re-raised below, after the other records
             _report_retry(ref, error, _elapsed_ms(started))
             first_error = first_error or error

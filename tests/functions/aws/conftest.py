@@ -16,7 +16,6 @@ import shutil
 import subprocess
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -27,6 +26,7 @@ from moto.server import ThreadedMotoServer
 from PIL import Image, ImageDraw
 
 from functions.core.settings import PipelineSettings
+from functions.local.lambda_service import LambdaContext
 
 log = logging.getLogger(__name__)
 # One line per emulated request would bury the lines that explain a failure.
@@ -94,19 +94,12 @@ def handler_module(aws_env: dict[str, str]) -> Iterator[ModuleType]:
         yield module
 
 
-@dataclass
-class LambdaContext:
-    """The attributes Powertools' inject_lambda_context reads from the real context."""
-
-    function_name: str = "imagepipe-test-fn"
-    memory_limit_in_mb: int = 1024
-    invoked_function_arn: str = f"arn:aws:lambda:{REGION}:123456789012:function:imagepipe-test-fn"
-    aws_request_id: str = "00000000-0000-4000-8000-000000000000"
-
-
 @pytest.fixture
 def lambda_context() -> LambdaContext:
-    return LambdaContext()
+    return LambdaContext(
+        function_name="imagepipe-test-fn",
+        invoked_function_arn=f"arn:aws:lambda:{REGION}:123456789012:function:imagepipe-test-fn",
+    )
 
 
 class EmulatedStack:

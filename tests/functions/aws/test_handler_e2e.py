@@ -16,7 +16,12 @@ import pytest
 from boto3.dynamodb.types import TypeDeserializer
 from PIL import Image
 
-from functions.core.records import PublisherUnavailable, RecordStoreUnavailable, TransientError
+from functions.core.records import (
+    ImageRecord,
+    PublisherUnavailable,
+    RecordStoreUnavailable,
+    TransientError,
+)
 from functions.core.service import IMMUTABLE_CACHE_CONTROL
 from functions.core.settings import DEFAULT_RENDITIONS
 
@@ -305,3 +310,66 @@ def test_clients_use_botocore_standard_retries(handler_module: ModuleType) -> No
     client = handler_module.PIPELINE.records._dynamodb
     assert client.meta.config.retries["mode"] == "standard"
     assert client.meta.endpoint_url == os.environ["AWS_ENDPOINT_URL"]
+
+
+def test_lambdas_retry_takes_over_the_claim_of_an_invocation_that_died(
+    stack: EmulatedStack,
+    handler_module: ModuleType,
+    lambda_context: LambdaContext,
+    photo_jpeg: bytes,
+) -> None:
+    event = stack.upload("photos/timeout.jpg", photo_jpeg)
+    (ref,) = handler_module.object_refs(event)
+    # What an invocation killed by its timeout leaves behind: a PROCESSING claim whose
+    # lease (the invocation's remaining time plus a margin) has since run out.
+    died = handler_module.PIPELINE.records
+    claim = {
+        "id": ref.record_id,
+        "source": {"bucket": ref.bucket, "key": ref.key, "version": ref.version},
+        "status": "PROCESSING",
+        "attempts": 1,
+        "created_at": "2026-01-01T00:00:00.000Z",
+        "updated_at": "2026-01-01T00:00:00.000Z",
+        "lease_expires_at": "2026-01-01T00:01:05.000Z",
+    }
+    assert died.create(ImageRecord.from_dict(claim))
+
+    result = handler_module.handler(event, lambda_context)
+
+    (item,) = plain_items(stack)
+    assert result["records"][0]["action"] == "completed"
+    assert (item["status"], item["attempts"]) == ("COMPLETED", 2)
+    assert len(stack.published_events()) == 1
+
+
+def test_a_live_claim_lasts_the_invocations_remaining_time_not_longer(
+    handler_module: ModuleType, lambda_context: LambdaContext
+) -> None:
+    lambda_context.timeout_seconds = 30
+    leases: list[Any] = []
+
+    class RecordingPipeline:
+        def process(self, ref: Any, lease: Any) -> Any:
+            leases.append(lease)
+            raise RecordStoreUnavailable("stop here: only the lease is under test")
+
+    event = {
+        "Records": [
+            {
+                "eventSource": "aws:s3",
+                "eventName": "ObjectCreated:Put",
+                "s3": {
+                    "bucket": {"name": UPLOADS},
+                    "object": {"key": "a.jpg", "size": 10, "eTag": "abc"},
+                },
+            }
+        ]
+    }
+    with pytest.raises(RecordStoreUnavailable):
+        handler_module.handle_event(
+            event,
+            RecordingPipeline(),
+            handler_module.lease_for(lambda_context),
+        )
+    (lease,) = leases
+    assert 30 < lease.total_seconds() <= 35

@@ -43,7 +43,7 @@ def emulator_env(emulator_logs: Path) -> Iterator[dict[str, str]]:
     for component in ("cloud-firestore-emulator", "pubsub-emulator"):
         missing = gcloud_component_missing(component)
         if missing:
-            pytest.skip(f"GCP emulator tests need the {component}: {missing}")
+            pytest.skip(f"GCP emulator tests skipped: {missing}")
     gcs_executable = VENV_BIN / "gcp-storage-emulator"
     if not gcs_executable.exists():
         pytest.skip(f"GCP emulator tests need gcp-storage-emulator (not found at {gcs_executable})")

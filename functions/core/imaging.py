@@ -388,19 +388,22 @@ def _decode(image: Image.Image, max_scale: float) -> _Picture:
     width, height = image.size
     scale_x = scale_y = 1.0
     try:
-        if image.format in ("JPEG", "MPO") and max_scale * DRAFT_MARGIN < 0.5:
-            wanted = (
-                max(1, math.ceil(width * max_scale * DRAFT_MARGIN)),
-                max(1, math.ceil(height * max_scale * DRAFT_MARGIN)),
-            )
-            drafted = image.draft(image.mode, wanted)
-            if drafted is not None:
-                # The box is the original extent in the reduced image's pixels; the
-                # last row/column may be partial, so geometry uses the box, not .size.
-                _, box = drafted
-                scale_x, scale_y = box[2] / width, box[3] / height
-        image.load()
-        decoded = _resizable(image)
+        if image.format == "WEBP" and hasattr(getattr(image, "_decoder", None), "get_next"):
+            decoded = _first_webp_frame(image)
+        else:
+            if image.format in ("JPEG", "MPO") and max_scale * DRAFT_MARGIN < 0.5:
+                wanted = (
+                    max(1, math.ceil(width * max_scale * DRAFT_MARGIN)),
+                    max(1, math.ceil(height * max_scale * DRAFT_MARGIN)),
+                )
+                drafted = image.draft(image.mode, wanted)
+                if drafted is not None:
+                    # The box is the original extent in the reduced image's pixels; the
+                    # last row/column may be partial, so geometry uses the box, not .size.
+                    _, box = drafted
+                    scale_x, scale_y = box[2] / width, box[3] / height
+            image.load()
+            decoded = _resizable(image)
     except (Image.DecompressionBombWarning, Image.DecompressionBombError):
         raise PermanentError("too_many_pixels", "the image data exceeds the pixel limit") from None
     except _DECODE_ERRORS as error:
@@ -410,9 +413,27 @@ def _decode(image: Image.Image, max_scale: float) -> _Picture:
     return _Picture(decoded, (0.0, 0.0, float(width), float(height)), scale_x, scale_y)
 
 
+def _first_webp_frame(image: Image.Image) -> Image.Image:
+    """The first frame, decoded without the two extra full-size copies `load()` makes.
+
+    Pillow's WebP plugin keeps libwebp's canvas alive, copies it into a bytes object,
+    then copies that into the image: three 4-byte-per-pixel buffers at once (about
+    110 MB for 9 MP). Here the canvas is released as soon as the frame is out, and
+    the image shares the frame's memory (`frombuffer`), so one buffer remains.
+    Uses the plugin's `_decoder` (Pillow 13's internals; pinned <14) and falls back
+    to `load()` by the caller's check when it is absent.
+    """
+    frame = image._decoder.get_next()  # type: ignore[attr-defined]
+    image._decoder = None  # type: ignore[attr-defined]  # frees libwebp's canvas now
+    if frame is None:
+        raise EOFError("libwebp could not decode the first frame")
+    rawmode = image.rawmode  # type: ignore[attr-defined]  # RGBA, or RGBX without alpha
+    return Image.frombuffer(rawmode, image.size, frame[0], "raw", rawmode, 0, 1)
+
+
 def _resizable(image: Image.Image) -> Image.Image:
-    """A mode LANCZOS can work in, keeping alpha: L, LA, RGB, RGBA or CMYK."""
-    if image.mode in ("L", "LA", "RGB", "RGBA", "CMYK"):
+    """A mode LANCZOS can work in, keeping alpha: L, LA, RGB, RGBX, RGBA or CMYK."""
+    if image.mode in ("L", "LA", "RGB", "RGBX", "RGBA", "CMYK"):
         return image
     if image.mode in ("P", "PA"):
         return image.convert("RGBA" if _has_alpha(image) else "RGB")
@@ -456,15 +477,45 @@ def _resize(parent: _Picture, plan: _Plan) -> _Picture:
     if plan.size == parent.image.size and box == (0.0, 0.0, *map(float, parent.image.size)):
         resized = parent.image.copy()
     else:
-        resized = parent.image.resize(
-            plan.size, Image.Resampling.LANCZOS, box=box, reducing_gap=REDUCING_GAP
-        )
+        resized = _resize_in_strips(parent.image, plan.size, box)
     return _Picture(
         resized,
         plan.region,
         plan.size[0] / (x1 - x0),
         plan.size[1] / (y1 - y0),
     )
+
+
+# Pillow resizes in two passes; the first holds output width x source height.
+# For a 12 MP JPEG decoded at 1/2 that is 6 MB on top of a 12 MB source, so large
+# resizes go in horizontal strips of output rows. Each strip's box carries the exact
+# source span of its rows and Pillow reads filter support from outside the box, so
+# the pixels are identical to one resize (tested), at the same speed.
+_STRIP_PIXELS = 400_000
+
+
+def _resize_in_strips(
+    image: Image.Image, size: tuple[int, int], box: tuple[float, float, float, float]
+) -> Image.Image:
+    x0, y0, x1, y1 = box
+    first_pass_pixels = size[0] * (y1 - y0)
+    if first_pass_pixels <= 2 * _STRIP_PIXELS:
+        return image.resize(size, Image.Resampling.LANCZOS, box=box, reducing_gap=REDUCING_GAP)
+    rows_per_source_row = size[1] / (y1 - y0)
+    step = max(16, math.ceil(_STRIP_PIXELS * rows_per_source_row / size[0]))
+    output = Image.new(image.mode, size)
+    source_per_row = (y1 - y0) / size[1]
+    for top in range(0, size[1], step):
+        bottom = min(size[1], top + step)
+        strip_box = (x0, y0 + top * source_per_row, x1, y0 + bottom * source_per_row)
+        strip = image.resize(
+            (size[0], bottom - top),
+            Image.Resampling.LANCZOS,
+            box=strip_box,
+            reducing_gap=REDUCING_GAP,
+        )
+        output.paste(strip, (0, top))
+    return output
 
 
 def _finish(
@@ -483,6 +534,8 @@ def _finish(
 
 def to_srgb(image: Image.Image, icc: bytes | None) -> Image.Image:
     """RGB or RGBA in sRGB. An embedded profile is honoured; a broken one is ignored."""
+    if image.mode == "RGBX":
+        image = image.convert("RGB")
     alpha = image.getchannel("A") if image.mode in ("RGBA", "LA") else None
     colour = image.convert(image.mode[:-1]) if alpha is not None else image
     converted = None

@@ -12,6 +12,7 @@ decode or, when it has pixels enough, from a larger rendition made before it.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import math
 import struct
@@ -21,7 +22,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from functools import lru_cache
+from functools import cache, lru_cache
 from io import BytesIO
 
 from PIL import Image
@@ -201,6 +202,7 @@ def open_checked(data: bytes, detected: str, limits: Limits) -> Image.Image:
     """
     try:
         with _bomb_guard(limits.max_pixels):
+            _load_plugin(detected)
             image = Image.open(BytesIO(data), formats=[detected])
             width, height = image.size
             if width * height > limits.max_pixels:  # belt and braces: same limit
@@ -222,6 +224,24 @@ def open_checked(data: bytes, detected: str, limits: Limits) -> Image.Image:
             "too_many_frames", f"the image has {frames} frames; the limit is {limits.max_frames}"
         )
     return image
+
+
+_PLUGINS = {
+    "JPEG": "JpegImagePlugin",
+    "PNG": "PngImagePlugin",
+    "GIF": "GifImagePlugin",
+    "WEBP": "WebPImagePlugin",
+    "AVIF": "AvifImagePlugin",
+    "BMP": "BmpImagePlugin",
+    "TIFF": "TiffImagePlugin",
+}
+
+
+@cache
+def _load_plugin(fmt: str) -> None:
+    """Import one format's plugin, so Pillow never falls back to importing all ~45 of
+    them (`Image.init()`, tens of milliseconds on a cold start) for WebP or AVIF."""
+    importlib.import_module(f"PIL.{_PLUGINS[fmt.upper()]}")
 
 
 def _too_many_pixels(width: int, height: int, limits: Limits) -> PermanentError:
@@ -611,6 +631,7 @@ def encode(
     elif fmt in ("png", "gif"):
         options.update(optimize=True)
     buffer = BytesIO()
+    _load_plugin(fmt)
     image.save(buffer, format=fmt.upper(), **options)
     return EncodedRendition(
         spec, buffer.getvalue(), image.width, image.height, fmt, CONTENT_TYPES[fmt]

@@ -453,6 +453,8 @@ def _first_webp_frame(image: Image.Image) -> Image.Image:
 
 def _resizable(image: Image.Image) -> Image.Image:
     """A mode LANCZOS can work in, keeping alpha: L, LA, RGB, RGBX, RGBA or CMYK."""
+    if image.mode in ("L", "RGB") and "transparency" in image.info:
+        return image.convert("RGBA")  # a tRNS colour key becomes real alpha
     if image.mode in ("L", "LA", "RGB", "RGBX", "RGBA", "CMYK"):
         return image
     if image.mode in ("P", "PA"):

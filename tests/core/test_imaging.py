@@ -273,3 +273,20 @@ def test_plan_geometry():
     assert plan.size == (200, 100) and plan.region == (0.0, 250.0, 1000.0, 750.0)
     turned = plan_rendition((1000, 2000), spec, 6)  # shown as 2000 wide, 1000 tall
     assert turned.size == (100, 200)
+
+
+def test_colour_key_transparency_becomes_alpha():
+    image = Image.new("RGB", (60, 40), RED)
+    image.paste(BLUE, (0, 0, 30, 40))
+    out = render(encoded(image, "PNG", transparency=BLUE), "x:60x40:contain:png")
+    result = opened(out["x"]).convert("RGBA")
+    assert result.getpixel((5, 5))[3] == 0 and result.getpixel((50, 5)) == (*RED, 255)
+
+
+def test_transparent_gif_stays_transparent_as_source():
+    image = Image.new("RGBA", (40, 40), (0, 0, 0, 0))
+    image.paste((*GREEN, 255), (0, 0, 20, 40))
+    out = render(encoded(image, "GIF"), "x:40x40:contain:source")
+    result = opened(out["x"]).convert("RGBA")
+    assert out["x"].format == "gif"
+    assert result.getpixel((30, 5))[3] == 0 and result.getpixel((5, 5)) == (*GREEN, 255)

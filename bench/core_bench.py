@@ -139,17 +139,19 @@ def psnr(a, b) -> float:
 
 # --- fresh-process measurements --------------------------------------------------------
 
+# Peak RSS from VmHWM, not getrusage: Linux carries ru_maxrss across exec, so a
+# child would report the (large) benchmark process it was forked from.
 _RSS_SNIPPET = """
-import os, resource, sys, time
+import os, sys, time
 os.environ.setdefault("VIPS_CONCURRENCY", "1")
 sys.path.insert(0, {root!r})
 started = time.perf_counter()
-sys.argv = ["bench"]
 from bench.core_bench import {case}_case as case
 data = open({path!r}, "rb").read()
 case(data)
 elapsed = (time.perf_counter() - started) * 1000
-peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+status = open("/proc/self/status").read()
+peak_kb = next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM"))
 print(peak_kb, elapsed)
 """
 

@@ -290,3 +290,24 @@ def test_transparent_gif_stays_transparent_as_source():
     result = opened(out["x"]).convert("RGBA")
     assert out["x"].format == "gif"
     assert result.getpixel((30, 5))[3] == 0 and result.getpixel((5, 5)) == (*GREEN, 255)
+
+
+def test_concurrent_renders_with_different_limits_do_not_interfere():
+    from concurrent.futures import ThreadPoolExecutor
+
+    data = encoded(quadrants((600, 400)))  # 240 000 pixels
+    strict = PipelineSettings(limits=Limits(max_pixels=100_000))
+    loose = PipelineSettings()
+    before = Image.MAX_IMAGE_PIXELS
+
+    def attempt(settings: PipelineSettings) -> str:
+        try:
+            render_image(data, settings, StageTimer())
+            return "completed"
+        except PermanentError as error:
+            return error.code
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(attempt, [strict, loose] * 16))
+    assert results == ["too_many_pixels", "completed"] * 16
+    assert before == Image.MAX_IMAGE_PIXELS

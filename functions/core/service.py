@@ -118,10 +118,12 @@ def process_object(
         _release_for_retry(claimed, error, records, clock)
         raise
 
-    final = final.evolve(stage_ms=timer.ms, lease_expires_at=None, updated_at=isoformat(clock()))
+    # A copy: the event carries exactly the record that is stored (no "notify" added later).
+    final = final.evolve(
+        stage_ms=dict(timer.ms), lease_expires_at=None, updated_at=isoformat(clock())
+    )
     try:
-        with timer.stage("notify"):
-            events.publish(lifecycle_event(final, source=event_source))
+        events.publish(lifecycle_event(final, source=event_source))
         if not records.replace(
             final, expected_status=Status.PROCESSING, expected_attempts=claimed.attempts
         ):

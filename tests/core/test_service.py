@@ -38,6 +38,8 @@ def test_completes_and_stores_immutable_marked_renditions(pipeline):
     assert len(pipeline.events.events) == 1
     event = pipeline.events.events[0]
     assert event["type"] == "imagepipe.image.completed" and event["subject"] == "photos/cat.jpg"
+    # The event's data is the stored record, to the last field (stage timings included).
+    assert event["data"] == record.to_dict()
 
 
 def test_a_second_delivery_is_a_duplicate(pipeline):

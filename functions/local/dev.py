@@ -108,7 +108,7 @@ class DevPipeline:
         self._moto.start()  # raises PortInUse before anything else exists
         with _active_lock:
             if _active is not None:
-                self._moto.stop(reset=False)
+                self._moto.stop()
                 raise PipelineAlreadyRunning(
                     f"a dev pipeline already runs in this process at {_active.endpoint}"
                 )

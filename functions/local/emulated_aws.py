@@ -1,18 +1,21 @@
 """An emulated AWS on 127.0.0.1 (moto's server) and the resources `AwsImagePipeline` creates.
 
-moto runs in this process, in a thread, so starting it takes milliseconds and
-stopping it leaves nothing behind. Every client reaches it through botocore's
-own `AWS_ENDPOINT_URL` with fake credentials: no request can leave loopback.
+moto runs in a child process of its own (see `MotoServer`), started in under a
+second and stopped with its whole process group, so it leaves nothing behind.
+Every client reaches it through botocore's own `AWS_ENDPOINT_URL` with fake
+credentials: no request can leave loopback.
 """
 
 from __future__ import annotations
 
 import errno
 import json
-import logging
+import os
+import select
+import signal
 import socket
-import threading
-import urllib.request
+import subprocess
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -63,17 +66,46 @@ def boto3_client(service: str, endpoint: str, region: str = REGION) -> Any:
     )
 
 
-class MotoServer:
-    """moto's server in a thread on 127.0.0.1.
+# What runs in the emulator's process: moto's WSGI app on the socket the parent bound and
+# passed down (argv[1] is its file descriptor). It says "ready" once it can answer, and
+# exits when its stdin closes, so it cannot outlive a parent that was killed outright.
+_EMULATOR_PROCESS_CODE = """
+import logging, os, sys, threading
+from moto.moto_server.werkzeug_app import (
+    DomainDispatcherApplication, MotoRequestHandler, create_backend_app,
+)
+from werkzeug.serving import make_server
 
-    Built from the same pieces as `moto.server.ThreadedMotoServer`, but binding the
-    socket in the caller's thread: a busy port is an error here, not a dead thread.
+logging.getLogger("werkzeug").setLevel(logging.WARNING)
+server = make_server(
+    "127.0.0.1", 0, DomainDispatcherApplication(create_backend_app),
+    threaded=True, request_handler=MotoRequestHandler, fd=int(sys.argv[1]),
+)
+def exit_with_parent():
+    sys.stdin.buffer.read()
+    os._exit(0)
+threading.Thread(target=exit_with_parent, daemon=True).start()
+print("ready", flush=True)
+server.serve_forever()
+"""
+READY_TIMEOUT_SECONDS = 30
+EMULATOR_PROCESS_TAG = "imagepipe-emulated-aws:"
+
+
+class MotoServer:
+    """moto's server in a process of its own, listening on 127.0.0.1.
+
+    Its own process, not a thread: the handler's Python work and moto's request
+    handling then run on two cores instead of taking turns on one GIL. This
+    process binds the socket (a busy port is an error here, at once) and hands it
+    to the child, so the port is known and connections queue before moto has even
+    been imported. The child leads its own process group; `stop()` ends the group.
+    Stopping forgets every bucket, table and queue with the process.
     """
 
     def __init__(self, port: int) -> None:
         self.requested_port = port
-        self._server: Any = None
-        self._thread: threading.Thread | None = None
+        self._process: subprocess.Popen[bytes] | None = None
         self._bound_port: int | None = None
 
     @property
@@ -86,62 +118,77 @@ class MotoServer:
     def endpoint(self) -> str:
         return f"http://{HOST}:{self.port}"
 
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
     def start(self) -> None:
-        from moto.moto_server.werkzeug_app import (
-            DomainDispatcherApplication,
-            MotoRequestHandler,
-            create_backend_app,
-        )
-        from werkzeug.serving import make_server
-
-        # werkzeug logs every request at INFO; the pipeline's own logs are what matter here.
-        logging.getLogger("werkzeug").setLevel(logging.WARNING)
-        app = DomainDispatcherApplication(create_backend_app)
-        _ensure_port_free(self.requested_port)
-        try:
-            self._server = make_server(
-                HOST, self.requested_port, app, threaded=True, request_handler=MotoRequestHandler
+        listener = _listen(self.requested_port)
+        with listener:
+            self._bound_port = int(listener.getsockname()[1])
+            self._process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-P",
+                    "-c",
+                    _EMULATOR_PROCESS_CODE,
+                    str(listener.fileno()),
+                    # Not read by the child: names it in `ps` (and for the tests).
+                    f"{EMULATOR_PROCESS_TAG}{self._bound_port}",
+                ],
+                pass_fds=(listener.fileno(),),
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                start_new_session=True,  # its own process group: Ctrl-C reaches us, not it
             )
-        except SystemExit:
-            # werkzeug prints its own message and exits when the bind fails: the port was
-            # taken between the check above and here.
-            raise PortInUse(self.requested_port) from None
-        self._bound_port = int(self._server.server_address[1])
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, name="moto-server", daemon=True
-        )
-        self._thread.start()
+        # The child holds the socket now; ours is closed, so nothing is left listening
+        # once the child has gone.
+        if not self._wait_until_ready():
+            self.stop()
+            raise RuntimeError("the emulated AWS (moto) did not start; see the messages above")
 
-    def stop(self, reset: bool = True) -> None:
-        if self._server is None:
+    def _wait_until_ready(self) -> bool:
+        assert self._process is not None and self._process.stdout is not None
+        ready, _, _ = select.select([self._process.stdout], [], [], READY_TIMEOUT_SECONDS)
+        return bool(ready) and self._process.stdout.readline().strip() == b"ready"
+
+    def stop(self) -> None:
+        process, self._process = self._process, None
+        if process is None:
             return
-        if reset:
-            # The backends are process-global: forget this pipeline's buckets, tables and
-            # queues, so a later pipeline in the same process starts from nothing.
-            request = urllib.request.Request(f"{self.endpoint}/moto-api/reset", method="POST")
+        for sig, wait_seconds in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
             try:
-                urllib.request.urlopen(request, timeout=5).close()
-            except OSError:
-                logging.getLogger("imagepipe.dev").warning("could not reset the emulator's state")
-        self._server.shutdown()
-        self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-        self._server = None
+                os.killpg(process.pid, sig)
+            except ProcessLookupError:
+                break  # already gone, group and all
+            try:
+                process.wait(wait_seconds)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        for stream in (process.stdin, process.stdout):
+            if stream is not None:
+                stream.close()
+        process.wait()
 
 
-def _ensure_port_free(port: int) -> None:
-    """Bind the port the way the server will (SO_REUSEADDR, like werkzeug) to see if it is free."""
-    if port == 0:
-        return
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+def _listen(port: int) -> socket.socket:
+    """A listening socket on HOST:port (0: any free port), bound as werkzeug would bind it."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            probe.bind((HOST, port))
+            listener.bind((HOST, port))
         except OSError as error:
             if error.errno == errno.EADDRINUSE:
                 raise PortInUse(port) from None
             raise
+        listener.listen(128)
+        listener.set_inheritable(True)
+    except BaseException:
+        listener.close()
+        raise
+    return listener
 
 
 @dataclass(frozen=True)

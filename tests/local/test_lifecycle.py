@@ -1,4 +1,5 @@
-"""`imagepipe dev` as a process: a busy port, a clean stop on SIGTERM, no thread left behind."""
+"""`imagepipe dev` as a process: a busy port, a clean stop on SIGTERM, no thread or emulator
+process left behind, not even when `imagepipe dev` itself is killed outright."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from functions.local import dev
+from functions.local.emulated_aws import EMULATOR_PROCESS_TAG
 from functions.local.samples import small_png
 from functions.local.target import PipelineTarget
 from functions.local.upload import Upload, upload_and_wait
@@ -38,6 +40,34 @@ def clean_environment() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "IMAGEPIPE_"))}
 
 
+def emulator_processes(port: int) -> list[int]:
+    """Pids of live processes that are the emulated AWS serving `port` (by its argv tag)."""
+    tag = f"{EMULATOR_PROCESS_TAG}{port}".encode()
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue  # gone meanwhile
+        if tag in argv:
+            pids.append(int(entry.name))
+    return pids
+
+
+def start_dev(outputs_file: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-c", DEV_COMMAND, "--port", "0", "--outputs", str(outputs_file)],
+        cwd=PROJECT_ROOT,
+        env=clean_environment(),
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 def test_a_busy_port_gives_one_clear_line_and_exit_2(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -59,18 +89,12 @@ def test_a_busy_port_gives_one_clear_line_and_exit_2(
 
 def test_sigterm_stops_a_running_pipeline_cleanly(tmp_path: Path) -> None:
     outputs_file = tmp_path / "outputs.json"
-    process = subprocess.Popen(
-        [sys.executable, "-c", DEV_COMMAND, "--port", "0", "--outputs", str(outputs_file)],
-        cwd=PROJECT_ROOT,
-        env=clean_environment(),
-        start_new_session=True,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process = start_dev(outputs_file)
     try:
         assert wait_for(outputs_file.exists, timeout=30), "imagepipe dev did not start"
         outputs = json.loads(outputs_file.read_text())
+        port = int(outputs["endpoint"].rsplit(":", 1)[1])
+        assert len(emulator_processes(port)) == 1  # moto runs in a process of its own
         target = PipelineTarget.from_outputs(outputs, str(outputs_file))
         image = tmp_path / "alive.png"
         image.write_bytes(small_png(seed=1))
@@ -90,13 +114,33 @@ def test_sigterm_stops_a_running_pipeline_cleanly(tmp_path: Path) -> None:
     assert stderr.rstrip().endswith("imagepipe dev: stopped")
     assert "aws s3 cp photo.jpg s3://imagepipe-uploads/" in stdout
     assert not outputs_file.exists()  # a stale file would point at a dead port
+    assert emulator_processes(port) == []
     with socket.socket() as probe:
-        port = int(outputs["endpoint"].rsplit(":", 1)[1])
         assert probe.connect_ex(("127.0.0.1", port)) != 0  # nothing listens any more
 
 
+def test_the_emulator_does_not_outlive_a_killed_imagepipe_dev(tmp_path: Path) -> None:
+    outputs_file = tmp_path / "outputs.json"
+    process = start_dev(outputs_file)
+    try:
+        assert wait_for(outputs_file.exists, timeout=30), "imagepipe dev did not start"
+        port = int(json.loads(outputs_file.read_text())["endpoint"].rsplit(":", 1)[1])
+        [emulator] = emulator_processes(port)
+        process.kill()  # SIGKILL to `imagepipe dev` alone: no chance to stop anything
+        process.communicate(timeout=10)
+        assert wait_for(lambda: not emulator_processes(port), timeout=10), (
+            f"the emulator (pid {emulator}) outlived imagepipe dev"
+        )
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        for pid in emulator_processes(port) if "port" in locals() else []:
+            os.killpg(pid, signal.SIGKILL)
+
+
 STOP_SCRIPT = textwrap.dedent("""
-    import threading, tempfile, pathlib
+    import os, threading, tempfile, pathlib
     from functions.local.dev import DevPipeline
     from functions.local.samples import small_png
     from functions.local.target import PipelineTarget
@@ -109,12 +153,18 @@ STOP_SCRIPT = textwrap.dedent("""
         [result] = upload_and_wait(target, [Upload(path, "one.png")], timeout=30)
         print("status", result.status)
         print("threads while running", len(threading.enumerate()))
+        emulator = pipeline._moto.pid
     left = [t.name for t in threading.enumerate() if t is not threading.main_thread()]
     print("left", ",".join(left))
+    try:
+        os.kill(emulator, 0)
+        print("emulator alive")
+    except ProcessLookupError:
+        print("emulator gone")
 """)
 
 
-def test_stop_joins_every_thread_it_started() -> None:
+def test_stop_joins_every_thread_and_ends_the_emulator_process() -> None:
     completed = subprocess.run(
         [sys.executable, "-c", STOP_SCRIPT],
         cwd=PROJECT_ROOT,
@@ -128,7 +178,8 @@ def test_stop_joins_every_thread_it_started() -> None:
     lines = dict(
         line.split(" ", 1) if " " in line else (line, "")
         for line in completed.stdout.splitlines()
-        if line.startswith(("status", "left"))
+        if line.startswith(("status", "left", "emulator"))
     )
     assert lines["status"] == "COMPLETED"
     assert lines["left"] == ""
+    assert lines["emulator"] == "gone"  # stopped and reaped, not a zombie

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 from io import BytesIO
 
 import pytest
@@ -12,6 +13,40 @@ from tests.core.images import Pipeline
 
 def _photos(folder):
     return sorted(path for path in folder.iterdir() if path.is_file())
+
+
+def _jpeg_marker_segments(data: bytes) -> list[tuple[int, bytes]]:
+    """(marker, payload) of every JPEG marker segment; entropy-coded scan data skipped.
+
+    Metadata lives only in marker segments. Searching the whole file for b"GPS"
+    also searches compressed pixels, where any 3 bytes turn up by chance (one
+    10 MP photo's large rendition has b"GPS" at byte 94175 of its scan data).
+    """
+    assert data[:2] == b"\xff\xd8"
+    segments, at = [], 2
+    while at < len(data) - 1:
+        assert data[at] == 0xFF, f"no marker at byte {at}"
+        marker = data[at + 1]
+        if marker == 0xD9:  # EOI
+            break
+        (length,) = struct.unpack(">H", data[at + 2 : at + 4])
+        segments.append((marker, data[at + 4 : at + 2 + length]))
+        at += 2 + length
+        if marker == 0xDA:  # SOS: scan data runs to the next marker (not a stuffed 0 or RSTn)
+            while not (data[at] == 0xFF and data[at + 1] not in (0x00, *range(0xD0, 0xD8))):
+                at += 1
+    return segments
+
+
+def test_marker_walk_sees_metadata_and_ignores_scan_bytes():
+    picture = Image.new("RGB", (64, 64), (10, 200, 30))
+    exif = Image.Exif()
+    exif[0x010F] = "GPS maker"
+    buffer = BytesIO()
+    picture.save(buffer, "JPEG", exif=exif, progressive=True)
+    segments = _jpeg_marker_segments(buffer.getvalue())
+    assert any(marker == 0xE1 and b"GPS" in payload for marker, payload in segments)
+    assert sum(marker == 0xDA for marker, _ in segments) > 1  # walked past every scan
 
 
 def test_every_corpus_photo_completes_without_metadata(corpus_photos):
@@ -27,7 +62,9 @@ def test_every_corpus_photo_completes_without_metadata(corpus_photos):
             assert image.size == (rendition.width, rendition.height)
             assert rendition.width <= 1024 and rendition.height <= 768
             assert not image.getexif(), f"EXIF survived in {path.name}/{rendition.name}"
-            assert b"Exif\x00\x00" not in data and b"GPS" not in data
+            for marker, payload in _jpeg_marker_segments(data):
+                assert marker != 0xE1, f"APP1 (EXIF/XMP) in {path.name}/{rendition.name}"
+                assert b"Exif\x00\x00" not in payload and b"GPS" not in payload
             assert not {"exif", "xmp", "icc_profile"} & set(image.info)
         assert "gps" not in repr(record.image).lower()
 

@@ -10,7 +10,8 @@ import argparse
 import json
 import shutil
 import subprocess
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +46,22 @@ class PipelineTarget:
             region=outputs.get("region"),
         )
 
+    # One client per service, made on first use: making a boto3 client takes ~15 ms, more
+    # than an upload to the local pipeline, and clients are safe to share between threads.
+    _clients: dict[str, Any] = field(
+        default_factory=dict, init=False, repr=False, compare=False, hash=False
+    )
+    _clients_lock: threading.Lock = field(
+        default_factory=threading.Lock, init=False, repr=False, compare=False, hash=False
+    )
+
     def client(self, service: str) -> Any:
+        with self._clients_lock:
+            if service not in self._clients:
+                self._clients[service] = self._new_client(service)
+            return self._clients[service]
+
+    def _new_client(self, service: str) -> Any:
         if self.endpoint:
             return boto3_client(service, self.endpoint, self.region or "us-east-1")
         import boto3

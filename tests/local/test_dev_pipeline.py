@@ -14,13 +14,18 @@ from urllib.parse import unquote_plus
 
 import pytest
 
-from functions.aws.adapters import DynamoDbRecordStore
 from functions.core.records import Status, record_id
 from functions.local.dev import DevPipeline
 from functions.local.emulated_aws import client_environment, drain_queue
 from functions.local.samples import alpha_png, camera_jpeg, small_png
 from functions.local.target import PipelineTarget
-from functions.local.upload import Upload, object_version, upload_and_wait, wait_for_records
+from functions.local.upload import (
+    RecordReader,
+    Upload,
+    object_version,
+    upload_and_wait,
+    wait_for_records,
+)
 from tests.local.conftest import UPLOADS_PREFIX, FaultInjection, wait_for
 
 pytestmark = [pytest.mark.emulator, pytest.mark.timeout(60)]
@@ -73,7 +78,7 @@ def test_aws_cli_upload_is_processed_and_served_by_the_cdn(
 
     head = target.client("s3").head_object(Bucket=target.uploads_bucket, Key=key)
     rid = record_id(target.uploads_bucket, key, object_version(head))
-    records = DynamoDbRecordStore(target.client("dynamodb"), target.records_table)
+    records = RecordReader.for_target(target)
     [result] = wait_for_records(
         records, [Upload(photo, key)], [rid], timeout=30, poll_interval=0.05
     )
@@ -170,7 +175,7 @@ def test_a_failing_handler_is_retried_then_the_event_is_dead_lettered_intact(
     )
     head = target.client("s3").head_object(Bucket=target.uploads_bucket, Key=key)
     rid = record_id(target.uploads_bucket, key, object_version(head))
-    records = DynamoDbRecordStore(target.client("dynamodb"), target.records_table)
+    records = RecordReader.for_target(target)
     [result] = wait_for_records(records, [Upload(path, key)], [rid], timeout=20, poll_interval=0.05)
     assert result.status == "COMPLETED"
 

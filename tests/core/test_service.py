@@ -6,6 +6,7 @@ from datetime import timedelta
 
 import pytest
 
+from functions.core.memory import InMemoryRecordStore
 from functions.core.records import (
     PublisherUnavailable,
     RecordStoreUnavailable,
@@ -121,3 +122,38 @@ def test_a_deleted_object_fails_as_missing(pipeline):
     ref = pipeline.upload("a.jpg", encoded(quadrants()))
     del pipeline.blobs.objects[("uploads", "a.jpg")]
     assert pipeline.process(ref).record.error.code == "object_missing"
+
+
+class CountingRecordStore(InMemoryRecordStore):
+    """Counts round trips, the cost that matters when the store is across a network."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[str] = []
+
+    def get(self, record_id):
+        self.calls.append("get")
+        return super().get(record_id)
+
+    def create(self, record):
+        self.calls.append("create")
+        return super().create(record)
+
+    def replace(self, record, **expected):
+        self.calls.append("replace")
+        return super().replace(record, **expected)
+
+
+def test_a_first_delivery_costs_one_write_to_claim_and_one_to_finish():
+    pipeline = Pipeline(records=CountingRecordStore())
+    pipeline.process(pipeline.upload("a.jpg", encoded(quadrants())))
+    assert pipeline.records.calls == ["create", "replace"]
+
+
+def test_a_duplicate_delivery_reads_the_record_and_writes_nothing_more():
+    pipeline = Pipeline(records=CountingRecordStore())
+    ref = pipeline.upload("a.jpg", encoded(quadrants()))
+    pipeline.process(ref)
+    pipeline.records.calls.clear()
+    assert pipeline.process(ref).action == "duplicate"
+    assert pipeline.records.calls == ["create", "get"]

@@ -55,11 +55,15 @@ DERIVE_MARGIN = 2.0
 REDUCING_GAP = 3.0
 # A full-size decode (PNG, WebP, a JPEG too small for a 1/2-scale draft) is first
 # halved with a 2x2 box (`Image.reduce`, a few ms) when LANCZOS still has at least
-# this ratio left afterwards. Unlike DCT scaling the box has no 8x8 block edges, so a
-# smaller margin holds: measured against LANCZOS from full size on the corpus, 1.59
-# (8 MP -> 1024x768) gives 52-53 dB and 1.78 gives 48.5 dB, where the same ratios
-# after a 1/2-scale JPEG draft give 44 dB. It cuts an 8 MP resize from ~120 to ~45 ms.
-BOX_HALVING_MARGIN = 1.5
+# this ratio left afterwards; it cuts an 8 MP JPEG's resize from ~120 to ~45 ms.
+# Measured against LANCZOS from full size:
+# - JPEG photos (corpus): 1.59 left (8 MP -> 1024x768) gives 52-53 dB and 1.78 gives
+#   48.5 dB, where the same ratios after a 1/2-scale draft give 44 dB (no 8x8 block
+#   edges in a box). A lossy JPEG has no pixel-sharp edges left, so 1.5 is safe.
+# - Pixel-sharp graphics (1-px lines, likely in PNG, GIF, lossless WebP): 1.61 left
+#   gives 38 dB, 1.78 gives 41, 2.0 gives 45.6, 2.44 gives 55. So 2.0 for those.
+JPEG_BOX_HALVING_MARGIN = 1.5
+BOX_HALVING_MARGIN = 2.0
 
 # EXIF orientation -> the transpose a viewer applies (as ImageOps.exif_transpose).
 _ORIENTATION_TRANSPOSE = {
@@ -405,7 +409,8 @@ def render(
     """Decode once and cut every rendition: oriented, in sRGB, RGB or RGBA, in spec order."""
     plans = [plan_rendition(image.size, spec, metadata.orientation) for spec in specs]
     max_scale = max(plan.scale for plan in plans)
-    base = _halved_while_sharp(_decode(image, max_scale), max_scale)
+    margin = JPEG_BOX_HALVING_MARGIN if image.format in ("JPEG", "MPO") else BOX_HALVING_MARGIN
+    base = _halved_while_sharp(_decode(image, max_scale), max_scale, margin)
     icc = image.info.get("icc_profile") or None
     made: list[_Picture] = []
     results: dict[str, Image.Image] = {}
@@ -448,14 +453,14 @@ def _decode(image: Image.Image, max_scale: float) -> _Picture:
     return _Picture(decoded, (0.0, 0.0, float(width), float(height)), scale_x, scale_y)
 
 
-def _halved_while_sharp(picture: _Picture, max_scale: float) -> _Picture:
-    """Halve with a 2x2 box while every rendition keeps BOX_HALVING_MARGIN for LANCZOS.
+def _halved_while_sharp(picture: _Picture, max_scale: float, margin: float) -> _Picture:
+    """Halve with a 2x2 box while every rendition keeps `margin` for LANCZOS after it.
 
     `Image.reduce` averages the partial last row/column of an odd size, so the scale
     is exactly halved, as after a JPEG draft.
     """
     while (
-        min(picture.scale_x, picture.scale_y) >= 2 * BOX_HALVING_MARGIN * max_scale
+        min(picture.scale_x, picture.scale_y) >= 2 * margin * max_scale
         and min(picture.image.size) >= 2
     ):
         picture = _Picture(

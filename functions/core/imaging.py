@@ -248,18 +248,8 @@ _PLUGINS = {
 @cache
 def _load_plugin(fmt: str) -> None:
     """Import one format's plugin, so Pillow never falls back to importing all ~45 of
-    them (`Image.init()`, tens of milliseconds on a cold start) for WebP or AVIF.
-
-    `Image.open` and `Image.save` also call `Image.preinit()`, which imports the BMP,
-    GIF, JPEG, PPM and PNG plugins (~18 ms of a cold start, PNG's pulling in
-    `fractions` and `decimal`) whatever the format. With our plugin registered we
-    mark that step done (Pillow 13's module global; pinned <14). Nothing is lost for
-    other callers in the process: a format that is not registered yet still makes
-    Pillow's `open`/`save` fall back to `Image.init()`, which imports every plugin.
-    """
+    them (`Image.init()`, tens of milliseconds on a cold start) for WebP or AVIF."""
     importlib.import_module(f"PIL.{_PLUGINS[fmt.upper()]}")
-    if Image._initialized < 1:  # type: ignore[attr-defined]
-        Image._initialized = 1  # type: ignore[attr-defined]
 
 
 def _too_many_pixels(width: int, height: int, limits: Limits) -> PermanentError:

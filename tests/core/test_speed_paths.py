@@ -1,10 +1,8 @@
-"""The shortcuts that make the core fast keep its output: box halving, EXIF dates, plugins."""
+"""The shortcuts that make the core fast keep its output: box halving, EXIF dates."""
 
 from __future__ import annotations
 
 import math
-import subprocess
-import sys
 from io import BytesIO
 
 import pytest
@@ -105,32 +103,3 @@ def test_halving_keeps_transparent_colour_out_of_opaque_pixels():
 def test_exif_capture_time(taken, expected):
     data = jpeg_with_exif(quadrants(), taken=taken)
     assert render(data, "x:100x100")["_meta"].captured_at == expected
-
-
-def test_a_cold_jpeg_render_imports_only_the_jpeg_plugin_and_leaves_pillow_usable():
-    # Run in a fresh interpreter: plugin imports are process-wide.
-    png = BytesIO()
-    Image.new("RGB", (8, 8), (1, 2, 3)).save(png, "PNG")
-    code = f"""
-import sys
-from io import BytesIO
-from functions.core.imaging import render_image
-from functions.core.settings import PipelineSettings
-from functions.core.timing import StageTimer
-render_image({encoded(quadrants((64, 48)))!r}, PipelineSettings(), StageTimer())
-loaded = sorted(m for m in sys.modules if m.startswith("PIL.") and m.endswith("ImagePlugin"))
-print(",".join(loaded))
-from PIL import Image
-image = Image.open(BytesIO({png.getvalue()!r}))  # no formats: Pillow must still find PNG
-out = BytesIO()
-image.convert("L").save(out, "BMP")
-print(image.format, image.getpixel((0, 0)), Image.open(out).format)
-"""
-    done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
-    )
-    loaded, reopened = done.stdout.splitlines()
-    assert "PIL.PngImagePlugin" not in loaded.split(",")
-    assert "PIL.BmpImagePlugin" not in loaded.split(",")
-    assert "PIL.JpegImagePlugin" in loaded.split(",")
-    assert reopened == "PNG (1, 2, 3) BMP"

@@ -6,7 +6,7 @@ from datetime import timedelta
 
 import pytest
 
-from functions.core.memory import InMemoryRecordStore
+from functions.core.memory import InMemoryBlobStore, InMemoryRecordStore
 from functions.core.records import (
     PublisherUnavailable,
     RecordStoreUnavailable,
@@ -157,3 +157,20 @@ def test_a_duplicate_delivery_reads_the_record_and_writes_nothing_more():
     pipeline.records.calls.clear()
     assert pipeline.process(ref).action == "duplicate"
     assert pipeline.records.calls == ["create", "get"]
+
+
+class WriteFailingBlobStore(InMemoryBlobStore):
+    """Reads work, writes do not: the renditions bucket is what is down."""
+
+    def write(self, bucket, key, data, **options):
+        raise StorageUnavailable(f"cannot write {bucket}/{key}")
+
+
+def test_a_failed_rendition_write_raises_its_transient_error_and_leaves_the_record_pending():
+    pipeline = Pipeline(blobs=WriteFailingBlobStore())
+    ref = pipeline.upload("a.jpg", encoded(quadrants()))
+    with pytest.raises(StorageUnavailable):
+        pipeline.process(ref)
+    record = pipeline.records.get(ref.record_id)
+    assert record.status is Status.PENDING and record.error.code == "storage_unavailable"
+    assert pipeline.events.events == []

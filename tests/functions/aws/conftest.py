@@ -1,7 +1,8 @@
 """An emulated AWS stack on 127.0.0.1 (moto's server, real boto3 over HTTP) for the Lambda handler.
 
 One moto server per session; every test starts from an empty emulator holding what the
-AwsImagePipeline component creates, under fixed names, so the handler module's
+AwsImagePipeline component creates, as `imagepipe dev` creates it
+(`create_pipeline_resources`), under the same names every time, so the handler module's
 module-scope pipeline stays valid from test to test.
 """
 
@@ -26,6 +27,7 @@ from moto.server import ThreadedMotoServer
 from PIL import Image, ImageDraw
 
 from functions.core.settings import PipelineSettings
+from functions.local.emulated_aws import PipelineResources, create_pipeline_resources, drain_queue
 from functions.local.lambda_service import LambdaContext
 
 log = logging.getLogger(__name__)
@@ -33,13 +35,8 @@ log = logging.getLogger(__name__)
 logging.getLogger("werkzeug").setLevel(logging.WARNING)
 
 REGION = "us-east-1"
-UPLOADS = "imagepipe-test-uploads"
-RENDITIONS = "imagepipe-test-renditions"
-TABLE = "imagepipe-test-records"
-TOPIC = "imagepipe-test-events"
-DLQ = "imagepipe-test-dlq"
-EVENTS_QUEUE = "imagepipe-test-events-subscriber"
-NOTIFICATIONS_QUEUE = "imagepipe-test-uploads-notifications"
+# The stack's name: its resources are `imagepipe-test-uploads`, `-records`, ...
+STACK_NAME = "imagepipe-test"
 
 
 @pytest.fixture(scope="session")
@@ -55,7 +52,19 @@ def moto_url() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def aws_env(moto_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+def resources(moto_url: str) -> PipelineResources:
+    """The names and addresses of the stack's resources, as every test's fresh stack has them.
+
+    Created once here only to learn them: the handler's environment (and so its module-scope
+    pipeline) is built from these before any test runs; `stack` re-creates them per test.
+    """
+    return create_pipeline_resources(moto_url, name=STACK_NAME)
+
+
+@pytest.fixture(scope="session")
+def aws_env(
+    moto_url: str, resources: PipelineResources, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, str]]:
     """The process environment a deployed function would have, pointed at moto."""
     no_config = tmp_path_factory.mktemp("aws") / "absent"  # ignore ~/.aws on this machine
     env = {
@@ -70,9 +79,9 @@ def aws_env(moto_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         "AWS_EC2_METADATA_DISABLED": "true",
         "AWS_LAMBDA_FUNCTION_NAME": "imagepipe-test-fn",
         "IMAGEPIPE_SETTINGS": PipelineSettings().to_json(),
-        "IMAGEPIPE_RENDITIONS_BUCKET": RENDITIONS,
-        "IMAGEPIPE_RECORDS_TABLE": TABLE,
-        "IMAGEPIPE_EVENTS_TOPIC_ARN": f"arn:aws:sns:{REGION}:123456789012:{TOPIC}",
+        "IMAGEPIPE_RENDITIONS_BUCKET": resources.renditions_bucket,
+        "IMAGEPIPE_RECORDS_TABLE": resources.records_table,
+        "IMAGEPIPE_EVENTS_TOPIC_ARN": resources.events_topic_arn,
     }
     with pytest.MonkeyPatch.context() as patch:
         patch.delenv("AWS_PROFILE", raising=False)
@@ -103,80 +112,28 @@ def lambda_context() -> LambdaContext:
 
 
 class EmulatedStack:
-    """What the component creates, created with boto3 against moto, plus test helpers."""
+    """What the component creates (`create_pipeline_resources`) on moto, plus test helpers."""
 
-    def __init__(self, env: dict[str, str], workdir: Path) -> None:
+    def __init__(self, env: dict[str, str], resources: PipelineResources, workdir: Path) -> None:
         self.env = env
+        self.resources = resources
         self.workdir = workdir
         self.s3 = boto3.client("s3")
         self.dynamodb = boto3.client("dynamodb")
         self.sns = boto3.client("sns")
         self.sqs = boto3.client("sqs")
-        self.topic_arn = env["IMAGEPIPE_EVENTS_TOPIC_ARN"]
+        self.uploads = resources.uploads_bucket
+        self.renditions = resources.renditions_bucket
+        self.table = resources.records_table
+        self.topic_arn = resources.events_topic_arn
         self.test_events: list[dict[str, Any]] = []
 
     def create(self) -> None:
-        for bucket in (UPLOADS, RENDITIONS):
-            self.s3.create_bucket(Bucket=bucket)
-        self.dynamodb.create_table(
-            TableName=TABLE,
-            BillingMode="PAY_PER_REQUEST",
-            AttributeDefinitions=[
-                {"AttributeName": "id", "AttributeType": "S"},
-                {"AttributeName": "status", "AttributeType": "S"},
-                {"AttributeName": "updated_at", "AttributeType": "S"},
-            ],
-            KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
-            GlobalSecondaryIndexes=[
-                {
-                    "IndexName": "by-status",
-                    "KeySchema": [
-                        {"AttributeName": "status", "KeyType": "HASH"},
-                        {"AttributeName": "updated_at", "KeyType": "RANGE"},
-                    ],
-                    "Projection": {"ProjectionType": "ALL"},
-                }
-            ],
-        )
-        assert self.sns.create_topic(Name=TOPIC)["TopicArn"] == self.topic_arn
-        self.sqs.create_queue(QueueName=DLQ, Attributes={"MessageRetentionPeriod": "1209600"})
-        self.events_queue = self.sqs.create_queue(QueueName=EVENTS_QUEUE)["QueueUrl"]
-        # Raw delivery off: the SNS envelope shows the message attributes subscribers filter on.
-        self.sns.subscribe(
-            TopicArn=self.topic_arn, Protocol="sqs", Endpoint=self._queue_arn(self.events_queue)
-        )
-        # Stands in for the Lambda trigger: moto cannot run Lambda code without Docker.
-        self.notifications_queue = self.sqs.create_queue(QueueName=NOTIFICATIONS_QUEUE)["QueueUrl"]
-        self.s3.put_bucket_notification_configuration(
-            Bucket=UPLOADS,
-            NotificationConfiguration={
-                "QueueConfigurations": [
-                    {
-                        "QueueArn": self._queue_arn(self.notifications_queue),
-                        "Events": ["s3:ObjectCreated:*"],
-                    }
-                ]
-            },
-        )
+        created = create_pipeline_resources(self.env["AWS_ENDPOINT_URL"], name=STACK_NAME)
+        # The handler's module-scope pipeline was built from the session's names.
+        assert created == self.resources
         # S3 announces a new notification configuration with an s3:TestEvent.
-        self.test_events = self.drain(self.notifications_queue)
-
-    def _queue_arn(self, url: str) -> str:
-        attributes = self.sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])
-        return attributes["Attributes"]["QueueArn"]
-
-    def drain(self, queue_url: str) -> list[dict[str, Any]]:
-        """Every message now on the queue, parsed and deleted."""
-        bodies: list[dict[str, Any]] = []
-        while True:
-            batch = self.sqs.receive_message(
-                QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=0
-            ).get("Messages", [])
-            if not batch:
-                return bodies
-            for message in batch:
-                bodies.append(json.loads(message["Body"]))
-                self.sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])
+        self.test_events = drain_queue(self.sqs, self.resources.trigger_queue_url)
 
     def upload(self, key: str, data: bytes, *, with_cli: bool = False) -> dict[str, Any]:
         """Upload, then return the S3 event the upload caused.
@@ -188,7 +145,7 @@ class EmulatedStack:
         if with_cli and aws is None:
             log.warning("the AWS CLI is not on PATH; uploading %s with boto3 instead", key)
         if aws is None:
-            self.s3.put_object(Bucket=UPLOADS, Key=key, Body=data)
+            self.s3.put_object(Bucket=self.uploads, Key=key, Body=data)
         else:
             source = self.workdir / "upload.bin"
             source.write_bytes(data)
@@ -201,42 +158,60 @@ class EmulatedStack:
                     "--endpoint-url",
                     self.env["AWS_ENDPOINT_URL"],
                     str(source),
-                    f"s3://{UPLOADS}/{key}",
+                    f"s3://{self.uploads}/{key}",
                 ],
                 env={**os.environ, **self.env},
                 check=True,
                 capture_output=True,
                 timeout=60,
             )
-        (event,) = self.drain(self.notifications_queue)
+        (event,) = drain_queue(self.sqs, self.resources.trigger_queue_url)
         return event
 
     def published_events(self) -> list[dict[str, Any]]:
-        """The events that reached the topic's SQS subscriber, unwrapped from their envelopes."""
-        return [
-            {
-                "event": json.loads(envelope["Message"]),
-                "type_attribute": envelope["MessageAttributes"]["type"]["Value"],
-                "message_bytes": len(envelope["Message"].encode()),
-            }
-            for envelope in self.drain(self.events_queue)
-        ]
+        """The events that reached the topic's SQS subscriber, with their `type` attribute.
+
+        The subscription delivers raw messages (as the stack's consumers get them): the body
+        is the event itself and SNS's message attributes arrive as SQS message attributes.
+        """
+        received: list[dict[str, Any]] = []
+        while True:
+            batch = self.sqs.receive_message(
+                QueueUrl=self.resources.events_queue_url,
+                MaxNumberOfMessages=10,
+                WaitTimeSeconds=0,
+                MessageAttributeNames=["All"],
+            ).get("Messages", [])
+            if not batch:
+                return received
+            for message in batch:
+                received.append(
+                    {
+                        "event": json.loads(message["Body"]),
+                        "type_attribute": message["MessageAttributes"]["type"]["StringValue"],
+                        "message_bytes": len(message["Body"].encode()),
+                    }
+                )
+                self.sqs.delete_message(
+                    QueueUrl=self.resources.events_queue_url,
+                    ReceiptHandle=message["ReceiptHandle"],
+                )
 
     def items(self) -> list[dict[str, Any]]:
-        return self.dynamodb.scan(TableName=TABLE, ConsistentRead=True)["Items"]
+        return self.dynamodb.scan(TableName=self.table, ConsistentRead=True)["Items"]
 
     def rendition_keys(self) -> list[str]:
-        listing = self.s3.list_objects_v2(Bucket=RENDITIONS)
+        listing = self.s3.list_objects_v2(Bucket=self.renditions)
         return sorted(entry["Key"] for entry in listing.get("Contents", []))
 
 
 @pytest.fixture
-def stack(aws_env: dict[str, str], tmp_path: Path) -> EmulatedStack:
+def stack(aws_env: dict[str, str], resources: PipelineResources, tmp_path: Path) -> EmulatedStack:
     """An empty emulator holding a freshly created stack."""
     reset = urllib.request.Request(f"{aws_env['AWS_ENDPOINT_URL']}/moto-api/reset", method="POST")
     with urllib.request.urlopen(reset, timeout=10):
         pass
-    emulated = EmulatedStack(aws_env, tmp_path)
+    emulated = EmulatedStack(aws_env, resources, tmp_path)
     emulated.create()
     return emulated
 

@@ -21,16 +21,18 @@ from functions.core.records import (
     Status,
     StorageUnavailable,
 )
+from functions.local.emulated_aws import PipelineResources
 
-from .conftest import RENDITIONS, TABLE, UPLOADS, EmulatedStack
+from .conftest import EmulatedStack
 
 pytestmark = pytest.mark.emulator
 
 
 def a_record(status: Status = Status.PROCESSING, attempts: int = 1) -> ImageRecord:
+    # The record store keeps the source as data: no bucket of that name has to exist.
     return ImageRecord(
         id="r" * 40,
-        source=Source(UPLOADS, "dir/photo one.jpg", "0123456789abcdef0123456789abcdef", 1234),
+        source=Source("uploads", "dir/photo one.jpg", "0123456789abcdef0123456789abcdef", 1234),
         status=status,
         attempts=attempts,
         created_at="2026-01-01T00:00:00.000Z",
@@ -51,7 +53,7 @@ def finished_record() -> ImageRecord:
 
 @pytest.fixture
 def records(stack: EmulatedStack) -> DynamoDbRecordStore:
-    return DynamoDbRecordStore(boto3.client("dynamodb"), TABLE)
+    return DynamoDbRecordStore(boto3.client("dynamodb"), stack.table)
 
 
 def test_a_record_round_trips_with_floats_nones_and_nested_values(
@@ -86,7 +88,7 @@ def test_the_status_index_finds_records_by_status(
 ) -> None:
     records.create(finished_record())
     found = stack.dynamodb.query(
-        TableName=TABLE,
+        TableName=stack.table,
         IndexName="by-status",
         KeyConditionExpression="#s = :s",
         ExpressionAttributeNames={"#s": "status"},
@@ -98,8 +100,8 @@ def test_the_status_index_finds_records_by_status(
 def test_a_missing_table_is_an_unavailable_record_store(
     stack: EmulatedStack, records: DynamoDbRecordStore
 ) -> None:
-    stack.dynamodb.delete_table(TableName=TABLE)
-    with pytest.raises(RecordStoreUnavailable, match=TABLE):
+    stack.dynamodb.delete_table(TableName=stack.table)
+    with pytest.raises(RecordStoreUnavailable, match=stack.table):
         records.get("x")
     with pytest.raises(RecordStoreUnavailable):
         records.create(a_record())
@@ -108,40 +110,43 @@ def test_a_missing_table_is_an_unavailable_record_store(
 def test_blobs_are_written_with_their_headers_and_read_back(stack: EmulatedStack) -> None:
     blobs = S3BlobStore(boto3.client("s3"))
     blobs.write(
-        RENDITIONS,
+        stack.renditions,
         "k/thumb.jpg",
         b"bytes",
         content_type="image/jpeg",
         cache_control="public, max-age=31536000, immutable",
         metadata={"imagepipe-rendition": "true"},
     )
-    head = stack.s3.head_object(Bucket=RENDITIONS, Key="k/thumb.jpg")
+    head = stack.s3.head_object(Bucket=stack.renditions, Key="k/thumb.jpg")
     assert head["ContentType"] == "image/jpeg"
     assert head["CacheControl"] == "public, max-age=31536000, immutable"
     assert head["Metadata"] == {"imagepipe-rendition": "true"}
-    assert blobs.read(RENDITIONS, "k/thumb.jpg") == b"bytes"
+    assert blobs.read(stack.renditions, "k/thumb.jpg") == b"bytes"
 
 
 def test_a_read_by_etag_refuses_an_overwritten_object(stack: EmulatedStack) -> None:
     blobs = S3BlobStore(boto3.client("s3"))
-    first = stack.s3.put_object(Bucket=UPLOADS, Key="a b.jpg", Body=b"first")["ETag"].strip('"')
-    assert blobs.read(UPLOADS, "a b.jpg", first) == b"first"
-    stack.s3.put_object(Bucket=UPLOADS, Key="a b.jpg", Body=b"second")
+    put = stack.s3.put_object(Bucket=stack.uploads, Key="a b.jpg", Body=b"first")
+    first = put["ETag"].strip('"')
+    assert blobs.read(stack.uploads, "a b.jpg", first) == b"first"
+    stack.s3.put_object(Bucket=stack.uploads, Key="a b.jpg", Body=b"second")
     with pytest.raises(KeyError):
-        blobs.read(UPLOADS, "a b.jpg", first)
+        blobs.read(stack.uploads, "a b.jpg", first)
     with pytest.raises(KeyError):
-        blobs.read(UPLOADS, "never-uploaded.jpg", first)
+        blobs.read(stack.uploads, "never-uploaded.jpg", first)
 
 
 def test_a_read_by_version_id_gets_that_version(stack: EmulatedStack) -> None:
-    stack.s3.put_bucket_versioning(Bucket=UPLOADS, VersioningConfiguration={"Status": "Enabled"})
+    stack.s3.put_bucket_versioning(
+        Bucket=stack.uploads, VersioningConfiguration={"Status": "Enabled"}
+    )
     blobs = S3BlobStore(boto3.client("s3"))
-    old = stack.s3.put_object(Bucket=UPLOADS, Key="v.jpg", Body=b"old")["VersionId"]
-    stack.s3.put_object(Bucket=UPLOADS, Key="v.jpg", Body=b"new")
-    assert blobs.read(UPLOADS, "v.jpg", old) == b"old"
-    stack.s3.delete_object(Bucket=UPLOADS, Key="v.jpg", VersionId=old)
+    old = stack.s3.put_object(Bucket=stack.uploads, Key="v.jpg", Body=b"old")["VersionId"]
+    stack.s3.put_object(Bucket=stack.uploads, Key="v.jpg", Body=b"new")
+    assert blobs.read(stack.uploads, "v.jpg", old) == b"old"
+    stack.s3.delete_object(Bucket=stack.uploads, Key="v.jpg", VersionId=old)
     with pytest.raises(KeyError):
-        blobs.read(UPLOADS, "v.jpg", old)
+        blobs.read(stack.uploads, "v.jpg", old)
 
 
 def test_events_are_published_as_json_with_their_type_attribute(stack: EmulatedStack) -> None:
@@ -165,18 +170,20 @@ def unreachable(aws_env: dict[str, str]) -> Config:
     return Config(retries={"mode": "standard", "total_max_attempts": 2}, connect_timeout=1)
 
 
-def test_an_unreachable_endpoint_is_a_transient_error_for_every_port(unreachable: Config) -> None:
+def test_an_unreachable_endpoint_is_a_transient_error_for_every_port(
+    unreachable: Config, resources: PipelineResources
+) -> None:
     endpoint = f"http://127.0.0.1:{closed_port()}"
     blobs = S3BlobStore(boto3.client("s3", endpoint_url=endpoint, config=unreachable))
     records = DynamoDbRecordStore(
-        boto3.client("dynamodb", endpoint_url=endpoint, config=unreachable), TABLE
+        boto3.client("dynamodb", endpoint_url=endpoint, config=unreachable), resources.records_table
     )
     publisher = SnsEventPublisher(
         boto3.client("sns", endpoint_url=endpoint, config=unreachable),
         "arn:aws:sns:us-east-1:123456789012:t",
     )
     with pytest.raises(StorageUnavailable, match="reading s3://"):
-        blobs.read(UPLOADS, "a.jpg", "v")
+        blobs.read(resources.uploads_bucket, "a.jpg", "v")
     with pytest.raises(RecordStoreUnavailable):
         records.get("x")
     with pytest.raises(PublisherUnavailable):

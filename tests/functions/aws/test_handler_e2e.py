@@ -24,8 +24,9 @@ from functions.core.records import (
 )
 from functions.core.service import IMMUTABLE_CACHE_CONTROL
 from functions.core.settings import DEFAULT_RENDITIONS
+from functions.local.emulated_aws import PipelineResources
 
-from .conftest import RENDITIONS, TABLE, UPLOADS, EmulatedStack, LambdaContext
+from .conftest import EmulatedStack, LambdaContext
 
 pytestmark = [
     pytest.mark.emulator,
@@ -61,7 +62,7 @@ def test_an_upload_becomes_renditions_a_completed_record_and_one_event(
     assert item["status"] == "COMPLETED"
     assert item["attempts"] == 1
     assert item["error"] is None and item["lease_expires_at"] is None
-    assert item["source"]["bucket"] == UPLOADS
+    assert item["source"]["bucket"] == stack.uploads
     assert item["source"]["key"] == "photos/cat.jpg"
     assert item["source"]["bytes"] == len(photo_jpeg)
     assert item["source"]["version"] == event["Records"][0]["s3"]["object"]["eTag"]
@@ -72,7 +73,7 @@ def test_an_upload_becomes_renditions_a_completed_record_and_one_event(
     assert sorted(r["name"] for r in item["renditions"]) == sorted(boxes)
     assert stack.rendition_keys() == sorted(r["key"] for r in item["renditions"])
     for rendition in item["renditions"]:
-        stored = stack.s3.get_object(Bucket=RENDITIONS, Key=rendition["key"])
+        stored = stack.s3.get_object(Bucket=stack.renditions, Key=rendition["key"])
         assert stored["CacheControl"] == IMMUTABLE_CACHE_CONTROL
         assert stored["ContentType"] == "image/jpeg"
         assert stored["Metadata"]["imagepipe-rendition"] == "true"
@@ -136,7 +137,7 @@ def test_the_same_event_delivered_twice_makes_one_record_and_one_event(
 
     first = handler_module.handler(event, lambda_context)
     renditions_after_first = {
-        key: stack.s3.head_object(Bucket=RENDITIONS, Key=key)["LastModified"]
+        key: stack.s3.head_object(Bucket=stack.renditions, Key=key)["LastModified"]
         for key in stack.rendition_keys()
     }
     second = handler_module.handler(event, lambda_context)
@@ -147,7 +148,7 @@ def test_the_same_event_delivered_twice_makes_one_record_and_one_event(
     assert item["attempts"] == 1
     assert len(stack.published_events()) == 1
     assert {
-        key: stack.s3.head_object(Bucket=RENDITIONS, Key=key)["LastModified"]
+        key: stack.s3.head_object(Bucket=stack.renditions, Key=key)["LastModified"]
         for key in stack.rendition_keys()
     } == renditions_after_first
 
@@ -288,9 +289,9 @@ def test_a_deleted_records_table_raises_a_retryable_error(
     photo_jpeg: bytes,
 ) -> None:
     event = stack.upload("no-table.jpg", photo_jpeg)
-    stack.dynamodb.delete_table(TableName=TABLE)
+    stack.dynamodb.delete_table(TableName=stack.table)
 
-    with pytest.raises(RecordStoreUnavailable, match=TABLE):
+    with pytest.raises(RecordStoreUnavailable, match=stack.table):
         handler_module.handler(event, lambda_context)
 
     assert stack.rendition_keys() == []
@@ -343,7 +344,7 @@ def test_lambdas_retry_takes_over_the_claim_of_an_invocation_that_died(
 
 
 def test_a_live_claim_lasts_the_invocations_remaining_time_not_longer(
-    handler_module: ModuleType, lambda_context: LambdaContext
+    handler_module: ModuleType, lambda_context: LambdaContext, resources: PipelineResources
 ) -> None:
     lambda_context.timeout_seconds = 30
     leases: list[Any] = []
@@ -359,7 +360,7 @@ def test_a_live_claim_lasts_the_invocations_remaining_time_not_longer(
                 "eventSource": "aws:s3",
                 "eventName": "ObjectCreated:Put",
                 "s3": {
-                    "bucket": {"name": UPLOADS},
+                    "bucket": {"name": resources.uploads_bucket},
                     "object": {"key": "a.jpg", "size": 10, "eTag": "abc"},
                 },
             }

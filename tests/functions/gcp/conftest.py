@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from gcp_emulators import (
+
+from tests.functions.gcp.gcp_emulators import (
     FUNCTION_SOURCE,
     PROJECT,
     VENV_BIN,

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 
 import pytest
-from gcp_emulators import PROJECT, free_port, pull_messages
 
 from functions.core.events import lifecycle_event
 from functions.core.records import (
@@ -26,6 +25,7 @@ from functions.gcp.adapters import (
     PubSubEventPublisher,
     sdk_retry,
 )
+from tests.functions.gcp.gcp_emulators import PROJECT, free_port, pull_messages
 
 pytestmark = pytest.mark.emulator
 

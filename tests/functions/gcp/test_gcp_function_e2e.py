@@ -12,11 +12,11 @@ import zlib
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from gcp_emulators import finalized_event, free_port, pull_messages
 from PIL import Image, ImageDraw
 
 from functions.core.records import ImageRecord, ObjectRef, Source, Status
 from functions.core.service import IMMUTABLE_CACHE_CONTROL, isoformat
+from tests.functions.gcp.gcp_emulators import finalized_event, free_port, pull_messages
 
 pytestmark = pytest.mark.emulator
 

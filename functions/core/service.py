@@ -14,13 +14,12 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 from functions.core.events import lifecycle_event
-from functions.core.imaging import EncodedRendition, render_image
+from functions.core.imaging import render_image
 from functions.core.keys import rendition_key
 from functions.core.ports import BlobStore, EventPublisher, RecordStore
 from functions.core.records import (
@@ -207,34 +206,30 @@ def _render_and_store(
     content_sha256 = hashlib.sha256(data).hexdigest()
     result = render_image(data, settings, timer)
 
-    stored = tuple(
-        RenditionRecord(
-            output.spec.name,
-            rendition_key(content_sha256, output.spec, output.format),
-            output.width,
-            output.height,
-            output.format,
-            len(output.data),
-        )
-        for output in result.renditions
-    )
-
-    def write(output: EncodedRendition, rendition: RenditionRecord) -> None:
-        blobs.write(
-            renditions_bucket,
-            rendition.key,
-            output.data,
-            content_type=output.content_type,
-            cache_control=IMMUTABLE_CACHE_CONTROL,
-            metadata={**RENDITION_MARKER, "imagepipe-source-sha256": content_sha256},
-        )
-
-    # The writes are independent network round trips (tens of ms each to S3 or GCS):
-    # send them together. map() re-raises the first error, which keeps its class.
-    with timer.stage("store"), ThreadPoolExecutor(max_workers=len(stored) or 1) as pool:
-        list(pool.map(write, result.renditions, stored))
+    stored: list[RenditionRecord] = []
+    with timer.stage("store"):
+        for output in result.renditions:
+            key = rendition_key(content_sha256, output.spec, output.format)
+            blobs.write(
+                renditions_bucket,
+                key,
+                output.data,
+                content_type=output.content_type,
+                cache_control=IMMUTABLE_CACHE_CONTROL,
+                metadata={**RENDITION_MARKER, "imagepipe-source-sha256": content_sha256},
+            )
+            stored.append(
+                RenditionRecord(
+                    output.spec.name,
+                    key,
+                    output.width,
+                    output.height,
+                    output.format,
+                    len(output.data),
+                )
+            )
     source = Source(ref.bucket, ref.key, ref.version, len(data), content_sha256, ref.content_type)
-    return source, stored, result.metadata
+    return source, tuple(stored), result.metadata
 
 
 def _release_for_retry(

@@ -17,6 +17,7 @@ import pulumi_gcp as gcp
 from components.gcp.args import GcpImagePipelineArgs
 from components.gcp.function_source import build_function_source
 
+LEASE_MARGIN_SECONDS = 30
 TYPE_TOKEN = "imagepipe:index:GcpImagePipeline"
 RECORDS_COLLECTION = "images"
 ENTRY_POINT = "handle_upload"
@@ -346,6 +347,9 @@ class GcpImagePipeline(pulumi.ComponentResource):
                     "IMAGEPIPE_RECORDS_COLLECTION": RECORDS_COLLECTION,
                     "IMAGEPIPE_EVENTS_TOPIC": topic.id,
                     "IMAGEPIPE_MAX_EVENT_AGE_SECONDS": str(args.max_event_age_seconds),
+                    # A claim outlives the invocation that made it by this margin only: a
+                    # redelivery after a crash or timeout finds it expired and takes over.
+                    "IMAGEPIPE_LEASE_SECONDS": str(args.timeout_seconds + LEASE_MARGIN_SECONDS),
                     "GOOGLE_CLOUD_PROJECT": project_id,
                 },
             ),

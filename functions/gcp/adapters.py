@@ -40,6 +40,9 @@ from functions.core.settings import SETTINGS_ENV, PipelineSettings, SettingsErro
 
 FINALIZED_TYPE = "google.cloud.storage.object.v1.finalized"
 DEFAULT_MAX_EVENT_AGE_SECONDS = 3600
+# How long a claim holds when the component did not say (it sets the function's
+# timeout plus a margin, so a redelivery after a crash takes over minutes sooner).
+DEFAULT_LEASE_SECONDS = 16 * 60
 # Must stay well under the function timeout, so a retry budget spent on an outage
 # ends in a raised error (Eventarc retries) rather than a killed instance.
 DEFAULT_SDK_RETRY_SECONDS = 20
@@ -290,6 +293,7 @@ class GcpPipeline:
     renditions_bucket: str
     event_source: str
     max_event_age: timedelta
+    lease: timedelta
 
 
 def build_pipeline(environ: Mapping[str, str]) -> GcpPipeline:
@@ -315,6 +319,7 @@ def build_pipeline(environ: Mapping[str, str]) -> GcpPipeline:
     max_age = _positive_int(
         environ, "IMAGEPIPE_MAX_EVENT_AGE_SECONDS", DEFAULT_MAX_EVENT_AGE_SECONDS
     )
+    lease_seconds = _positive_int(environ, "IMAGEPIPE_LEASE_SECONDS", DEFAULT_LEASE_SECONDS)
     retry_seconds = _positive_int(environ, "IMAGEPIPE_SDK_RETRY_SECONDS", DEFAULT_SDK_RETRY_SECONDS)
     collection = required("IMAGEPIPE_RECORDS_COLLECTION")
     renditions_bucket = required("IMAGEPIPE_RENDITIONS_BUCKET")
@@ -329,6 +334,7 @@ def build_pipeline(environ: Mapping[str, str]) -> GcpPipeline:
         renditions_bucket=renditions_bucket,
         event_source=f"//pubsub.googleapis.com/{topic}",
         max_event_age=timedelta(seconds=max_age),
+        lease=timedelta(seconds=lease_seconds),
     )
 
 

@@ -58,6 +58,7 @@ def handle_upload(cloud_event: CloudEvent) -> None:
             event_source=PIPELINE.event_source,
             event_time=upload.event_time,
             max_event_age=PIPELINE.max_event_age,
+            lease=PIPELINE.lease,
         )
     except Exception as error:
         fields = retry_fields(upload.ref, error)

@@ -220,6 +220,7 @@ def test_function_runs_the_entry_point_with_its_own_account_and_environment(pulu
         "IMAGEPIPE_RECORDS_COLLECTION": "images",
         "IMAGEPIPE_EVENTS_TOPIC": outputs["eventsTopic"],
         "IMAGEPIPE_MAX_EVENT_AGE_SECONDS": "3600",
+        "IMAGEPIPE_LEASE_SECONDS": str(args.timeout_seconds + 30),
         "GOOGLE_CLOUD_PROJECT": GCP_PROJECT,
     }
     assert outputs["eventsTopic"].startswith(f"projects/{GCP_PROJECT}/topics/")

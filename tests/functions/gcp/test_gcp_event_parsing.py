@@ -122,10 +122,13 @@ COMPONENT_ENV = {
 def test_the_pipeline_is_built_from_the_variables_the_component_sets(monkeypatch):
     for name in ("FIRESTORE_EMULATOR_HOST", "PUBSUB_EMULATOR_HOST", "STORAGE_EMULATOR_HOST"):
         monkeypatch.setenv(name, COMPONENT_ENV[name])
-    pipeline = build_pipeline({**COMPONENT_ENV, "IMAGEPIPE_MAX_EVENT_AGE_SECONDS": "600"})
+    pipeline = build_pipeline(
+        {**COMPONENT_ENV, "IMAGEPIPE_MAX_EVENT_AGE_SECONDS": "600", "IMAGEPIPE_LEASE_SECONDS": "90"}
+    )
     assert [r.name for r in pipeline.settings.renditions] == ["thumb"]
     assert pipeline.renditions_bucket == "renditions"
     assert pipeline.max_event_age.total_seconds() == 600
+    assert pipeline.lease.total_seconds() == 90
     assert pipeline.event_source == "//pubsub.googleapis.com/projects/demo/topics/events"
 
 

@@ -8,11 +8,13 @@ twice changes nothing.
 from __future__ import annotations
 
 import hashlib
+import re
 import zipfile
 from collections.abc import Iterable
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+LOCK_FILE = PROJECT_ROOT / "requirements.lock"
 _FIXED_TIME = (1980, 1, 1, 0, 0, 0)  # the earliest instant a zip entry can carry
 _SKIPPED_PARTS = {"__pycache__", ".pytest_cache", ".mypy_cache"}
 
@@ -28,6 +30,40 @@ def python_sources(root: Path, package: str) -> list[tuple[str, Path]]:
         if not _SKIPPED_PARTS.intersection(path.parts)
     ]
     return sorted(files)
+
+
+def package_entries(root: Path, packages: Iterable[str]) -> list[tuple[str, Path]]:
+    """Every .py file of `packages` and the `__init__.py` files of their parents."""
+    entries: list[tuple[str, Path]] = []
+    for package in packages:
+        entries += [(name, root / name) for name in package_parents(package)]
+        entries += python_sources(root, package)
+    return entries
+
+
+_PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;#]+)")
+
+
+def _normalise(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def pinned_requirements(lock_file: Path, names: Iterable[str]) -> str:
+    """`requirements.txt` text pinning exactly `names` to the versions in `lock_file`.
+
+    Both clouds' function archives take their pins from the project's lock, so a
+    dependency is upgraded in one place.
+    """
+    pins: dict[str, str] = {}
+    for line in lock_file.read_text().splitlines():
+        match = _PIN.match(line.strip())
+        if match:
+            pins[_normalise(match.group(1))] = f"{match.group(1)}=={match.group(2)}"
+    names = sorted(names, key=_normalise)
+    missing = [name for name in names if _normalise(name) not in pins]
+    if missing:
+        raise ValueError(f"{lock_file} pins no version of {', '.join(missing)}")
+    return "".join(f"{pins[_normalise(name)]}\n" for name in names)
 
 
 def package_parents(package: str) -> list[str]:

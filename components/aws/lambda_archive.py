@@ -27,12 +27,15 @@ from pathlib import Path
 from components.packaging import (
     PROJECT_ROOT,
     file_sha256,
-    package_parents,
-    python_sources,
+    package_entries,
+    pinned_requirements,
     write_deterministic_zip,
 )
 
-REQUIREMENTS_FILE = Path(__file__).with_name("lambda-requirements.txt")
+# What the archive bundles besides functions/, pinned to requirements.lock. pip installs
+# them with --no-deps for the target platform, so every dependency is named here; boto3
+# and botocore are not bundled: the Lambda Python runtime provides them.
+LAMBDA_REQUIREMENTS = ("aws-lambda-powertools", "jmespath", "pillow", "typing-extensions")
 CACHE_DIR_ENV = "IMAGEPIPE_LAMBDA_CACHE_DIR"
 MAX_ARCHIVE_BYTES = 15 * 1024 * 1024
 FUNCTION_PACKAGES = ("functions.core", "functions.aws")
@@ -72,28 +75,29 @@ def build_lambda_archive(
     architecture: str,
     python_version: str = "3.12",
     *,
-    requirements_file: Path = REQUIREMENTS_FILE,
+    requirements: str | None = None,
     cache_root: Path | None = None,
     project_root: Path = PROJECT_ROOT,
     max_bytes: int = MAX_ARCHIVE_BYTES,
 ) -> LambdaArchive:
-    """The archive for `architecture` (arm64 | x86_64) and `python_version` ("3.12")."""
+    """The archive for `architecture` (arm64 | x86_64) and `python_version` ("3.12").
+
+    `requirements` (requirements.txt text) defaults to LAMBDA_REQUIREMENTS pinned from the lock.
+    """
     if architecture not in PLATFORM_TAGS:
         raise LambdaArchiveError(
             f"architecture {architecture!r} has no wheels; use one of {', '.join(PLATFORM_TAGS)}."
         )
     if not (project_root / HANDLER_FILE).is_file():
         raise LambdaArchiveError(f"{HANDLER_FILE} is missing; the archive needs the handler.")
-    requirements = requirements_file.read_text(encoding="utf-8")
+    if requirements is None:
+        requirements = lambda_requirements(project_root / "requirements.lock")
     cache = (cache_root or default_cache_root()) / dependency_key(
         requirements, architecture, python_version
     )
-    wheels = _cached_wheels(cache / "wheels", requirements_file, architecture, python_version)
+    wheels = _cached_wheels(cache, requirements, architecture, python_version)
 
-    entries: list[tuple[str, bytes | Path]] = []
-    for package in FUNCTION_PACKAGES:
-        entries += [(name, project_root / name) for name in package_parents(package)]
-        entries += python_sources(project_root, package)
+    entries: list[tuple[str, bytes | Path]] = [*package_entries(project_root, FUNCTION_PACKAGES)]
     for wheel in wheels:
         entries += _wheel_entries(wheel)
 
@@ -111,15 +115,23 @@ def build_lambda_archive(
     if size > max_bytes:
         raise LambdaArchiveError(
             f"the Lambda archive is {size / 2**20:.1f} MB, over the {max_bytes / 2**20:.0f} MB "
-            f"budget; trim {requirements_file.name}."
+            "budget; trim LAMBDA_REQUIREMENTS."
         )
     return LambdaArchive(archive_path, sha256)
 
 
+def lambda_requirements(lock_file: Path) -> str:
+    return pinned_requirements(lock_file, LAMBDA_REQUIREMENTS)
+
+
 def _cached_wheels(
-    wheel_dir: Path, requirements_file: Path, architecture: str, python_version: str
+    cache: Path, requirements: str, architecture: str, python_version: str
 ) -> list[Path]:
+    wheel_dir = cache / "wheels"
     if not wheel_dir.is_dir():
+        requirements_file = cache / "requirements.txt"
+        requirements_file.parent.mkdir(parents=True, exist_ok=True)
+        requirements_file.write_text(requirements, encoding="utf-8")
         _download_wheels(wheel_dir, requirements_file, architecture, python_version)
     return sorted(wheel_dir.glob("*.whl"))
 
@@ -163,9 +175,7 @@ def _download_wheels(
     found = len(list(partial.glob("*.whl")))
     if found != expected:
         shutil.rmtree(partial, ignore_errors=True)
-        raise LambdaArchiveError(
-            f"pip gave {found} wheels for the {expected} lines of {requirements_file.name}."
-        )
+        raise LambdaArchiveError(f"pip gave {found} wheels for the {expected} pinned requirements.")
     try:
         partial.replace(wheel_dir)
     except OSError:  # another build filled the cache first; its wheels are the same

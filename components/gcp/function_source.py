@@ -8,14 +8,13 @@ list: no wheels, no network at `pulumi up`. The pins come from
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from components.packaging import (
     PROJECT_ROOT,
-    package_parents,
-    python_sources,
+    package_entries,
+    pinned_requirements,
     write_deterministic_zip,
 )
 
@@ -29,7 +28,6 @@ FUNCTION_REQUIREMENTS = (
 )
 ENTRY_POINT_FILE = Path("functions/gcp/main.py")
 PACKAGES = ("functions.core", "functions.gcp")
-_PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;#]+)")
 
 
 @dataclass(frozen=True)
@@ -45,34 +43,17 @@ class FunctionSource:
         return f"function-{self.sha256}.zip"
 
 
-def _normalise(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
-def pinned_requirements(lock_file: Path, names: tuple[str, ...] = FUNCTION_REQUIREMENTS) -> str:
-    """`requirements.txt` text pinning exactly `names` to the versions in `lock_file`."""
-    pins: dict[str, str] = {}
-    for line in lock_file.read_text().splitlines():
-        match = _PIN.match(line.strip())
-        if match:
-            pins[_normalise(match.group(1))] = f"{match.group(1)}=={match.group(2)}"
-    missing = [name for name in names if _normalise(name) not in pins]
-    if missing:
-        raise ValueError(f"{lock_file} pins no version of {', '.join(missing)}")
-    return "".join(f"{pins[_normalise(name)]}\n" for name in sorted(names, key=_normalise))
-
-
 def source_entries(root: Path = PROJECT_ROOT) -> list[tuple[str, bytes | Path]]:
     """(archive name, content) of everything the function needs, in no particular order."""
     entry_point = root / ENTRY_POINT_FILE
     if not entry_point.is_file():
         raise FileNotFoundError(f"the GCP entry point {ENTRY_POINT_FILE} is missing under {root}")
-    entries: list[tuple[str, bytes | Path]] = [("main.py", entry_point)]
-    for package in PACKAGES:
-        entries += [(name, root / name) for name in package_parents(package)]
-        entries += python_sources(root, package)
-    entries.append(("requirements.txt", pinned_requirements(root / "requirements.lock").encode()))
-    return entries
+    requirements = pinned_requirements(root / "requirements.lock", FUNCTION_REQUIREMENTS)
+    return [
+        ("main.py", entry_point),
+        *package_entries(root, PACKAGES),
+        ("requirements.txt", requirements.encode()),
+    ]
 
 
 def build_function_source(

@@ -12,15 +12,16 @@ from pathlib import Path
 
 import pytest
 
-from components.aws.lambda_archive import CACHE_DIR_ENV, REQUIREMENTS_FILE
+from components.aws.lambda_archive import CACHE_DIR_ENV, lambda_requirements
+from components.packaging import LOCK_FILE
 
 FAKE_MARKER = b"# fake wheel content for offline tests\n"
 
 
-def pinned_requirements(path: Path = REQUIREMENTS_FILE) -> dict[str, str]:
-    """{'pillow': '13.0.0', ...} from the builder's requirements file."""
+def pinned_requirements(lock_file: Path = LOCK_FILE) -> dict[str, str]:
+    """{'pillow': '13.0.0', ...}: what the builder asks pip for."""
     pins = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in lambda_requirements(lock_file).splitlines():
         requirement = line.split("#")[0].strip()
         if requirement:
             name, _, version = requirement.partition("==")

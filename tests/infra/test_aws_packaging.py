@@ -10,11 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from components.aws.lambda_archive import (
-    REQUIREMENTS_FILE,
-    LambdaArchiveError,
-    build_lambda_archive,
-)
+from components.aws.lambda_archive import LambdaArchiveError, build_lambda_archive
 from components.packaging import PROJECT_ROOT
 from tests.infra.aws_fakes import (  # noqa: F401 - fixtures
     FAKE_MARKER,
@@ -66,6 +62,7 @@ def test_a_changed_source_file_changes_the_archive(offline_lambda_builds, tmp_pa
     (project / "functions/core/__init__.py").write_text("")
     (project / "functions/aws/__init__.py").write_text("")
     (project / "functions/aws/handler.py").write_text("def handler(event, context): ...\n")
+    (project / "requirements.lock").write_bytes((PROJECT_ROOT / "requirements.lock").read_bytes())
     before = build_lambda_archive("arm64", project_root=project)
     (project / "functions/aws/handler.py").write_text("def handler(event, context): return 1\n")
     after = build_lambda_archive("arm64", project_root=project)
@@ -83,10 +80,9 @@ def test_unknown_architecture_is_refused(offline_lambda_builds):  # noqa: F811
 
 
 def test_pip_failure_names_the_platform(offline_lambda_builds, tmp_path):  # noqa: F811
-    requirements = tmp_path / "requirements.txt"
-    requirements.write_text("pillow==0.0.1\n")  # not in the wheelhouse
+    requirements = "pillow==0.0.1\n"  # not in the wheelhouse
     with pytest.raises(LambdaArchiveError, match=r"manylinux_2_28_aarch64, Python 3\.12"):
-        build_lambda_archive("arm64", requirements_file=requirements)
+        build_lambda_archive("arm64", requirements=requirements)
     assert not [p for p in offline_lambda_builds.rglob("*.partial-*")]
 
 
@@ -96,7 +92,7 @@ def test_requirements_match_the_lock():
         name, sep, version = line.partition("==")
         if sep:
             locked[name.strip().lower()] = version.strip()
-    pins = pinned_requirements(REQUIREMENTS_FILE)
+    pins = pinned_requirements()
     assert pins["pillow"].startswith("13.")
     assert {name: locked.get(name) for name in pins} == pins
 

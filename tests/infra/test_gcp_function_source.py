@@ -8,12 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from components.gcp.function_source import (
-    FUNCTION_REQUIREMENTS,
-    build_function_source,
-    pinned_requirements,
-)
-from components.packaging import PROJECT_ROOT
+from components.gcp.function_source import FUNCTION_REQUIREMENTS, build_function_source
+from components.packaging import PROJECT_ROOT, pinned_requirements
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +86,7 @@ def test_a_lock_missing_a_runtime_package_is_named(tmp_path):
     lock.write_text("pillow==13.0.0\n    # via imagepipe\nfunctions-framework==3.10.2\n")
 
     with pytest.raises(ValueError, match="google-cloud-firestore"):
-        pinned_requirements(lock)
+        pinned_requirements(lock, FUNCTION_REQUIREMENTS)
     assert pinned_requirements(lock, ("Pillow", "functions_framework")) == (
         "functions-framework==3.10.2\npillow==13.0.0\n"
     )

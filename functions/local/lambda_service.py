@@ -137,10 +137,6 @@ class AsyncInvoker:
         for thread in self._threads:
             thread.join(max(0.0, deadline - monotonic()))
 
-    @property
-    def alive(self) -> list[threading.Thread]:
-        return [thread for thread in self._threads if thread.is_alive()]
-
     def _run(self) -> None:
         while not self._stopping.is_set():
             try:

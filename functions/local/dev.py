@@ -102,7 +102,9 @@ class DevPipeline:
     # --- lifecycle ----------------------------------------------------------------------------
 
     def start(self) -> DevPipeline:
-        # Metrics are disabled locally, so Powertools' "no metrics to publish" has nothing to say.
+        # Three invocations run at once in this process and Powertools keeps one process-wide
+        # metric set, so one flush can take another's metrics and that one finds none to
+        # publish (Lambda runs one invocation per sandbox). Metrics are disabled locally anyway.
         warnings.filterwarnings("ignore", message="No application metrics to publish")
         global _active
         self._moto.start()  # raises PortInUse before anything else exists

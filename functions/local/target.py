@@ -31,6 +31,7 @@ class PipelineTarget:
     uploads_prefix: str = ""  # keys outside it trigger nothing
     endpoint: str | None = None  # None: real AWS, with the default credential chain
     region: str | None = None
+    events_topic: str | None = None
 
     @classmethod
     def from_outputs(cls, outputs: dict[str, Any], origin: str) -> PipelineTarget:
@@ -44,6 +45,7 @@ class PipelineTarget:
             uploads_prefix=str(outputs.get("uploadsPrefix") or ""),
             endpoint=outputs.get("endpoint"),
             region=outputs.get("region"),
+            events_topic=outputs.get("eventsTopic"),
         )
 
     # One client per service, made on first use: making a boto3 client takes ~15 ms, more

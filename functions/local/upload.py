@@ -2,18 +2,26 @@
 
 The record id is computed from what S3 answered to the upload (bucket + key +
 versionId, else the ETag), by the same rule the handler applies to the event,
-so the record can be polled before it exists.
+so the record can be looked for before it exists.
+
+On the dev pipeline the wait follows the events topic through a queue of the
+command's own (`SqsEventFeed`) and reads the records table only as a safety net;
+on a deployed stack it reads the table, as creating queues in someone's account
+is not an upload's business.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import mimetypes
 import sys
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -23,11 +31,14 @@ from functions.local.target import PipelineTarget, TargetError, add_target_argum
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 DEFAULT_TIMEOUT = 120.0
-# How often pending records are read. The emulator on loopback answers a read in a few
-# milliseconds, so polling it every 10 ms costs little and adds 5 ms on average to what
-# `upload` reports; a deployed table is read every 50 ms (read units cost money there).
+# How often pending records are read when no event feed is followed. The emulator on
+# loopback answers a read in a few milliseconds, so every 10 ms adds 5 ms on average to
+# what `upload` reports; a deployed table is read every 50 ms (read units cost money).
 DEV_POLL_INTERVAL = 0.01
 STACK_POLL_INTERVAL = 0.05
+# With an event feed the table is still read, this often, for records whose event the
+# feed cannot deliver: one already final before the feed existed, say.
+SAFETY_POLL_SECONDS = 1
 UPLOAD_THREADS = 8
 BATCH_GET_LIMIT = 100  # keys per BatchGetItem
 
@@ -97,6 +108,92 @@ class RecordReader:
         return found
 
 
+class SqsEventFeed:
+    """The pipeline's lifecycle events, read through an SQS queue subscribed for this command.
+
+    Why not just read the records table: on the dev pipeline a read every 10 ms keeps
+    the emulator and this process busy on a 2-core machine while the handler renders,
+    and a record becomes final one DynamoDB write after its event is published. The
+    event's `data` is exactly the record that is written next (the core guarantees it),
+    so an image is reported the moment its event exists. Measured in bench/local_bench.py.
+
+    The queue is this command's own, so concurrent `imagepipe upload`s never take each
+    other's events; it is unsubscribed and deleted on exit.
+    """
+
+    def __init__(self, sqs: Any, sns: Any, topic_arn: str) -> None:
+        self._sqs = sqs
+        self._sns = sns
+        self._topic_arn = topic_arn
+        self._queue_url: str | None = None
+        self._subscription_arn: str | None = None
+
+    @classmethod
+    def for_target(cls, target: PipelineTarget) -> SqsEventFeed:
+        assert target.events_topic is not None
+        return cls(target.client("sqs"), target.client("sns"), target.events_topic)
+
+    def __enter__(self) -> SqsEventFeed:
+        name = f"imagepipe-upload-{uuid.uuid4().hex[:12]}"
+        self._queue_url = self._sqs.create_queue(QueueName=name)["QueueUrl"]
+        try:
+            queue_arn = self._sqs.get_queue_attributes(
+                QueueUrl=self._queue_url, AttributeNames=["QueueArn"]
+            )["Attributes"]["QueueArn"]
+            self._subscription_arn = self._sns.subscribe(
+                TopicArn=self._topic_arn,
+                Protocol="sqs",
+                Endpoint=queue_arn,
+                Attributes={"RawMessageDelivery": "true"},
+                ReturnSubscriptionArn=True,
+            )["SubscriptionArn"]
+        except Exception:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:  # best effort: the emulator may already be gone, taking both with it
+            if self._subscription_arn:
+                self._sns.unsubscribe(SubscriptionArn=self._subscription_arn)
+            if self._queue_url:
+                self._sqs.delete_queue(QueueUrl=self._queue_url)
+        except (BotoCoreError, ClientError):
+            pass
+        self._queue_url = self._subscription_arn = None
+
+    def receive(self, wait_seconds: int) -> list[ImageRecord]:
+        """The records carried by the events that arrive within `wait_seconds` (a long poll)."""
+        response = self._sqs.receive_message(
+            QueueUrl=self._queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=wait_seconds
+        )
+        messages = response.get("Messages", [])
+        if messages:
+            self._sqs.delete_message_batch(
+                QueueUrl=self._queue_url,
+                Entries=[
+                    {"Id": str(n), "ReceiptHandle": m["ReceiptHandle"]}
+                    for n, m in enumerate(messages)
+                ],
+            )
+        found = []
+        for message in messages:
+            try:
+                found.append(ImageRecord.from_dict(json.loads(message["Body"])["data"]))
+            except (ValueError, KeyError, TypeError):
+                continue  # not a lifecycle event: nothing this command waits for
+        return found
+
+
+def event_feed(target: PipelineTarget) -> AbstractContextManager[SqsEventFeed | None]:
+    """A feed on the dev pipeline; None on a deployed stack (the records table is read)."""
+    if target.endpoint and target.events_topic:
+        return SqsEventFeed.for_target(target)
+    return nullcontext()
+
+
 def default_poll_interval(target: PipelineTarget) -> float:
     return DEV_POLL_INTERVAL if target.endpoint else STACK_POLL_INTERVAL
 
@@ -109,11 +206,26 @@ def upload_and_wait(
     poll_interval: float | None = None,
     on_progress: Callable[[int, int, int], None] | None = None,
 ) -> list[UploadResult]:
-    """Upload concurrently, then poll the records until COMPLETED/FAILED or the timeout."""
-    s3 = target.client("s3")
-    records = RecordReader.for_target(target)
+    """Upload concurrently, then wait for every record to be COMPLETED/FAILED, or the timeout."""
     if poll_interval is None:
         poll_interval = default_poll_interval(target)
+    # The feed exists before the first upload, so no event can be published unseen.
+    with event_feed(target) as events:
+        ids = upload_all(target, uploads)
+        return wait_for_records(
+            RecordReader.for_target(target),
+            uploads,
+            ids,
+            timeout=timeout,
+            poll_interval=poll_interval,
+            on_progress=on_progress,
+            events=events,
+        )
+
+
+def upload_all(target: PipelineTarget, uploads: Sequence[Upload]) -> list[str]:
+    """Put every file, a few at a time; returns the record id of each, in order."""
+    s3 = target.client("s3")
 
     def put(upload: Upload) -> str:
         content_type = mimetypes.guess_type(upload.path.name)[0] or "application/octet-stream"
@@ -126,15 +238,7 @@ def upload_and_wait(
         return record_id(target.uploads_bucket, upload.key, object_version(response))
 
     with ThreadPoolExecutor(max_workers=min(UPLOAD_THREADS, max(1, len(uploads)))) as pool:
-        ids = list(pool.map(put, uploads))
-    return wait_for_records(
-        records,
-        uploads,
-        ids,
-        timeout=timeout,
-        poll_interval=poll_interval,
-        on_progress=on_progress,
-    )
+        return list(pool.map(put, uploads))
 
 
 def wait_for_records(
@@ -145,21 +249,41 @@ def wait_for_records(
     timeout: float,
     poll_interval: float,
     on_progress: Callable[[int, int, int], None] | None = None,
+    events: SqsEventFeed | None = None,
 ) -> list[UploadResult]:
+    """Until every record is final or the timeout: from `events` when given, else the table.
+
+    With `events`, the table is still read at the start and every SAFETY_POLL_SECONDS,
+    for records that are final without an event still to come.
+    """
     deadline = time.monotonic() + timeout
+    wanted = set(ids)
     final: dict[str, ImageRecord] = {}
+    next_read = 0.0
     while True:
         pending = [rid for rid in ids if rid not in final]
-        if pending:
+        if pending and time.monotonic() >= next_read:
             for rid, record in records.get_many(pending).items():
                 if record.status in FINAL_STATUSES:
                     final[rid] = record
+            if events is not None:
+                next_read = time.monotonic() + SAFETY_POLL_SECONDS
         if on_progress is not None:
             failed = sum(1 for r in final.values() if r.status is Status.FAILED)
             on_progress(len(final), len(ids), failed)
-        if len(final) == len(set(ids)) or time.monotonic() >= deadline:
+        remaining = deadline - time.monotonic()
+        if len(final) == len(wanted) or remaining <= 0:
             break
-        time.sleep(poll_interval)
+        if events is None:
+            time.sleep(min(poll_interval, remaining))
+            continue
+        wait = max(0, min(SAFETY_POLL_SECONDS, math.floor(remaining)))
+        for record in events.receive(wait_seconds=wait):
+            if record.id in wanted and record.status in FINAL_STATUSES:
+                final.setdefault(record.id, record)
+        if wait == 0:  # under a second left: one last table read, then the deadline
+            next_read = 0.0
+            time.sleep(min(poll_interval, max(0.0, deadline - time.monotonic())))
     return [UploadResult(u, rid, final.get(rid)) for u, rid in zip(uploads, ids, strict=True)]
 
 

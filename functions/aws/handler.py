@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -30,7 +29,7 @@ from functions.aws.adapters import (
     object_refs,
 )
 from functions.core.records import ObjectRef, PipelineError
-from functions.core.service import DEFAULT_LEASE, Outcome, process_object
+from functions.core.service import DEFAULT_LEASE, Outcome, Pipeline
 from functions.core.settings import SETTINGS_ENV, PipelineSettings, SettingsError
 
 RENDITIONS_BUCKET_ENV = "IMAGEPIPE_RENDITIONS_BUCKET"
@@ -51,30 +50,6 @@ LEASE_MARGIN = timedelta(seconds=5)
 # Logger(service="imagepipe") formats the core's `logging.getLogger("imagepipe")` too.
 logger = Logger(service="imagepipe")
 metrics = Metrics(namespace="imagepipe", service="imagepipe")
-
-
-@dataclass(frozen=True)
-class Pipeline:
-    """The core's ports bound to this stack's bucket, table and topic."""
-
-    settings: PipelineSettings
-    blobs: S3BlobStore
-    records: DynamoDbRecordStore
-    events: SnsEventPublisher
-    renditions_bucket: str
-    event_source: str
-
-    def process(self, ref: ObjectRef, lease: timedelta = DEFAULT_LEASE) -> Outcome:
-        return process_object(
-            ref,
-            settings=self.settings,
-            blobs=self.blobs,
-            records=self.records,
-            events=self.events,
-            renditions_bucket=self.renditions_bucket,
-            event_source=self.event_source,
-            lease=lease,
-        )
 
 
 def build_pipeline(environ: Mapping[str, str]) -> Pipeline:

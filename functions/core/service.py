@@ -58,6 +58,41 @@ class Outcome:
     record: ImageRecord
 
 
+@dataclass(frozen=True)
+class Pipeline:
+    """The core's ports bound to one stack's storage, record store and topic.
+
+    What a cloud's entry point builds once per instance and hands every delivery to.
+    """
+
+    settings: PipelineSettings
+    blobs: BlobStore
+    records: RecordStore
+    events: EventPublisher
+    renditions_bucket: str
+    event_source: str
+    lease: timedelta = DEFAULT_LEASE
+    max_event_age: timedelta | None = None  # older events end FAILED `expired`, not retried
+
+    def process(
+        self, ref: ObjectRef, lease: timedelta | None = None, *, event_time: datetime | None = None
+    ) -> Outcome:
+        """`process_object` for one delivery; `lease` overrides the instance's when the
+        platform says how long this delivery may run (Lambda's remaining time)."""
+        return process_object(
+            ref,
+            settings=self.settings,
+            blobs=self.blobs,
+            records=self.records,
+            events=self.events,
+            renditions_bucket=self.renditions_bucket,
+            event_source=self.event_source,
+            lease=self.lease if lease is None else lease,
+            event_time=event_time,
+            max_event_age=self.max_event_age,
+        )
+
+
 def utc_now() -> datetime:
     return datetime.now(UTC)
 

@@ -35,7 +35,7 @@ from functions.core.records import (
     StorageUnavailable,
     TransientError,
 )
-from functions.core.service import RENDITION_MARKER, Outcome
+from functions.core.service import RENDITION_MARKER, Outcome, Pipeline
 from functions.core.settings import SETTINGS_ENV, PipelineSettings, SettingsError
 
 FINALIZED_TYPE = "google.cloud.storage.object.v1.finalized"
@@ -282,21 +282,7 @@ class ConfigError(ValueError):
 _TOPIC_PATTERN = re.compile(r"^projects/([^/]+)/topics/([^/]+)$")
 
 
-@dataclass(frozen=True)
-class GcpPipeline:
-    """Settings plus adapters: what `handle_upload` passes to `process_object`."""
-
-    settings: PipelineSettings
-    blobs: GcsBlobStore
-    records: FirestoreRecordStore
-    events: PubSubEventPublisher
-    renditions_bucket: str
-    event_source: str
-    max_event_age: timedelta
-    lease: timedelta
-
-
-def build_pipeline(environ: Mapping[str, str]) -> GcpPipeline:
+def build_pipeline(environ: Mapping[str, str]) -> Pipeline:
     """Read the variables the component sets and build the clients once per instance."""
 
     def required(name: str) -> str:
@@ -326,7 +312,7 @@ def build_pipeline(environ: Mapping[str, str]) -> GcpPipeline:
     # Every variable is checked before any client is built: a bad deploy fails on the
     # variable's name, not on a credentials lookup.
     retry = sdk_retry(retry_seconds)
-    return GcpPipeline(
+    return Pipeline(
         settings=settings,
         blobs=GcsBlobStore(storage.Client(project=project), retry=retry),
         records=FirestoreRecordStore(firestore.Client(project=project), collection, retry=retry),

@@ -17,7 +17,6 @@ import flask
 import functions_framework
 from cloudevents.http import CloudEvent
 
-from functions.core.service import process_object
 from functions.gcp.adapters import (
     ConfigError,
     InvalidStorageEvent,
@@ -48,18 +47,7 @@ def handle_upload(cloud_event: CloudEvent) -> None:
         log.warning("ignored rendition gs://%s/%s", upload.ref.bucket, upload.ref.key)
         return
     try:
-        outcome = process_object(
-            upload.ref,
-            settings=PIPELINE.settings,
-            blobs=PIPELINE.blobs,
-            records=PIPELINE.records,
-            events=PIPELINE.events,
-            renditions_bucket=PIPELINE.renditions_bucket,
-            event_source=PIPELINE.event_source,
-            event_time=upload.event_time,
-            max_event_age=PIPELINE.max_event_age,
-            lease=PIPELINE.lease,
-        )
+        outcome = PIPELINE.process(upload.ref, event_time=upload.event_time)
     except Exception as error:
         fields = retry_fields(upload.ref, error)
         log.error("will retry %s: %s", upload.ref.key, error, extra={"json_fields": fields})

@@ -18,6 +18,17 @@ import pulumi
 import pytest
 from pulumi.runtime.mocks import MockMonitor
 
+# What an AWS stack exports: the names `imagepipe upload --stack` and the README rely on.
+AWS_OUTPUT_NAMES = {
+    "uploadsBucket",
+    "renditionsBucket",
+    "cdnUrl",
+    "recordsTable",
+    "eventsTopic",
+    "functionName",
+    "deadLetterQueue",
+}
+
 ACCOUNT_ID = "123456789012"
 AWS_REGION = "eu-west-1"
 GCP_PROJECT = "imagepipe-test"

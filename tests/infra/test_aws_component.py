@@ -12,19 +12,15 @@ from components.aws import AwsImagePipeline, AwsImagePipelineArgs
 from components.aws.pipeline import TYPE_TOKEN
 from functions.core.settings import PipelineSettings, SettingsError
 from tests.infra.aws_fakes import fake_wheel_dirs, offline_lambda_builds  # noqa: F401 - fixtures
-from tests.infra.conftest import ACCOUNT_ID, CACHING_OPTIMIZED_POLICY_ID, run_program
+from tests.infra.conftest import (
+    ACCOUNT_ID,
+    AWS_OUTPUT_NAMES,
+    CACHING_OPTIMIZED_POLICY_ID,
+    run_program,
+)
 
 TAGS = {"team": "media", "env": "test"}
 ARGS = AwsImagePipelineArgs(settings=PipelineSettings(), tags=TAGS)
-OUTPUT_NAMES = {
-    "uploadsBucket",
-    "renditionsBucket",
-    "cdnUrl",
-    "recordsTable",
-    "eventsTopic",
-    "functionName",
-    "deadLetterQueue",
-}
 # Types AWS lets carry tags; every one the component creates must carry ours.
 TAGGABLE = {
     "aws:s3/bucket:Bucket",
@@ -75,7 +71,7 @@ def as_list(value) -> list:
 
 def test_outputs_are_present_and_resolved(deploy):
     _, outputs = deploy()
-    assert set(outputs) == OUTPUT_NAMES
+    assert set(outputs) == AWS_OUTPUT_NAMES
     assert all(isinstance(value, str) and value for value in outputs.values())
     assert outputs["cdnUrl"] == "https://d111111abcdef8.cloudfront.net"
     assert outputs["functionName"] == "imagepipe-test"  # <component>-<stack>

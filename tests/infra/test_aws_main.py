@@ -11,18 +11,9 @@ import yaml
 
 from components.packaging import PROJECT_ROOT
 from tests.infra.aws_fakes import fake_wheel_dirs, offline_lambda_builds  # noqa: F401 - fixtures
-from tests.infra.conftest import run_program, set_config
+from tests.infra.conftest import AWS_OUTPUT_NAMES, run_program, set_config
 
 EXAMPLE_STACK = PROJECT_ROOT / "stacks" / "Pulumi.aws-dev.yaml"
-OUTPUT_NAMES = {
-    "uploadsBucket",
-    "renditionsBucket",
-    "cdnUrl",
-    "recordsTable",
-    "eventsTopic",
-    "functionName",
-    "deadLetterQueue",
-}
 
 
 def example_config() -> dict:
@@ -52,7 +43,7 @@ def test_example_stack_exports_every_output(mocked):
     assert config["imagepipe:cloud"] == "aws"
     set_config(config)
     exports = run_main()
-    assert set(exports) == OUTPUT_NAMES
+    assert set(exports) == AWS_OUTPUT_NAMES
     assert exports["cdnUrl"].startswith("https://")
     assert exports["functionName"] == "imagepipe-test"
     # The example's values reached the component, not the defaults.

@@ -268,12 +268,7 @@ def create_pipeline_resources(
     s3.put_bucket_notification_configuration(
         Bucket=uploads, NotificationConfiguration={"QueueConfigurations": [notification]}
     )
-    sns.subscribe(
-        TopicArn=topic_arn,
-        Protocol="sqs",
-        Endpoint=_queue_arn(sqs, events_url),
-        Attributes={"RawMessageDelivery": "true"},
-    )
+    subscribe_queue(sns, sqs, topic_arn, events_url)
     return PipelineResources(
         uploads_bucket=uploads,
         renditions_bucket=renditions,
@@ -289,6 +284,19 @@ def create_pipeline_resources(
 def _queue_arn(sqs: Any, url: str) -> str:
     attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])
     return str(attributes["Attributes"]["QueueArn"])
+
+
+def subscribe_queue(sns: Any, sqs: Any, topic_arn: str, queue_url: str) -> str:
+    """Deliver the topic's messages to the queue as they were published (raw, no SNS
+    envelope), so a body is the CloudEvent itself. Returns the subscription's ARN."""
+    response = sns.subscribe(
+        TopicArn=topic_arn,
+        Protocol="sqs",
+        Endpoint=_queue_arn(sqs, queue_url),
+        Attributes={"RawMessageDelivery": "true"},
+        ReturnSubscriptionArn=True,
+    )
+    return str(response["SubscriptionArn"])
 
 
 def drain_queue(sqs: Any, url: str, wait_seconds: int = 0) -> list[dict[str, Any]]:

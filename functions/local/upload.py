@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from functions.core.records import FINAL_STATUSES, ImageRecord, Status, record_id
+from functions.local.emulated_aws import subscribe_queue
 from functions.local.target import PipelineTarget, TargetError, add_target_arguments, resolve_target
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -137,16 +138,9 @@ class SqsEventFeed:
         name = f"imagepipe-upload-{uuid.uuid4().hex[:12]}"
         self._queue_url = self._sqs.create_queue(QueueName=name)["QueueUrl"]
         try:
-            queue_arn = self._sqs.get_queue_attributes(
-                QueueUrl=self._queue_url, AttributeNames=["QueueArn"]
-            )["Attributes"]["QueueArn"]
-            self._subscription_arn = self._sns.subscribe(
-                TopicArn=self._topic_arn,
-                Protocol="sqs",
-                Endpoint=queue_arn,
-                Attributes={"RawMessageDelivery": "true"},
-                ReturnSubscriptionArn=True,
-            )["SubscriptionArn"]
+            self._subscription_arn = subscribe_queue(
+                self._sns, self._sqs, self._topic_arn, self._queue_url
+            )
         except Exception:
             self.__exit__()
             raise

@@ -2,10 +2,10 @@
 
 Errors: a permanent one (bad image, too large, gone) is already a FAILED record and a
 failure event when `process_object` returns, so the handler returns normally and nothing
-is retried. A transient one (S3, DynamoDB or SNS unavailable) is raised after every
-record of the event had its turn: Lambda retries the event twice, then sends it to the
-dead-letter queue. Records finished before the retry are duplicates the second time, and
-duplicates change and publish nothing.
+is retried. A transient one (S3, DynamoDB or SNS unavailable, or another invocation's
+live claim on the image) is raised after every record of the event had its turn: Lambda
+retries the event twice, then sends it to the dead-letter queue. Records finished before
+the retry are duplicates the second time, and duplicates change and publish nothing.
 """
 
 from __future__ import annotations
@@ -118,7 +118,6 @@ _OUTCOME_METRICS = {
     "completed": "ImagesCompleted",
     "failed": "ImagesFailed",
     "duplicate": "Duplicates",
-    "in_progress": "Duplicates",
 }
 
 

@@ -37,7 +37,7 @@ PERMANENT_CODES = frozenset(
 )
 # Transient: the function raises and the platform retries with backoff.
 TRANSIENT_CODES = frozenset(
-    {"storage_unavailable", "record_store_unavailable", "publisher_unavailable"}
+    {"storage_unavailable", "record_store_unavailable", "publisher_unavailable", "claim_held"}
 )
 
 
@@ -82,6 +82,17 @@ class RecordStoreUnavailable(TransientError):
 class PublisherUnavailable(TransientError):
     def __init__(self, message: str) -> None:
         super().__init__("publisher_unavailable", message)
+
+
+class ClaimHeld(TransientError):
+    """Another delivery holds a live claim on the image: try again later.
+
+    Never a no-op: if the worker holding the claim died, only a later delivery can
+    finish the image, once the lease has run out. The record is left as it is.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__("claim_held", message)
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from functions.core.keys import rendition_key
 from functions.core.ports import BlobStore, EventPublisher, RecordStore
 from functions.core.records import (
     FINAL_STATUSES,
+    ClaimHeld,
     ErrorInfo,
     ImageMetadata,
     ImageRecord,
@@ -47,12 +48,12 @@ IMMUTABLE_CACHE_CONTROL = "public, max-age=31536000, immutable"
 RENDITION_MARKER = {"imagepipe-rendition": "true"}
 DEFAULT_LEASE = timedelta(minutes=16)  # longer than the longest function timeout (15 min)
 
-Action = Literal["completed", "failed", "duplicate", "in_progress"]
+Action = Literal["completed", "failed", "duplicate"]
 
 
 @dataclass(frozen=True)
 class Outcome:
-    """What this delivery did: finished the image, or found it finished or in hand elsewhere."""
+    """What this delivery did: finished the image, or found it already finished."""
 
     action: Action
     record: ImageRecord
@@ -122,17 +123,23 @@ def process_object(
     """Process one uploaded object version exactly once, as far as the outside world can tell.
 
     Returns normally for success, for permanent failures (record FAILED, failure
-    event published) and for duplicate or concurrent deliveries. Raises
+    event published) and for duplicates of a finished record. Raises
     `TransientError` (or any unexpected error) so the platform retries; the
-    record is left PENDING with the error, ready for the retry to claim.
+    record is left PENDING with the error, ready for the retry to claim. A live
+    claim held by another delivery raises `ClaimHeld` and leaves the record alone:
+    only a finished record makes a delivery a no-op, so an image whose worker died
+    is taken over by a retry once the lease runs out, never stuck PROCESSING.
     """
     timer = StageTimer()
     with timer.stage("claim"):
         claimed, current = _claim(ref, records, clock, lease)
     if claimed is None:
-        action: Action = "duplicate" if current.status in FINAL_STATUSES else "in_progress"
-        log.info("skipped %s: %s (%s)", ref.key, action, current.status.value)
-        return Outcome(action, current)
+        if current.status not in FINAL_STATUSES:
+            raise ClaimHeld(
+                f"{ref.key} is claimed by another delivery until {current.lease_expires_at}"
+            )
+        log.info("skipped %s: duplicate (%s)", ref.key, current.status.value)
+        return Outcome("duplicate", current)
 
     try:
         if event_time and max_event_age and clock() - event_time > max_event_age:
@@ -213,6 +220,12 @@ def _claim(
 
 def _lease_expired(record: ImageRecord, now: datetime) -> bool:
     return record.lease_expires_at is None or parse_instant(record.lease_expires_at) <= now
+
+
+def is_stale_claim(record: ImageRecord, now: datetime) -> bool:
+    """PROCESSING past its lease: the worker that claimed it died or ran out of time, and
+    the next delivery of its event takes it over. What a status listing flags as stale."""
+    return record.status is Status.PROCESSING and _lease_expired(record, now)
 
 
 def _render_and_store(

@@ -26,6 +26,7 @@ from google.auth import exceptions as auth_exceptions
 from google.cloud import firestore, pubsub_v1, storage
 
 from functions.core.records import (
+    ClaimHeld,
     ImageRecord,
     ObjectRef,
     PipelineError,
@@ -382,8 +383,10 @@ def outcome_fields(outcome: Outcome) -> dict[str, Any]:
 
 def retry_fields(ref: ObjectRef, error: Exception) -> dict[str, Any]:
     """The fields of the log line for a delivery that raised so the platform retries it."""
+    # A held claim leaves the record as the holder keeps it; any other error left it PENDING.
+    status = Status.PROCESSING if isinstance(error, ClaimHeld) else Status.PENDING
     return {
-        "status": Status.PENDING.value,
+        "status": status.value,
         "action": "retry",
         "bucket": ref.bucket,
         "key": ref.key,

@@ -4,7 +4,8 @@ The deploy archive puts a copy of this file at its root as `main.py`, so it impo
 only `functions.core` and `functions.gcp`. Clients are built once per instance.
 A transient error is raised: functions-framework answers 500 and Eventarc retries
 with backoff until the core records the event FAILED (`expired`). Permanent failures
-and duplicates answer 200; an image another delivery is processing answers 409 (retry).
+and duplicates answer 200; an image another delivery holds a live claim on answers 409,
+so Eventarc redelivers it until that claim is finished or its lease runs out.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import flask
 import functions_framework
 from cloudevents.http import CloudEvent
 
+from functions.core.records import ClaimHeld
 from functions.gcp.adapters import (
     ConfigError,
     InvalidStorageEvent,
@@ -48,6 +50,11 @@ def handle_upload(cloud_event: CloudEvent) -> None:
         return
     try:
         outcome = PIPELINE.process(upload.ref, event_time=upload.event_time)
+    except ClaimHeld as error:
+        # Acknowledging would strand the image if the worker holding the claim died.
+        fields = retry_fields(upload.ref, error)
+        log.info("will retry %s: %s", upload.ref.key, error, extra={"json_fields": fields})
+        flask.abort(409, description=error.message)
     except Exception as error:
         fields = retry_fields(upload.ref, error)
         log.error("will retry %s: %s", upload.ref.key, error, extra={"json_fields": fields})
@@ -55,8 +62,3 @@ def handle_upload(cloud_event: CloudEvent) -> None:
     level = logging.WARNING if outcome.record.error else logging.INFO
     fields = outcome_fields(outcome)
     log.log(level, "%s %s", outcome.action, upload.ref.key, extra={"json_fields": fields})
-    if outcome.action == "in_progress":
-        # Another delivery holds the lease. Acknowledging would strand the image if that
-        # worker died, so answer 409: Eventarc redelivers with backoff until it is done
-        # (a duplicate, acknowledged then) or the lease runs out and this delivery takes over.
-        flask.abort(409, description=f"{upload.ref.key} is being processed by another delivery")

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from functions.core.memory import InMemoryBlobStore, InMemoryRecordStore
 from functions.core.records import (
+    ClaimHeld,
     PublisherUnavailable,
     RecordStoreUnavailable,
     Status,
     StorageUnavailable,
 )
-from functions.core.service import IMMUTABLE_CACHE_CONTROL
+from functions.core.service import IMMUTABLE_CACHE_CONTROL, is_stale_claim
 from tests.core.images import Pipeline, encoded, quadrants
 
 
@@ -59,7 +60,7 @@ def test_same_bytes_under_another_name_reuse_the_rendition_keys(pipeline):
     assert len(pipeline.renditions()) == 2
 
 
-def test_a_concurrent_claim_is_skipped_until_the_lease_expires(pipeline):
+def test_a_live_claim_fails_retryably_until_its_lease_expires_then_is_taken_over(pipeline):
     ref = pipeline.upload("a.jpg", encoded(quadrants()))
     pipeline.blobs.unavailable = True
     with pytest.raises(StorageUnavailable):
@@ -69,10 +70,34 @@ def test_a_concurrent_claim_is_skipped_until_the_lease_expires(pipeline):
     stuck = pending.evolve(status=Status.PROCESSING, lease_expires_at="2026-01-01T00:10:00.000Z")
     pipeline.records.records[ref.record_id] = stuck
     pipeline.blobs.unavailable = False
-    assert pipeline.process(ref).action == "in_progress"
+    # Not a no-op: returning normally would end the platform's retries with the image stuck.
+    with pytest.raises(ClaimHeld) as held:
+        pipeline.process(ref)
+    assert held.value.retryable and held.value.code == "claim_held"
+    assert pipeline.records.get(ref.record_id) == stuck
+    assert pipeline.events.events == []
     pipeline.now += timedelta(minutes=11)
     outcome = pipeline.process(ref)
     assert outcome.action == "completed" and outcome.record.attempts == stuck.attempts + 1
+    assert [e["type"] for e in pipeline.events.events] == ["imagepipe.image.completed"]
+
+
+def test_a_claim_past_its_lease_is_stale_and_a_finished_record_never_is(pipeline):
+    ref = pipeline.upload("a.jpg", encoded(quadrants()))
+    pipeline.blobs.unavailable = True
+    with pytest.raises(StorageUnavailable):
+        pipeline.process(ref)
+    claim = pipeline.records.get(ref.record_id).evolve(
+        status=Status.PROCESSING, lease_expires_at="2026-01-01T00:10:00.000Z"
+    )
+    pipeline.records.records[ref.record_id] = claim
+    at = datetime(2026, 1, 1, 0, 10, tzinfo=UTC)
+    assert not is_stale_claim(claim, at - timedelta(seconds=1))
+    assert is_stale_claim(claim, at)
+    assert not is_stale_claim(claim.evolve(status=Status.COMPLETED), at + timedelta(days=1))
+    assert not is_stale_claim(claim.evolve(status=Status.PENDING), at + timedelta(days=1))
+    stale = [r for r in pipeline.records.records.values() if is_stale_claim(r, at)]
+    assert stale == [claim]
 
 
 def test_transient_storage_error_leaves_pending_and_raises(pipeline):

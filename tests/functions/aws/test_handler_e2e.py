@@ -9,6 +9,8 @@ import json
 import logging
 import os
 import socket
+import time
+from datetime import UTC, datetime, timedelta
 from types import ModuleType
 from typing import Any
 
@@ -17,12 +19,13 @@ from boto3.dynamodb.types import TypeDeserializer
 from PIL import Image
 
 from functions.core.records import (
+    ClaimHeld,
     ImageRecord,
     PublisherUnavailable,
     RecordStoreUnavailable,
     TransientError,
 )
-from functions.core.service import IMMUTABLE_CACHE_CONTROL
+from functions.core.service import IMMUTABLE_CACHE_CONTROL, isoformat
 from functions.core.settings import DEFAULT_RENDITIONS
 from functions.local.emulated_aws import PipelineResources
 
@@ -341,6 +344,43 @@ def test_lambdas_retry_takes_over_the_claim_of_an_invocation_that_died(
     assert result["records"][0]["action"] == "completed"
     assert (item["status"], item["attempts"]) == ("COMPLETED", 2)
     assert len(stack.published_events()) == 1
+
+
+def test_a_live_claim_of_a_dead_invocation_fails_retryably_then_a_retry_takes_it_over(
+    stack: EmulatedStack,
+    handler_module: ModuleType,
+    lambda_context: LambdaContext,
+    photo_jpeg: bytes,
+) -> None:
+    event = stack.upload("photos/killed.jpg", photo_jpeg)
+    (ref,) = handler_module.object_refs(event)
+    # An invocation killed for memory two seconds in: its claim still holds for a while.
+    lease_end = datetime.now(UTC) + timedelta(seconds=2)
+    claim = {
+        "id": ref.record_id,
+        "source": {"bucket": ref.bucket, "key": ref.key, "version": ref.version},
+        "status": "PROCESSING",
+        "attempts": 1,
+        "created_at": isoformat(datetime.now(UTC)),
+        "updated_at": isoformat(datetime.now(UTC)),
+        "lease_expires_at": isoformat(lease_end),
+    }
+    assert handler_module.PIPELINE.records.create(ImageRecord.from_dict(claim))
+
+    # Lambda's first retry: raising is what makes Lambda try again (returning would end it).
+    with pytest.raises(ClaimHeld):
+        handler_module.handler(event, lambda_context)
+    (item,) = plain_items(stack)
+    assert (item["status"], item["attempts"]) == ("PROCESSING", 1)
+    assert stack.published_events() == []
+
+    time.sleep(max(0.0, (lease_end - datetime.now(UTC)).total_seconds() + 0.2))
+    result = handler_module.handler(event, lambda_context)  # Lambda's second retry
+
+    (item,) = plain_items(stack)
+    assert result["records"][0]["action"] == "completed"
+    assert (item["status"], item["attempts"]) == ("COMPLETED", 2)
+    assert [e["type_attribute"] for e in stack.published_events()] == ["imagepipe.image.completed"]
 
 
 def test_a_live_claim_lasts_the_invocations_remaining_time_not_longer(

@@ -8,6 +8,7 @@ import hashlib
 import io
 import json
 import struct
+import time
 import zlib
 from datetime import UTC, datetime, timedelta
 
@@ -252,5 +253,41 @@ def test_an_image_another_delivery_is_processing_is_left_to_a_later_retry(
     assert response.status_code == 409
     assert record_documents(gcp_clients, gcp_names) == {held.id: held.to_dict()}
     assert pull_messages(gcp_clients.subscriber, gcp_names.subscription, settle=0.5) == []
-    [entry] = entries_for(function, held.id)
-    assert (entry["action"], entry["status"]) == ("in_progress", "PROCESSING")
+    [entry] = [e for e in function.log_entries() if e.get("key") == blob.name]
+    assert (entry["action"], entry["status"], entry["error_code"]) == (
+        "retry",
+        "PROCESSING",
+        "claim_held",
+    )
+
+
+def test_a_claim_whose_worker_died_is_taken_over_by_a_redelivery_with_one_event(
+    serve_function, gcp_clients, gcp_names, upload
+):
+    function = serve_function(gcp_names)
+    blob = upload("died.jpg", a_photo(640, 480))
+    now = datetime.now(UTC)
+    # What a worker killed mid-render leaves behind: a claim whose lease runs out soon.
+    died = ImageRecord(
+        id=record_id_of(blob),
+        source=Source(blob.bucket.name, blob.name, str(blob.generation)),
+        status=Status.PROCESSING,
+        attempts=1,
+        created_at=isoformat(now),
+        updated_at=isoformat(now),
+        lease_expires_at=isoformat(now + timedelta(seconds=2)),
+    )
+    collection = gcp_clients.firestore.collection(gcp_names.collection)
+    collection.document(died.id).create(died.to_dict())
+    event = finalized_event(blob)
+
+    assert function.deliver(event).status_code == 409  # Eventarc redelivers it
+    time.sleep(max(0.0, (now + timedelta(seconds=2.2) - datetime.now(UTC)).total_seconds()))
+    assert function.deliver(event).status_code == 200
+
+    document = record_documents(gcp_clients, gcp_names)[died.id]
+    assert (document["status"], document["attempts"]) == ("COMPLETED", 2)
+    messages = pull_messages(gcp_clients.subscriber, gcp_names.subscription, settle=0.5)
+    assert [m.attributes["type"] for m in messages] == ["imagepipe.image.completed"]
+    assert function.deliver(event).status_code == 200  # now a duplicate: acknowledged
+    assert pull_messages(gcp_clients.subscriber, gcp_names.subscription, settle=0.5) == []

@@ -23,8 +23,6 @@ class AwsImagePipelineArgs:
     """Lambda CPU architecture; Pillow is packaged for it."""
     runtime: str = "python3.12"
     """Lambda Python runtime, 3.12 or newer."""
-    memory_mb: int = 1024
-    """Lambda memory; CPU share grows with it."""
     timeout_seconds: int = 60
     """Lambda timeout for one invocation."""
     max_event_age_seconds: int = 3600

@@ -23,6 +23,7 @@ TYPE_TOKEN = "imagepipe:index:AwsImagePipeline"
 HANDLER = "functions.aws.handler.handler"
 FAILED_EVENT_TYPE = "imagepipe.image.failed"
 _PHYSICAL_NAME_LIMIT = 64  # Lambda function and CloudFront OAC names
+AWS_MAX_MEMORY_MB = 10240
 
 
 def physical_name(name: str) -> str:
@@ -223,7 +224,8 @@ class AwsImagePipeline(pulumi.ComponentResource):
             handler=HANDLER,
             runtime=args.runtime,
             architectures=[args.architecture],
-            memory_size=args.memory_mb,
+            # Also what the function's decode budget is derived from (the settings carry it).
+            memory_size=args.settings.limits.memory_mb,
             timeout=args.timeout_seconds,
             code=pulumi.FileArchive(str(archive.path)),
             source_code_hash=archive.source_code_hash,
@@ -411,6 +413,12 @@ class AwsImagePipeline(pulumi.ComponentResource):
 
 def _check_args(args: AwsImagePipelineArgs) -> None:
     """Values AWS would only refuse halfway through `pulumi up`."""
+    memory_mb = args.settings.limits.memory_mb
+    if memory_mb > AWS_MAX_MEMORY_MB:
+        raise SettingsError(
+            f"imagepipe:memoryMb is {memory_mb}; Lambda functions have at most "
+            f"{AWS_MAX_MEMORY_MB} MB."
+        )
     if args.log_retention_days not in AWS_LOG_RETENTION_DAYS:
         allowed = ", ".join(str(days) for days in AWS_LOG_RETENTION_DAYS)
         raise SettingsError(

@@ -19,8 +19,6 @@ class GcpImagePipelineArgs:
     """Region of the buckets, the function and its Eventarc trigger."""
     runtime: str = "python312"
     """Cloud Functions gen2 Python runtime, 3.12 or newer."""
-    memory_mb: int = 1024
-    """Memory of one function instance."""
     cpu: str = "1"
     """vCPUs of one function instance."""
     timeout_seconds: int = 60

@@ -331,7 +331,8 @@ class GcpImagePipeline(pulumi.ComponentResource):
                 ),
             ),
             service_config=gcp.cloudfunctionsv2.FunctionServiceConfigArgs(
-                available_memory=f"{args.memory_mb}Mi",
+                # Also what the decode budget is derived from (the settings carry it).
+                available_memory=f"{args.settings.limits.memory_mb}Mi",
                 available_cpu=args.cpu,
                 timeout_seconds=args.timeout_seconds,
                 max_instance_count=args.max_instances,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import reprlib
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
@@ -27,11 +28,35 @@ INPUT_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "GIF", "WEBP", "AVIF", "BMP", "
 DEFAULT_INPUT_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "GIF", "WEBP")
 
 MAX_RENDITION_SIDE = 8192
+MAX_RENDITIONS = 16
 _NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
+
+# Upper bounds that keep each guard a guard: beyond them a limit no longer stops
+# anything a function could survive (the memory budget applies whatever they say).
+MAX_BYTES_CEILING = 512 * 1024 * 1024
+MAX_PIXELS_CEILING = 1_000_000_000
+MAX_FRAMES_CEILING = 100_000
+# The function's memory, from the smallest size both clouds sell to the largest GCP does
+# (AWS stops at 10240; its component says so).
+MEMORY_MB_RANGE = (128, 32768)
 
 
 class SettingsError(ValueError):
     """A setting is invalid; the message is one sentence naming key, value and what is allowed."""
+
+
+# Bounded in work as well as in length: an error about a value built from YAML aliases
+# (a million-element list) must not spend seconds and gigabytes describing it.
+_SHOWN = reprlib.Repr()
+_SHOWN.maxlevel, _SHOWN.maxlist, _SHOWN.maxtuple, _SHOWN.maxdict = 2, 4, 4, 4
+_SHOWN.maxstring = _SHOWN.maxother = 60
+SHOWN_VALUE_CHARS = 80
+
+
+def shown(value: Any) -> str:
+    """A bad value as an error message quotes it: its repr, at most about 80 characters."""
+    text = _SHOWN.repr(value)
+    return text if len(text) <= SHOWN_VALUE_CHARS else text[: SHOWN_VALUE_CHARS - 3] + "..."
 
 
 @dataclass(frozen=True)
@@ -56,6 +81,9 @@ class Limits:
     max_bytes: int = 50 * 1024 * 1024
     max_pixels: int = 100_000_000
     max_frames: int = 1000
+    memory_mb: int = 1024
+    """The function's memory; a decode whose estimated peak would not fit the budget
+    derived from it is refused before it starts (`over_memory_budget`)."""
 
 
 DEFAULT_RENDITIONS: tuple[RenditionSpec, ...] = (
@@ -93,6 +121,7 @@ class PipelineSettings:
                 "maxBytes": raw.get("limits", {}).get("max_bytes", _UNSET),
                 "maxPixels": raw.get("limits", {}).get("max_pixels", _UNSET),
                 "maxFrames": raw.get("limits", {}).get("max_frames", _UNSET),
+                "memoryMb": raw.get("limits", {}).get("memory_mb", _UNSET),
                 "stripMetadata": raw.get("strip_metadata", _UNSET),
                 "outputColour": raw.get("output_colour", _UNSET),
             },
@@ -114,6 +143,7 @@ SETTINGS_KEYS: tuple[str, ...] = (
     "maxBytes",
     "maxPixels",
     "maxFrames",
+    "memoryMb",
     "stripMetadata",
     "outputColour",
 )
@@ -128,9 +158,7 @@ def parse_settings(values: Mapping[str, Any], prefix: str = "imagepipe:") -> Pip
     """
     unknown = sorted(set(values) - set(SETTINGS_KEYS))
     if unknown:
-        raise SettingsError(
-            f"{prefix}{unknown[0]} is not a setting; known settings: {', '.join(SETTINGS_KEYS)}."
-        )
+        raise SettingsError(unknown_key_message(f"{prefix}{unknown[0]}", SETTINGS_KEYS, prefix))
 
     def given(key: str) -> bool:
         return values.get(key, _UNSET) not in (_UNSET, None)
@@ -147,44 +175,70 @@ def parse_settings(values: Mapping[str, Any], prefix: str = "imagepipe:") -> Pip
     )
     defaults = Limits()
     limits = Limits(
-        max_bytes=_positive_int(values, "maxBytes", defaults.max_bytes, prefix),
-        max_pixels=_positive_int(values, "maxPixels", defaults.max_pixels, prefix),
-        max_frames=_positive_int(values, "maxFrames", defaults.max_frames, prefix),
+        max_bytes=_whole(values, "maxBytes", defaults.max_bytes, (1, MAX_BYTES_CEILING), prefix),
+        max_pixels=_whole(
+            values, "maxPixels", defaults.max_pixels, (1, MAX_PIXELS_CEILING), prefix
+        ),
+        max_frames=_whole(
+            values, "maxFrames", defaults.max_frames, (1, MAX_FRAMES_CEILING), prefix
+        ),
+        memory_mb=_whole(values, "memoryMb", defaults.memory_mb, MEMORY_MB_RANGE, prefix),
     )
     strip = values["stripMetadata"] if given("stripMetadata") else True
     if not isinstance(strip, bool):
-        raise SettingsError(f"{prefix}stripMetadata is {strip!r}; use true or false.")
+        raise SettingsError(f"{prefix}stripMetadata is {shown(strip)}; use true or false.")
     colour = values["outputColour"] if given("outputColour") else "srgb"
     if colour != "srgb":
-        raise SettingsError(f"{prefix}outputColour is {colour!r}; the only allowed value is srgb.")
+        raise SettingsError(
+            f"{prefix}outputColour is {shown(colour)}; the only allowed value is srgb."
+        )
     return PipelineSettings(renditions, allowed, limits, strip, "srgb")
 
 
-def _positive_int(values: Mapping[str, Any], key: str, default: int, prefix: str) -> int:
+def unknown_key_message(full_key: str, known: Sequence[str], prefix: str) -> str:
+    """`imagepipe:maxbytes is not a setting; did you mean imagepipe:maxBytes?`"""
+    import difflib
+
+    short = full_key.removeprefix(prefix)
+    by_lower = {key.lower(): key for key in known}
+    close = difflib.get_close_matches(short.lower()[:100], list(by_lower), n=1, cutoff=0.6)
+    if close:
+        return (
+            f"{shown(full_key)[1:-1]} is not a setting; did you mean {prefix}{by_lower[close[0]]}?"
+        )
+    return f"{shown(full_key)[1:-1]} is not a setting; known settings: {', '.join(known)}."
+
+
+def _whole(
+    values: Mapping[str, Any], key: str, default: int, bounds: tuple[int, int], prefix: str
+) -> int:
     value = values.get(key, _UNSET)
     if value in (_UNSET, None):
         return default
     if isinstance(value, str) and value.strip().isdigit():
         value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise SettingsError(f"{prefix}{key} is {value!r}; use a whole number greater than 0.")
+    low, high = bounds
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise SettingsError(
+            f"{prefix}{key} is {shown(value)}; use a whole number from {low} to {high}."
+        )
     return value
 
 
 def _parse_formats(value: Any, key: str) -> tuple[str, ...]:
     if isinstance(value, str):
-        value = [part for part in re.split(r"[,\s]+", value) if part]
-    if not isinstance(value, Sequence) or not value:
+        value = [part for part in re.split(r"[,\s]+", value[:1000]) if part]
+    if not isinstance(value, Sequence) or not value or len(value) > 2 * len(INPUT_FORMATS):
         raise SettingsError(
-            f"{key} is {value!r}; use a non-empty list drawn from {', '.join(INPUT_FORMATS)}."
+            f"{key} is {shown(value)}; use a non-empty list drawn from {', '.join(INPUT_FORMATS)}."
         )
     formats: list[str] = []
     for item in value:
-        name = str(item).upper()
+        name = item.upper() if isinstance(item, str) else ""
         name = {"JPG": "JPEG", "TIF": "TIFF"}.get(name, name)
         if name not in INPUT_FORMATS:
             raise SettingsError(
-                f"{key} contains {item!r}; allowed formats are {', '.join(INPUT_FORMATS)}."
+                f"{key} contains {shown(item)}; allowed formats are {', '.join(INPUT_FORMATS)}."
             )
         if name not in formats:
             formats.append(name)
@@ -194,14 +248,20 @@ def _parse_formats(value: Any, key: str) -> tuple[str, ...]:
 def _parse_renditions(value: Any, key: str) -> tuple[RenditionSpec, ...]:
     if isinstance(value, str) or not isinstance(value, Sequence) or not value:
         raise SettingsError(
-            f"{key} is {value!r}; use a non-empty list of "
+            f"{key} is {shown(value)}; use a non-empty list of "
             "'name:WIDTHxHEIGHT[:fit[:format[:quality]]]' entries."
+        )
+    if len(value) > MAX_RENDITIONS:
+        raise SettingsError(
+            f"{key} has {len(value)} entries; at most {MAX_RENDITIONS} renditions are allowed."
         )
     specs = tuple(_parse_rendition(item, f"{key}[{index}]") for index, item in enumerate(value))
     names = [spec.name for spec in specs]
     duplicated = sorted({name for name in names if names.count(name) > 1})
     if duplicated:
-        raise SettingsError(f"{key} names {duplicated[0]!r} twice; rendition names must be unique.")
+        raise SettingsError(
+            f"{key} names {shown(duplicated[0])} twice; rendition names must be unique."
+        )
     return specs
 
 
@@ -212,35 +272,39 @@ def _parse_rendition(item: Any, key: str) -> RenditionSpec:
         fields = dict(item)
     else:
         raise SettingsError(
-            f"{key} is {item!r}; use 'name:WIDTHxHEIGHT[:fit[:format[:quality]]]', "
+            f"{key} is {shown(item)}; use 'name:WIDTHxHEIGHT[:fit[:format[:quality]]]', "
             "for example 'large:1024x768:contain:jpeg:82'."
         )
-    unknown = sorted(set(fields) - {"name", "width", "height", "fit", "format", "quality"})
+    unknown = sorted(
+        str(name) for name in set(fields) - {"name", "width", "height", "fit", "format", "quality"}
+    )
     if unknown:
         raise SettingsError(
-            f"{key}.{unknown[0]} is not a rendition field; "
+            f"{key}.{shown(unknown[0])[1:-1]} is not a rendition field; "
             "fields are name, width, height, fit, format, quality."
         )
     name = fields.get("name")
     if not isinstance(name, str) or not _NAME_PATTERN.match(name):
         raise SettingsError(
-            f"{key}.name is {name!r}; use 1-32 characters of a-z, 0-9, '-' or '_', "
+            f"{key}.name is {shown(name)}; use 1-32 characters of a-z, 0-9, '-' or '_', "
             "starting with a letter or digit."
         )
     width = _side(fields.get("width"), f"{key}.width")
     height = _side(fields.get("height"), f"{key}.height")
     fit = fields.get("fit", "contain")
     if fit not in FITS:
-        raise SettingsError(f"{key}.fit is {fit!r}; use one of {', '.join(FITS)}.")
+        raise SettingsError(f"{key}.fit is {shown(fit)}; use one of {', '.join(FITS)}.")
     fmt = fields.get("format", "jpeg")
     fmt = "jpeg" if fmt == "jpg" else fmt
-    if fmt not in OUTPUT_FORMATS:
-        raise SettingsError(f"{key}.format is {fmt!r}; use one of {', '.join(OUTPUT_FORMATS)}.")
+    if not isinstance(fmt, str) or fmt not in OUTPUT_FORMATS:
+        raise SettingsError(
+            f"{key}.format is {shown(fmt)}; use one of {', '.join(OUTPUT_FORMATS)}."
+        )
     quality = fields.get("quality", 82)
     if isinstance(quality, str) and quality.isdigit():
         quality = int(quality)
     if isinstance(quality, bool) or not isinstance(quality, int) or not 1 <= quality <= 100:
-        raise SettingsError(f"{key}.quality is {quality!r}; use a whole number from 1 to 100.")
+        raise SettingsError(f"{key}.quality is {shown(quality)}; use a whole number from 1 to 100.")
     return RenditionSpec(name, width, height, fit, fmt, quality)
 
 
@@ -248,13 +312,13 @@ def _compact_fields(text: str, key: str) -> dict[str, Any]:
     parts = text.strip().split(":")
     if len(parts) < 2 or len(parts) > 5:
         raise SettingsError(
-            f"{key} is {text!r}; use 'name:WIDTHxHEIGHT[:fit[:format[:quality]]]', "
+            f"{key} is {shown(text)}; use 'name:WIDTHxHEIGHT[:fit[:format[:quality]]]', "
             "for example 'thumb:200x200:cover:jpeg:82'."
         )
-    size = re.fullmatch(r"(\d+)x(\d+)", parts[1])
+    size = re.fullmatch(r"(\d{1,9})x(\d{1,9})", parts[1])
     if not size:
         raise SettingsError(
-            f"{key} has size {parts[1]!r}; write it as WIDTHxHEIGHT, e.g. 1024x768."
+            f"{key} has size {shown(parts[1])}; write it as WIDTHxHEIGHT, e.g. 1024x768."
         )
     fields: dict[str, Any] = {"name": parts[0], "width": int(size[1]), "height": int(size[2])}
     for name, part in zip(("fit", "format", "quality"), parts[2:], strict=False):
@@ -269,6 +333,6 @@ def _side(value: Any, key: str) -> int:
         or not 1 <= value <= MAX_RENDITION_SIDE
     ):
         raise SettingsError(
-            f"{key} is {value!r}; use a whole number from 1 to {MAX_RENDITION_SIDE}."
+            f"{key} is {shown(value)}; use a whole number from 1 to {MAX_RENDITION_SIDE}."
         )
     return value

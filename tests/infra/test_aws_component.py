@@ -244,7 +244,8 @@ def test_function_code_is_the_deterministic_archive(deploy):
 
 
 def test_x86_and_tracing_options_reach_the_function(deploy):
-    mocks, _ = deploy(replace(ARGS, architecture="x86_64", tracing=True, memory_mb=2048))
+    settings = replace(ARGS.settings, limits=replace(ARGS.settings.limits, memory_mb=2048))
+    mocks, _ = deploy(replace(ARGS, settings=settings, architecture="x86_64", tracing=True))
     function = mocks.one("aws:lambda/function:Function").inputs
     assert function["architectures"] == ["x86_64"]
     assert function["tracingConfig"] == {"mode": "Active"}

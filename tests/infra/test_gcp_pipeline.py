@@ -199,7 +199,16 @@ def test_no_one_else_is_granted_anything_in_private_delivery(pulumi_mocks):
 
 
 def test_function_runs_the_entry_point_with_its_own_account_and_environment(pulumi_mocks):
-    args = make_args(memory_mb=2048, cpu="2", timeout_seconds=120, max_instances=7)
+    base = make_args()
+    args = dataclasses.replace(
+        base,
+        settings=dataclasses.replace(
+            base.settings, limits=dataclasses.replace(base.settings.limits, memory_mb=2048)
+        ),
+        cpu="2",
+        timeout_seconds=120,
+        max_instances=7,
+    )
     outputs = run_program(lambda: GcpImagePipeline("imagepipe", args).stack_outputs())
 
     function = pulumi_mocks.one(FUNCTION)

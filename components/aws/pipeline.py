@@ -212,6 +212,7 @@ class AwsImagePipeline(pulumi.ComponentResource):
                         dead_letter_queue_arn=arns[4],
                         log_group_arn=arns[5],
                         tracing=args.tracing,
+                        uploads_prefix=args.uploads_prefix,
                     )
                 )
             ),

@@ -64,6 +64,12 @@ def renditions_bucket_policy(bucket_arn: str, distribution_arn: str) -> PolicyDo
     }
 
 
+def iam_literal(text: str) -> str:
+    """`text` as IAM matches it literally in a Resource or a StringLike value, where `*`, `?`
+    and `$` would otherwise be IAM's own (a wildcard, a wildcard, a policy variable)."""
+    return text.replace("$", "${$}").replace("*", "${*}").replace("?", "${?}")
+
+
 def function_policy(
     *,
     uploads_bucket_arn: str,
@@ -73,25 +79,40 @@ def function_policy(
     dead_letter_queue_arn: str,
     log_group_arn: str,
     tracing: bool,
+    uploads_prefix: str | None = None,
 ) -> PolicyDocument:
     """What the function does and nothing more: read an upload, write renditions, keep its
-    record, publish its event, dead-letter what it cannot finish, write its own logs."""
+    record (GetItem, and conditional PutItem for every write), publish its event, write its own
+    logs; and what Lambda does with the role: dead-letter the events that failed every retry.
+
+    With `uploads_prefix` the uploads grants stop at the keys that can trigger the function."""
+    upload_keys = f"{iam_literal(uploads_prefix)}*" if uploads_prefix else "*"
+    list_uploads: dict[str, Any] = {
+        # S3 answers a GetObject of a missing key 404 NoSuchKey only to a caller allowed
+        # s3:ListBucket on the bucket, else 403 AccessDenied (Amazon S3 API Reference,
+        # "GetObject", Permissions). Without it an upload deleted before processing would look
+        # like a permission failure, retried into the dead-letter queue instead of FAILED
+        # object_missing. For that check S3 evaluates ListBucket with s3:prefix set to the
+        # requested key: AWS's page does not say so, but Ceph matched this AWS behaviour in
+        # ceph/ceph#68577 (test_head_object_404_with_policy_prefix in ceph/s3-tests, not
+        # marked fails_on_aws). So the s3:prefix condition keeps the 404 for every key the
+        # function reads, and the role cannot list anything outside the prefix.
+        "Sid": "TellMissingUploadsApart",
+        "Effect": "Allow",
+        "Action": "s3:ListBucket",
+        "Resource": uploads_bucket_arn,
+    }
+    if uploads_prefix:
+        list_uploads["Condition"] = {"StringLike": {"s3:prefix": upload_keys}}
     statements: list[dict[str, Any]] = [
         {
+            # The notification only fires for keys under the prefix, so no other key is read.
             "Sid": "ReadUploads",
             "Effect": "Allow",
             "Action": "s3:GetObject",
-            "Resource": f"{uploads_bucket_arn}/*",
+            "Resource": f"{uploads_bucket_arn}/{upload_keys}",
         },
-        {
-            # Without ListBucket a missing key answers 403 AccessDenied instead of
-            # 404 NoSuchKey, and an upload deleted before processing would look like
-            # a permission failure. Bucket-level only: it lists keys, reads nothing.
-            "Sid": "TellMissingUploadsApart",
-            "Effect": "Allow",
-            "Action": "s3:ListBucket",
-            "Resource": uploads_bucket_arn,
-        },
+        list_uploads,
         {
             "Sid": "WriteRenditions",
             "Effect": "Allow",
@@ -101,7 +122,7 @@ def function_policy(
         {
             "Sid": "KeepRecords",
             "Effect": "Allow",
-            "Action": ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem"],
+            "Action": ["dynamodb:GetItem", "dynamodb:PutItem"],
             "Resource": records_table_arn,
         },
         {
@@ -111,6 +132,8 @@ def function_policy(
             "Resource": events_topic_arn,
         },
         {
+            # Used by Lambda, not by the handler: the async invoke config's on-failure
+            # destination receives events with the function's own role.
             "Sid": "DeadLetterFailedEvents",
             "Effect": "Allow",
             "Action": "sqs:SendMessage",

@@ -284,7 +284,6 @@ def test_role_is_least_privilege_without_tracing(deploy):
         "s3:PutObject": [f"{renditions_arn}/*"],
         "dynamodb:GetItem": [table_arn],
         "dynamodb:PutItem": [table_arn],
-        "dynamodb:UpdateItem": [table_arn],
         "sns:Publish": [outputs["eventsTopic"]],
         "sqs:SendMessage": [dlq_arn],
         "logs:CreateLogStream": [f"{log_group_arn}:*"],
@@ -300,6 +299,28 @@ def test_role_is_least_privilege_without_tracing(deploy):
         }
     ]
     assert "managedPolicyArns" not in role  # no AWS-managed policy with broad logs rights
+    listing = next(s for s in document["Statement"] if s["Action"] == "s3:ListBucket")
+    assert "Condition" not in listing  # no prefix: every key of the bucket can trigger
+
+
+def test_an_uploads_prefix_scopes_reading_and_listing_to_it(deploy):
+    mocks, outputs = deploy(replace(ARGS, uploads_prefix="incoming/"))
+    statements = {s["Sid"]: s for s in role_policy_document(mocks)["Statement"]}
+    uploads_arn = f"arn:aws:s3:::{outputs['uploadsBucket']}"
+    assert statements["ReadUploads"]["Action"] == "s3:GetObject"
+    assert statements["ReadUploads"]["Resource"] == f"{uploads_arn}/incoming/*"
+    listing = statements["TellMissingUploadsApart"]
+    assert (listing["Action"], listing["Resource"]) == ("s3:ListBucket", uploads_arn)
+    assert listing["Condition"] == {"StringLike": {"s3:prefix": "incoming/*"}}
+
+
+def test_iam_wildcards_in_an_uploads_prefix_are_matched_literally(deploy):
+    mocks, outputs = deploy(replace(ARGS, uploads_prefix="a*b?c$/"))
+    statements = {s["Sid"]: s for s in role_policy_document(mocks)["Statement"]}
+    literal = "a${*}b${?}c${$}/*"
+    uploads_arn = f"arn:aws:s3:::{outputs['uploadsBucket']}"
+    assert statements["ReadUploads"]["Resource"] == f"{uploads_arn}/{literal}"
+    assert statements["TellMissingUploadsApart"]["Condition"]["StringLike"]["s3:prefix"] == literal
 
 
 def test_only_xray_gets_a_star_resource_and_only_with_tracing(deploy):

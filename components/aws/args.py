@@ -27,6 +27,8 @@ class AwsImagePipelineArgs:
     """Lambda timeout for one invocation."""
     max_event_age_seconds: int = 3600
     """Async events older than this go to the dead-letter queue instead of being retried."""
+    reserved_concurrency: int | None = None
+    """The cost ceiling on concurrent invocations; unset = the account's unreserved pool."""
     log_retention_days: int = 30
     """Retention of the function's log group."""
     tracing: bool = False

@@ -17,7 +17,7 @@ import pulumi_aws as aws
 from components.aws import policies
 from components.aws.args import AWS_LOG_RETENTION_DAYS, AwsImagePipelineArgs
 from components.aws.lambda_archive import build_lambda_archive
-from functions.core.settings import SettingsError
+from functions.core.settings import SettingsError, shown
 
 TYPE_TOKEN = "imagepipe:index:AwsImagePipeline"
 HANDLER = "functions.aws.handler.handler"
@@ -228,6 +228,8 @@ class AwsImagePipeline(pulumi.ComponentResource):
             # Also what the function's decode budget is derived from (the settings carry it).
             memory_size=args.settings.limits.memory_mb,
             timeout=args.timeout_seconds,
+            # Unset: the account's unreserved pool, with no ceiling of its own.
+            reserved_concurrent_executions=args.reserved_concurrency,
             code=pulumi.FileArchive(str(archive.path)),
             source_code_hash=archive.source_code_hash,
             logging_config={
@@ -414,6 +416,11 @@ class AwsImagePipeline(pulumi.ComponentResource):
 
 def _check_args(args: AwsImagePipelineArgs) -> None:
     """Values AWS would only refuse halfway through `pulumi up`."""
+    if args.reserved_concurrency is not None and args.reserved_concurrency < 1:
+        raise SettingsError(
+            f"imagepipe:reservedConcurrency is {shown(args.reserved_concurrency)}; use at least 1 "
+            "(0 would stop every invocation), or leave it unset for the account's unreserved pool."
+        )
     memory_mb = args.settings.limits.memory_mb
     if memory_mb > AWS_MAX_MEMORY_MB:
         raise SettingsError(

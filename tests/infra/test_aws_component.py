@@ -243,6 +243,25 @@ def test_function_code_is_the_deterministic_archive(deploy):
     assert function["sourceCodeHash"] == base64.b64encode(digest).decode()
 
 
+def test_reserved_concurrency_is_unset_by_default(deploy):
+    mocks, _ = deploy()
+    assert "reservedConcurrentExecutions" not in mocks.one("aws:lambda/function:Function").inputs
+
+
+def test_reserved_concurrency_caps_the_function(deploy):
+    mocks, _ = deploy(replace(ARGS, reserved_concurrency=25))
+    function = mocks.one("aws:lambda/function:Function").inputs
+    assert function["reservedConcurrentExecutions"] == 25
+
+
+@pytest.mark.parametrize("value", [0, -1])
+def test_a_reserved_concurrency_below_one_is_rejected_naming_the_key(deploy, value):
+    with pytest.raises(
+        SettingsError, match=rf"imagepipe:reservedConcurrency is {value}; .*at least 1"
+    ):
+        deploy(replace(ARGS, reserved_concurrency=value))
+
+
 def test_x86_and_tracing_options_reach_the_function(deploy):
     settings = replace(ARGS.settings, limits=replace(ARGS.settings.limits, memory_mb=2048))
     mocks, _ = deploy(replace(ARGS, settings=settings, architecture="x86_64", tracing=True))

@@ -35,6 +35,10 @@ class AwsImagePipelineArgs:
     """X-Ray active tracing."""
     price_class: str = "PriceClass_100"
     """CloudFront price class."""
+    cdn_certificate_arn: str | None = None
+    """ACM certificate (in us-east-1) CloudFront serves `cdn_aliases` with, at TLSv1.2_2021."""
+    cdn_aliases: tuple[str, ...] = ()
+    """Domain names the distribution answers to; they need `cdn_certificate_arn`."""
     alarm_email: str | None = None
     """Where alarms and failure events are e-mailed (a subscription to confirm), if set."""
     uploads_prefix: str | None = None

@@ -24,6 +24,8 @@ HANDLER = "functions.aws.handler.handler"
 FAILED_EVENT_TYPE = "imagepipe.image.failed"
 _PHYSICAL_NAME_LIMIT = 64  # Lambda function and CloudFront OAC names
 AWS_MAX_MEMORY_MB = 10240
+# CloudFront takes viewer certificates from ACM in us-east-1 only, whatever the stack's region.
+_CDN_CERTIFICATE_ARN = re.compile(r"^arn:aws[a-z-]*:acm:us-east-1:\d{12}:certificate/\S+$")
 
 
 def physical_name(name: str) -> str:
@@ -337,7 +339,8 @@ class AwsImagePipeline(pulumi.ComponentResource):
                 "cache_policy_id": caching_optimized.id,
             },
             restrictions={"geo_restriction": {"restriction_type": "none"}},
-            viewer_certificate={"cloudfront_default_certificate": True},
+            aliases=list(args.cdn_aliases) or None,
+            viewer_certificate=_viewer_certificate(args.cdn_certificate_arn),
             tags=tags,
             opts=child,
         )
@@ -414,12 +417,40 @@ class AwsImagePipeline(pulumi.ComponentResource):
         }
 
 
+def _viewer_certificate(certificate_arn: str | None) -> dict[str, object]:
+    if certificate_arn is None:
+        # *.cloudfront.net always gets the TLSv1 policy: minimum_protocol_version is ignored.
+        return {"cloudfront_default_certificate": True}
+    return {
+        "acm_certificate_arn": certificate_arn,
+        # Every current client sends SNI; "vip" (dedicated IPs at every edge) is billed monthly.
+        "ssl_support_method": "sni-only",
+        "minimum_protocol_version": "TLSv1.2_2021",
+    }
+
+
 def _check_args(args: AwsImagePipelineArgs) -> None:
     """Values AWS would only refuse halfway through `pulumi up`."""
     if args.reserved_concurrency is not None and args.reserved_concurrency < 1:
         raise SettingsError(
             f"imagepipe:reservedConcurrency is {shown(args.reserved_concurrency)}; use at least 1 "
             "(0 would stop every invocation), or leave it unset for the account's unreserved pool."
+        )
+    if args.cdn_aliases and not args.cdn_certificate_arn:
+        raise SettingsError(
+            "imagepipe:cdnAliases is set but imagepipe:cdnCertificateArn is not; CloudFront "
+            "answers to a domain name only with an ACM certificate (us-east-1) that covers it."
+        )
+    if args.cdn_certificate_arn and not args.cdn_aliases:
+        raise SettingsError(
+            "imagepipe:cdnCertificateArn is set but imagepipe:cdnAliases is empty; name the "
+            "domains the certificate covers, or unset both to serve *.cloudfront.net."
+        )
+    if args.cdn_certificate_arn and not _CDN_CERTIFICATE_ARN.match(args.cdn_certificate_arn):
+        raise SettingsError(
+            f"imagepipe:cdnCertificateArn is {shown(args.cdn_certificate_arn)}; CloudFront "
+            "takes ACM certificates from us-east-1 only "
+            "(arn:aws:acm:us-east-1:<account>:certificate/<id>)."
         )
     memory_mb = args.settings.limits.memory_mb
     if memory_mb > AWS_MAX_MEMORY_MB:

@@ -178,10 +178,55 @@ def test_distribution_serves_https_compressed_with_the_managed_cache_policy(depl
     assert behaviour["allowedMethods"] == ["GET", "HEAD"]
     assert distribution["httpVersion"] == "http2and3"
     assert distribution["priceClass"] == "PriceClass_100"
+    # With the default certificate CloudFront ignores minimumProtocolVersion: none is sent.
     assert distribution["viewerCertificate"] == {"cloudfrontDefaultCertificate": True}
+    assert "aliases" not in distribution
     calls = dict(mocks.calls)
     policy_call = calls["aws:cloudfront/getCachePolicy:getCachePolicy"]
     assert policy_call["name"] == "Managed-CachingOptimized"
+
+
+CERTIFICATE_ARN = (
+    f"arn:aws:acm:us-east-1:{ACCOUNT_ID}:certificate/0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"
+)
+
+
+def test_a_certificate_of_your_own_serves_the_aliases_at_tls_1_2(deploy):
+    args = replace(
+        ARGS,
+        cdn_certificate_arn=CERTIFICATE_ARN,
+        cdn_aliases=("img.example.com", "cdn.example.com"),
+    )
+    mocks, _ = deploy(args)
+    distribution = mocks.one("aws:cloudfront/distribution:Distribution").inputs
+    assert distribution["viewerCertificate"] == {
+        "acmCertificateArn": CERTIFICATE_ARN,
+        "sslSupportMethod": "sni-only",
+        "minimumProtocolVersion": "TLSv1.2_2021",
+    }
+    assert distribution["aliases"] == ["img.example.com", "cdn.example.com"]
+    assert distribution["defaultCacheBehavior"]["viewerProtocolPolicy"] == "redirect-to-https"
+
+
+@pytest.mark.parametrize(
+    ("certificate", "aliases", "message"),
+    [
+        (
+            None,
+            ("img.example.com",),
+            r"imagepipe:cdnAliases is set but imagepipe:cdnCertificateArn",
+        ),
+        (CERTIFICATE_ARN, (), r"imagepipe:cdnCertificateArn is set but imagepipe:cdnAliases"),
+        (
+            CERTIFICATE_ARN.replace("us-east-1", "eu-west-1"),
+            ("img.example.com",),
+            r"imagepipe:cdnCertificateArn is 'arn:aws:acm:eu-west-1:.*us-east-1 only",
+        ),
+    ],
+)
+def test_aliases_and_certificate_come_together(deploy, certificate, aliases, message):
+    with pytest.raises(SettingsError, match=message):
+        deploy(replace(ARGS, cdn_certificate_arn=certificate, cdn_aliases=aliases))
 
 
 def test_originals_expire_only_when_asked(deploy):

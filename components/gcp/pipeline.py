@@ -40,6 +40,21 @@ REQUIRED_APIS = {
 CDN_API = "compute"  # only in delivery mode "cdn": the load balancer and backend bucket
 STORAGE_BASE_URL = "https://storage.googleapis.com/"
 
+# Bucket roles, each the narrowest predefined role that allows what its holder does.
+# Viewers only GET renditions: storage.objects.get and nothing else.
+PUBLIC_READER_ROLE = "roles/storage.legacyObjectReader"
+# The function only downloads an upload by generation (storage.objects.get). It keeps
+# objectViewer's storage.objects.list anyway: a deleted upload must answer 404 to end FAILED
+# object_missing, S3 answers 403 instead to callers who may not list, and GCS documents no
+# rule either way. Listing shows this one account the key names of uploads, nothing more.
+UPLOADS_READER_ROLE = "roles/storage.objectViewer"
+# Writing renditions is storage.objects.create, plus storage.objects.delete because a
+# redelivered or repeated upload rewrites the same content-addressed keys and an overwrite
+# needs both. No object role has exactly those two: objectCreator lacks delete, objectUser
+# adds reading and updating every rendition. legacyBucketWriter is create, delete and list
+# objects plus reading bucket metadata: it cannot read a rendition back.
+RENDITIONS_WRITER_ROLE = "roles/storage.legacyBucketWriter"
+
 
 def service_account_id(name: str, stack: str) -> str:
     """A 6-30 character account id, unique per component name and stack within a project."""
@@ -149,11 +164,12 @@ class GcpImagePipeline(pulumi.ComponentResource):
         # --- Delivery -----------------------------------------------------------------
         if renditions_public:
             # Backend buckets read the bucket as an anonymous client, so both "public" and
-            # "cdn" need allUsers:objectViewer - on the renditions bucket only.
+            # "cdn" need an allUsers grant - on the renditions bucket only, and get-only:
+            # viewers fetch a rendition whose key they know, they cannot list the bucket.
             gcp.storage.BucketIAMMember(
                 f"{name}-renditions-public-read",
                 bucket=renditions.name,
-                role="roles/storage.objectViewer",
+                role=PUBLIC_READER_ROLE,
                 member="allUsers",
                 opts=pulumi.ResourceOptions(parent=self, depends_on=[apis["storage"]]),
             )
@@ -242,16 +258,14 @@ class GcpImagePipeline(pulumi.ComponentResource):
             gcp.storage.BucketIAMMember(
                 f"{name}-uploads-reader",
                 bucket=uploads.name,
-                role="roles/storage.objectViewer",
+                role=UPLOADS_READER_ROLE,
                 member=account.member,
                 opts=pulumi.ResourceOptions(parent=self, depends_on=[apis["storage"]]),
             ),
-            # objectUser, not objectCreator: a redelivered event rewrites the same rendition
-            # keys, and overwriting an object needs storage.objects.delete.
             gcp.storage.BucketIAMMember(
                 f"{name}-renditions-writer",
                 bucket=renditions.name,
-                role="roles/storage.objectUser",
+                role=RENDITIONS_WRITER_ROLE,
                 member=account.member,
                 opts=pulumi.ResourceOptions(parent=self, depends_on=[apis["storage"]]),
             ),

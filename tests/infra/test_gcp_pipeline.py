@@ -161,8 +161,10 @@ def test_function_account_grants_are_scoped_to_one_resource_each(pulumi_mocks):
         if g.inputs["member"] == member
     }
     assert bucket_grants == {
+        # objects.get and objects.list: a deleted upload must answer 404, not 403.
         (outputs["uploadsBucket"], "roles/storage.objectViewer"),
-        (outputs["renditionsBucket"], "roles/storage.objectUser"),
+        # objects.create and objects.delete (overwrites), and no reading renditions back.
+        (outputs["renditionsBucket"], "roles/storage.legacyBucketWriter"),
     }
     (topic_grant,) = pulumi_mocks.of_type("gcp:pubsub/topicIAMMember:TopicIAMMember")
     assert topic_grant.inputs["member"] == member
@@ -185,6 +187,23 @@ def test_function_account_grants_are_scoped_to_one_resource_each(pulumi_mocks):
     assert invoker.inputs["member"] == member
     assert invoker.inputs["name"] == outputs["functionName"]
     assert invoker.inputs["location"] == REGION
+
+
+@pytest.mark.parametrize("mode", ["signed-urls", "public", "cdn"])
+def test_renditions_are_written_by_the_function_and_at_most_fetched_by_anyone(pulumi_mocks, mode):
+    outputs = deploy(delivery_mode=mode)
+    member = pulumi_mocks.one("gcp:serviceaccount/account:Account").state["member"]
+
+    on_renditions = {
+        g.inputs["member"]: g.inputs["role"]
+        for g in pulumi_mocks.of_type(BUCKET_MEMBER)
+        if g.inputs["bucket"] == outputs["renditionsBucket"]
+    }
+    # Every grant on the bucket: the function cannot read renditions back, viewers cannot list.
+    expected = {member: "roles/storage.legacyBucketWriter"}
+    if mode != "signed-urls":
+        expected["allUsers"] = "roles/storage.legacyObjectReader"
+    assert on_renditions == expected
 
 
 def test_no_one_else_is_granted_anything_in_private_delivery(pulumi_mocks):
@@ -333,8 +352,9 @@ def test_public_delivery_opens_the_renditions_bucket_only(pulumi_mocks):
     outputs = deploy(delivery_mode="public")
 
     public = [g for g in pulumi_mocks.of_type(BUCKET_MEMBER) if g.inputs["member"] == "allUsers"]
+    # objects.get alone: a known key can be fetched, the bucket cannot be listed.
     assert [(g.inputs["bucket"], g.inputs["role"]) for g in public] == [
-        (outputs["renditionsBucket"], "roles/storage.objectViewer")
+        (outputs["renditionsBucket"], "roles/storage.legacyObjectReader")
     ]
     assert pulumi_mocks.one(BUCKET, "renditions").inputs["publicAccessPrevention"] == "inherited"
     assert pulumi_mocks.one(BUCKET, "uploads").inputs["publicAccessPrevention"] == "enforced"
@@ -366,7 +386,9 @@ def test_cdn_delivery_puts_a_cdn_backend_bucket_behind_a_global_address(pulumi_m
             pulumi_mocks, pulumi_mocks.one(f"gcp:compute/{typ}")
         )
     public = [g for g in pulumi_mocks.of_type(BUCKET_MEMBER) if g.inputs["member"] == "allUsers"]
-    assert [g.inputs["bucket"] for g in public] == [outputs["renditionsBucket"]]
+    assert [(g.inputs["bucket"], g.inputs["role"]) for g in public] == [
+        (outputs["renditionsBucket"], "roles/storage.legacyObjectReader")
+    ]
 
 
 # --- __main__.py ------------------------------------------------------------------------

@@ -1,0 +1,513 @@
+"""The function's role allows exactly what runs with it, and nothing more.
+
+The real handler runs on moto through every path that calls AWS (a completed upload, its
+duplicate, a hostile file that fails, an upload deleted before processing, an SNS outage
+that leaves the record PENDING and the retry that completes it). Hooks on the botocore
+clients the handler built record each operation it performs; each is mapped to the IAM
+action and resource AWS authorizes it as. To those come what AWS does with the same role:
+S3's own s3:ListBucket check when a missing key answers 404, and what Lambda does with the
+execution role (logs, X-Ray with tracing, the on-failure destination). The role from
+`policies.function_policy` must allow every one of them, and grant no action outside them.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import socket
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from types import ModuleType, SimpleNamespace
+from typing import Any
+
+import boto3
+import pytest
+from boto3.dynamodb.types import TypeDeserializer
+from botocore.stub import Stubber
+from PIL import Image, ImageDraw
+
+from components.aws import policies
+from functions.core.records import PublisherUnavailable
+
+from .conftest import REGION, EmulatedStack, LambdaContext
+
+pytestmark = [
+    pytest.mark.emulator,
+    # Powertools warns when an invocation (an outage) records no metric.
+    pytest.mark.filterwarnings("ignore:No application metrics to publish"),
+]
+
+FUNCTION_NAME = "imagepipe-test-fn"
+HANDLER = "the handler"
+LAMBDA = "Lambda, with the execution role"
+S3_NOT_FOUND_CHECK = "S3, deciding that a missing key answers 404"
+
+
+@dataclass(frozen=True)
+class Call:
+    """One request AWS authorizes against the role: an IAM action on one resource."""
+
+    action: str
+    resource: str
+    context: tuple[tuple[str, str], ...] = ()  # condition keys the request carries
+    by: str = HANDLER
+
+
+def _object_arn(params: Mapping[str, Any], _: str) -> str:
+    return f"arn:aws:s3:::{params['Bucket']}/{params['Key']}"
+
+
+def _table_arn(params: Mapping[str, Any], account: str) -> str:
+    return f"arn:aws:dynamodb:{REGION}:{account}:table/{params['TableName']}"
+
+
+# (service, operation) -> (the IAM action AWS checks, the resource it checks it on).
+OPERATIONS = {
+    ("s3", "GetObject"): ("s3:GetObject", _object_arn),
+    ("s3", "HeadObject"): ("s3:GetObject", _object_arn),
+    ("s3", "PutObject"): ("s3:PutObject", _object_arn),
+    ("dynamodb", "GetItem"): ("dynamodb:GetItem", _table_arn),
+    ("dynamodb", "PutItem"): ("dynamodb:PutItem", _table_arn),
+    ("dynamodb", "UpdateItem"): ("dynamodb:UpdateItem", _table_arn),
+    ("sns", "Publish"): ("sns:Publish", lambda params, _: params["TopicArn"]),
+}
+_PARAMS = "imagepipe.least_privilege.params"
+
+
+class CallRecorder:
+    """Records, through botocore's event hooks, what the watched clients ask AWS to do."""
+
+    def __init__(self, account: str) -> None:
+        self.account = account
+        self.calls: list[Call] = []
+        self.unmapped: list[str] = []
+        self._hooks: list[tuple[Any, str, Any]] = []
+
+    def watch(self, client: Any) -> None:
+        for event, hook in (
+            ("before-parameter-build", self._requested),
+            ("after-call", self._answered),
+        ):
+            client.meta.events.register(event, hook)
+            self._hooks.append((client, event, hook))
+
+    def watch_pipeline(self, pipeline: Any) -> None:
+        """The three clients an AWS pipeline's adapters were built with."""
+        for client in (pipeline.blobs._s3, pipeline.records._dynamodb, pipeline.events._sns):
+            self.watch(client)
+
+    def stop(self) -> None:
+        for client, event, hook in self._hooks:
+            client.meta.events.unregister(event, hook)
+        self._hooks.clear()
+
+    def _requested(self, params: Mapping[str, Any], model: Any, context: dict, **_: Any) -> None:
+        operation = (model.service_model.service_name, model.name)
+        if operation not in OPERATIONS:
+            self.unmapped.append(".".join(operation))
+            return
+        action, resource = OPERATIONS[operation]
+        context[_PARAMS] = dict(params)
+        self.calls.append(Call(action, resource(params, self.account)))
+
+    def _answered(self, http_response: Any, model: Any, context: dict, **_: Any) -> None:
+        # S3 answers 404 for a missing key only after checking s3:ListBucket on the bucket,
+        # with the requested key as s3:prefix; without that grant it answers 403.
+        missing = model.name in ("GetObject", "HeadObject") and http_response.status_code == 404
+        if model.service_model.service_name == "s3" and missing:
+            params = context[_PARAMS]
+            bucket_arn = f"arn:aws:s3:::{params['Bucket']}"
+            prefix = (("s3:prefix", params["Key"]),)
+            self.calls.append(Call("s3:ListBucket", bucket_arn, prefix, by=S3_NOT_FOUND_CHECK))
+
+
+def lambda_service_calls(
+    *, log_group_arn: str, dead_letter_queue_arn: str, tracing: bool
+) -> list[Call]:
+    """What Lambda itself does with the execution role for this function."""
+    stream = f"{log_group_arn}:log-stream:2026/01/01/[$LATEST]0123456789abcdef"
+    calls = [
+        Call("logs:CreateLogStream", stream, by=LAMBDA),
+        Call("logs:PutLogEvents", stream, by=LAMBDA),
+        # The async invoke config's on-failure destination: events that failed every retry.
+        Call("sqs:SendMessage", dead_letter_queue_arn, by=LAMBDA),
+    ]
+    if tracing:  # X-Ray has no resource-level permissions
+        calls += [Call("xray:PutTraceSegments", "*", by=LAMBDA)]
+        calls += [Call("xray:PutTelemetryRecords", "*", by=LAMBDA)]
+    return calls
+
+
+# --- a small IAM evaluator: wildcards, literals, StringLike / StringEquals -------------------
+
+
+def _as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def _iam_pattern(pattern: str, flags: int = 0) -> re.Pattern[str]:
+    """IAM's matching: `*` any run, `?` one character, `${*}` `${?}` `${$}` literally."""
+    parts, i = [], 0
+    while i < len(pattern):
+        if pattern[i : i + 2] == "${" and pattern[i + 3 : i + 4] == "}" and pattern[i + 2] in "*?$":
+            parts.append(re.escape(pattern[i + 2]))
+            i += 4
+            continue
+        parts.append({"*": ".*", "?": "."}.get(pattern[i], re.escape(pattern[i])))
+        i += 1
+    return re.compile("".join(parts), flags | re.DOTALL)
+
+
+def _conditions_hold(condition: Mapping[str, Any], context: Mapping[str, str]) -> bool:
+    for operator, tests in condition.items():
+        for key, expected in tests.items():
+            actual = context.get(key)
+            if actual is None:  # an absent key matches no StringLike / StringEquals
+                return False
+            if operator == "StringLike":
+                held = any(_iam_pattern(value).fullmatch(actual) for value in _as_list(expected))
+            elif operator == "StringEquals":
+                held = actual in _as_list(expected)
+            else:
+                raise AssertionError(f"this test cannot evaluate the condition operator {operator}")
+            if not held:
+                return False
+    return True
+
+
+def _matches(statement: Mapping[str, Any], call: Call) -> bool:
+    return (
+        any(
+            _iam_pattern(a, re.IGNORECASE).fullmatch(call.action)
+            for a in _as_list(statement["Action"])
+        )
+        and any(_iam_pattern(r).fullmatch(call.resource) for r in _as_list(statement["Resource"]))
+        and _conditions_hold(statement.get("Condition", {}), dict(call.context))
+    )
+
+
+def allows(document: Mapping[str, Any], call: Call) -> bool:
+    statements = document["Statement"]
+    if any(s["Effect"] == "Deny" and _matches(s, call) for s in statements):
+        return False
+    return any(s["Effect"] == "Allow" and _matches(s, call) for s in statements)
+
+
+def least_privilege_problems(document: Mapping[str, Any], calls: Iterable[Call]) -> list[str]:
+    """Every call the role refuses, then every granted action no call needs; [] when exact."""
+    calls = list(dict.fromkeys(calls))
+    problems = []
+    for call in calls:
+        if not allows(document, call):
+            context = "".join(f" with {key}={value!r}" for key, value in call.context)
+            problems.append(
+                f"{call.by} needs {call.action} on {call.resource}{context}, "
+                "which the role does not allow"
+            )
+    used = {call.action for call in calls}
+    granted = {
+        action
+        for statement in document["Statement"]
+        if statement["Effect"] == "Allow"
+        for action in _as_list(statement["Action"])
+    }
+    problems += [
+        f"the role grants {action}, which neither the handler nor AWS on its behalf uses"
+        for action in sorted(granted - used)
+    ]
+    return problems
+
+
+# --- the stack's ARNs and the role for it ----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StackArns:
+    account: str
+    uploads: str
+    renditions: str
+    table: str
+    topic: str
+    dead_letter_queue: str
+    log_group: str
+
+    def policy(self, *, uploads_prefix: str | None, tracing: bool) -> dict[str, Any]:
+        return policies.function_policy(
+            uploads_bucket_arn=self.uploads,
+            renditions_bucket_arn=self.renditions,
+            records_table_arn=self.table,
+            events_topic_arn=self.topic,
+            dead_letter_queue_arn=self.dead_letter_queue,
+            log_group_arn=self.log_group,
+            tracing=tracing,
+            uploads_prefix=uploads_prefix,
+        )
+
+    def lambda_calls(self, *, tracing: bool) -> list[Call]:
+        return lambda_service_calls(
+            log_group_arn=self.log_group,
+            dead_letter_queue_arn=self.dead_letter_queue,
+            tracing=tracing,
+        )
+
+
+def arns_of(stack: EmulatedStack) -> StackArns:
+    account = stack.topic_arn.split(":")[4]
+    return StackArns(
+        account=account,
+        uploads=f"arn:aws:s3:::{stack.uploads}",
+        renditions=f"arn:aws:s3:::{stack.renditions}",
+        table=stack.dynamodb.describe_table(TableName=stack.table)["Table"]["TableArn"],
+        topic=stack.topic_arn,
+        dead_letter_queue=stack.resources.dead_letter_queue_arn,
+        log_group=f"arn:aws:logs:{REGION}:{account}:log-group:/aws/lambda/{FUNCTION_NAME}",
+    )
+
+
+EXAMPLE_ARNS = StackArns(
+    account="123456789012",
+    uploads="arn:aws:s3:::imagepipe-uploads",
+    renditions="arn:aws:s3:::imagepipe-renditions",
+    table="arn:aws:dynamodb:us-east-1:123456789012:table/imagepipe-records",
+    topic="arn:aws:sns:us-east-1:123456789012:imagepipe-events",
+    dead_letter_queue="arn:aws:sqs:us-east-1:123456789012:imagepipe-dlq",
+    log_group="arn:aws:logs:us-east-1:123456789012:log-group:/aws/lambda/imagepipe-fn",
+)
+
+
+def example_calls(arns: StackArns, key: str = "incoming/cat.jpg") -> list[Call]:
+    """What one completed upload and one deleted one cost, as a recording would list them."""
+    return [
+        Call("dynamodb:GetItem", arns.table),
+        Call("dynamodb:PutItem", arns.table),
+        Call("s3:GetObject", f"{arns.uploads}/{key}"),
+        Call("s3:ListBucket", arns.uploads, (("s3:prefix", key),), by=S3_NOT_FOUND_CHECK),
+        Call("s3:PutObject", f"{arns.renditions}/0f1e/thumb-200x200-cover-abc.jpg"),
+        Call("sns:Publish", arns.topic),
+    ]
+
+
+# --- driving the handler through every path that calls AWS -----------------------------------
+
+
+def small_jpeg() -> bytes:
+    image = Image.new("RGB", (320, 240), (40, 90, 160))
+    ImageDraw.Draw(image).ellipse((80, 60, 240, 180), fill=(200, 40, 40))
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=85)
+    return buffer.getvalue()
+
+
+def closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def record_of(stack: EmulatedStack, key: str) -> dict[str, Any]:
+    deserialize = TypeDeserializer().deserialize
+    items = [{name: deserialize(value) for name, value in item.items()} for item in stack.items()]
+    (item,) = [item for item in items if item["source"]["key"] == key]
+    return item
+
+
+def outcomes(result: Mapping[str, Any]) -> list[tuple[str, str]]:
+    return [(summary["action"], summary["status"]) for summary in result["records"]]
+
+
+def drive_every_path(
+    stack: EmulatedStack,
+    handler_module: ModuleType,
+    context: LambdaContext,
+    recorder: CallRecorder,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each path that calls AWS once, each checked to have ended as that path ends."""
+    recorder.watch_pipeline(handler_module.PIPELINE)
+    handler = handler_module.handler
+    photo = small_jpeg()
+
+    completed = stack.upload("incoming/photo.jpg", photo)
+    assert outcomes(handler(completed, context)) == [("completed", "COMPLETED")]
+    assert outcomes(handler(completed, context)) == [("duplicate", "COMPLETED")]
+
+    hostile = stack.upload("incoming/evil.jpg", b"#!/bin/sh\necho this is not a JPEG\n" * 20)
+    assert outcomes(handler(hostile, context)) == [("failed", "FAILED")]
+    assert record_of(stack, "incoming/evil.jpg")["error"]["code"] == "unsupported_format"
+
+    gone = stack.upload("incoming/gone.jpg", photo)
+    stack.s3.delete_object(Bucket=stack.uploads, Key="incoming/gone.jpg")
+    assert outcomes(handler(gone, context)) == [("failed", "FAILED")]
+    assert record_of(stack, "incoming/gone.jpg")["error"]["code"] == "object_missing"
+
+    later = stack.upload("incoming/later.jpg", photo)
+    with monkeypatch.context() as outage:
+        outage.setenv("AWS_ENDPOINT_URL_SNS", f"http://127.0.0.1:{closed_port()}")
+        outage.setenv("AWS_MAX_ATTEMPTS", "2")
+        sns_down = handler_module.build_pipeline(os.environ)
+    recorder.watch_pipeline(sns_down)
+    with pytest.raises(PublisherUnavailable):
+        handler_module.handle_event(later, sns_down)
+    pending = record_of(stack, "incoming/later.jpg")
+    assert (pending["status"], pending["error"]["code"]) == ("PENDING", "publisher_unavailable")
+    assert outcomes(handler(later, context)) == [("completed", "COMPLETED")]  # Lambda's retry
+
+
+@pytest.fixture
+def recorder(stack: EmulatedStack) -> Iterator[CallRecorder]:
+    watching = CallRecorder(account=arns_of(stack).account)
+    yield watching
+    watching.stop()
+
+
+@pytest.mark.parametrize(
+    ("uploads_prefix", "tracing"),
+    [(None, False), ("incoming/", True)],
+    ids=["whole-bucket", "uploads-prefix-and-tracing"],
+)
+def test_the_role_allows_exactly_what_the_handler_and_aws_do_with_it(
+    stack: EmulatedStack,
+    handler_module: ModuleType,
+    lambda_context: LambdaContext,
+    recorder: CallRecorder,
+    monkeypatch: pytest.MonkeyPatch,
+    uploads_prefix: str | None,
+    tracing: bool,
+) -> None:
+    drive_every_path(stack, handler_module, lambda_context, recorder, monkeypatch)
+
+    assert recorder.unmapped == [], (
+        f"the handler calls {recorder.unmapped}, which this test cannot map to IAM actions; "
+        "add them to OPERATIONS"
+    )
+    recorded = {call.action for call in recorder.calls}
+    # Not vacuous: every path that calls AWS was taken, the 404 included.
+    assert recorded == {
+        "s3:GetObject",
+        "s3:ListBucket",
+        "s3:PutObject",
+        "dynamodb:GetItem",
+        "dynamodb:PutItem",
+        "sns:Publish",
+    }
+    arns = arns_of(stack)
+    calls = [*recorder.calls, *arns.lambda_calls(tracing=tracing)]
+    document = arns.policy(uploads_prefix=uploads_prefix, tracing=tracing)
+    assert least_privilege_problems(document, calls) == []
+
+
+# --- the check can fail -------------------------------------------------------------------------
+
+
+def test_the_example_calls_need_exactly_the_role():
+    calls = [*example_calls(EXAMPLE_ARNS), *EXAMPLE_ARNS.lambda_calls(tracing=False)]
+    document = EXAMPLE_ARNS.policy(uploads_prefix="incoming/", tracing=False)
+    assert least_privilege_problems(document, calls) == []
+
+
+def test_a_grant_no_call_needs_is_named():
+    calls = [*example_calls(EXAMPLE_ARNS), *EXAMPLE_ARNS.lambda_calls(tracing=False)]
+    document = EXAMPLE_ARNS.policy(uploads_prefix=None, tracing=False)
+    records = next(s for s in document["Statement"] if s["Sid"] == "KeepRecords")
+    records["Action"] = [*records["Action"], "dynamodb:UpdateItem"]
+
+    assert least_privilege_problems(document, calls) == [
+        "the role grants dynamodb:UpdateItem, which neither the handler nor AWS on its behalf uses"
+    ]
+
+
+def test_tracing_grants_are_extra_without_tracing():
+    calls = [*example_calls(EXAMPLE_ARNS), *EXAMPLE_ARNS.lambda_calls(tracing=False)]
+    document = EXAMPLE_ARNS.policy(uploads_prefix=None, tracing=True)
+
+    assert least_privilege_problems(document, calls) == [
+        f"the role grants {action}, which neither the handler nor AWS on its behalf uses"
+        for action in ("xray:PutTelemetryRecords", "xray:PutTraceSegments")
+    ]
+
+
+def test_a_call_the_role_does_not_allow_is_named():
+    delete = Call("s3:DeleteObject", f"{EXAMPLE_ARNS.renditions}/0f1e/old.jpg")
+    calls = [*example_calls(EXAMPLE_ARNS), *EXAMPLE_ARNS.lambda_calls(tracing=False), delete]
+    document = EXAMPLE_ARNS.policy(uploads_prefix=None, tracing=False)
+
+    assert least_privilege_problems(document, calls) == [
+        f"the handler needs s3:DeleteObject on {EXAMPLE_ARNS.renditions}/0f1e/old.jpg, "
+        "which the role does not allow"
+    ]
+
+
+def test_without_list_bucket_the_404_check_is_named():
+    calls = [*example_calls(EXAMPLE_ARNS), *EXAMPLE_ARNS.lambda_calls(tracing=False)]
+    document = EXAMPLE_ARNS.policy(uploads_prefix=None, tracing=False)
+    document["Statement"] = [s for s in document["Statement"] if s["Action"] != "s3:ListBucket"]
+
+    (problem,) = least_privilege_problems(document, calls)
+    assert problem.startswith(f"{S3_NOT_FOUND_CHECK} needs s3:ListBucket on {EXAMPLE_ARNS.uploads}")
+
+
+def test_with_an_uploads_prefix_keys_outside_it_are_neither_read_nor_listed():
+    document = EXAMPLE_ARNS.policy(uploads_prefix="incoming/", tracing=False)
+    outside = "private/secret.jpg"
+
+    assert not allows(document, Call("s3:GetObject", f"{EXAMPLE_ARNS.uploads}/{outside}"))
+    list_outside = Call("s3:ListBucket", EXAMPLE_ARNS.uploads, (("s3:prefix", outside),))
+    assert not allows(document, list_outside)
+    assert not allows(document, Call("s3:ListBucket", EXAMPLE_ARNS.uploads))  # no prefix at all
+    inside = Call("s3:ListBucket", EXAMPLE_ARNS.uploads, (("s3:prefix", "incoming/a.jpg"),))
+    assert allows(document, inside)
+
+
+def test_iam_wildcards_in_a_prefix_match_only_themselves():
+    document = EXAMPLE_ARNS.policy(uploads_prefix="a*b/", tracing=False)
+
+    assert allows(document, Call("s3:GetObject", f"{EXAMPLE_ARNS.uploads}/a*b/x.jpg"))
+    assert not allows(document, Call("s3:GetObject", f"{EXAMPLE_ARNS.uploads}/aXYb/x.jpg"))
+
+
+def test_the_recorder_names_an_operation_it_cannot_map():
+    client = boto3.client(
+        "s3",
+        region_name=REGION,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        endpoint_url="http://127.0.0.1:1",  # never reached: the stubber answers
+    )
+    watching = CallRecorder(account=EXAMPLE_ARNS.account)
+    watching.watch(client)
+    with Stubber(client) as stub:
+        stub.add_response("list_objects_v2", {"KeyCount": 0}, {"Bucket": "b"})
+        stub.add_response("get_object", {}, {"Bucket": "b", "Key": "k"})
+        client.list_objects_v2(Bucket="b")
+        client.get_object(Bucket="b", Key="k")
+    watching.stop()
+
+    assert watching.unmapped == ["s3.ListObjectsV2"]
+    assert watching.calls == [Call("s3:GetObject", "arn:aws:s3:::b/k")]
+
+
+def test_the_recorder_stops_recording_when_stopped():
+    client = boto3.client(
+        "sns",
+        region_name=REGION,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        endpoint_url="http://127.0.0.1:1",
+    )
+    watching = CallRecorder(account=EXAMPLE_ARNS.account)
+    watching.watch_pipeline(
+        SimpleNamespace(
+            blobs=SimpleNamespace(_s3=client),
+            records=SimpleNamespace(_dynamodb=client),
+            events=SimpleNamespace(_sns=client),
+        )
+    )
+    watching.stop()
+    with Stubber(client) as stub:
+        stub.add_response(
+            "publish", {"MessageId": "1"}, {"TopicArn": EXAMPLE_ARNS.topic, "Message": "m"}
+        )
+        client.publish(TopicArn=EXAMPLE_ARNS.topic, Message="m")
+
+    assert watching.calls == []

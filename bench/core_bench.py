@@ -110,9 +110,9 @@ def core_images(data: bytes) -> list:
     from functions.core.settings import PipelineSettings
 
     settings = PipelineSettings()
-    image = open_checked(data, detected_format(data), settings.limits)
-    metadata = inspect(image, detected_format(data))
-    return [picture for _, picture in render(image, metadata, settings.renditions)]
+    source = open_checked(data, detected_format(data), settings.limits)
+    metadata = inspect(source)
+    return [picture for _, picture in render(source, metadata, settings.renditions)]
 
 
 def detected_format(data: bytes) -> str:

@@ -26,8 +26,16 @@ from io import BytesIO
 
 from PIL import Image
 
+from functions.core.allocator import memory_returned_when_large
+from functions.core.budget import (
+    DecodeShape,
+    describe_megabytes,
+    estimate_peak_bytes,
+    memory_budget_bytes,
+)
 from functions.core.records import ImageMetadata, PermanentError
 from functions.core.settings import Limits, PipelineSettings, RenditionSpec
+from functions.core.structure import scan_structure
 from functions.core.timing import StageTimer
 
 CONTENT_TYPES = {
@@ -64,6 +72,10 @@ REDUCING_GAP = 3.0
 #   gives 38 dB, 1.78 gives 41, 2.0 gives 45.6, 2.44 gives 55. So 2.0 for those.
 JPEG_BOX_HALVING_MARGIN = 1.5
 BOX_HALVING_MARGIN = 2.0
+# Beyond this ratio of long to short side an image is refused before decoding: no
+# rendition of a 1x100,000,000 strip is worth seconds of per-row resampling. Webtoon
+# strips and 360-degree panoramas stay well under it.
+MAX_ASPECT_RATIO = 100
 
 # EXIF orientation -> the transpose a viewer applies (as ImageOps.exif_transpose).
 _ORIENTATION_TRANSPOSE = {
@@ -112,8 +124,26 @@ class RenderResult:
     renditions: tuple[EncodedRendition, ...]
 
 
+@dataclass(frozen=True)
+class SourceImage:
+    """An upload whose header passed every limit: Pillow's lazy image, nothing decoded yet."""
+
+    image: Image.Image
+    format: str  # as detected from the content
+    frames: int
+    input_bytes: int
+
+
 def render_image(data: bytes, settings: PipelineSettings, timer: StageTimer) -> RenderResult:
-    """Run every stage on one upload's bytes. Raises `PermanentError` for bad content."""
+    """Run every stage on one upload's bytes. Raises `PermanentError` for bad content.
+
+    What a large image held is handed back to the OS once its buffers are freed.
+    """
+    with memory_returned_when_large():
+        return _render_stages(data, settings, timer)
+
+
+def _render_stages(data: bytes, settings: PipelineSettings, timer: StageTimer) -> RenderResult:
     with timer.stage("detect"):
         detected = detect_format(data)
     with timer.stage("validate"):
@@ -123,11 +153,12 @@ def render_image(data: bytes, settings: PipelineSettings, timer: StageTimer) -> 
                 "unsupported_format",
                 f"{shown}; allowed: {', '.join(settings.allowed_formats)}",
             )
-        image = open_checked(data, detected, settings.limits)
+        source = open_checked(data, detected, settings.limits)
     with timer.stage("inspect"):
-        metadata = inspect(image, detected)
+        metadata = inspect(source)
     with timer.stage("render"):
-        rendered = render(image, metadata, settings.renditions)
+        budget = memory_budget_bytes(settings.limits.memory_mb)
+        rendered = render(source, metadata, settings.renditions, memory_budget=budget)
     outputs = []
     for spec, picture in rendered:
         with timer.stage("encode"):
@@ -202,12 +233,15 @@ def _bomb_guard(max_pixels: int) -> Iterator[None]:
             Image.MAX_IMAGE_PIXELS = saved
 
 
-def open_checked(data: bytes, detected: str, limits: Limits) -> Image.Image:
-    """Parse the header with an explicit one-format allowlist and enforce the limits.
+def open_checked(data: bytes, detected: str, limits: Limits) -> SourceImage:
+    """Walk the structure, parse the header with a one-format allowlist, enforce the limits.
 
     Nothing is decoded here: a header that claims enormous dimensions is refused
-    before any pixel buffer exists.
+    before any pixel buffer exists. The walk that can take long on hostile files
+    (`scan_structure`) runs before the lock; under it, Pillow sees only structures
+    it parses in milliseconds.
     """
+    counted_frames = scan_structure(data, detected, limits.max_frames)
     try:
         with _bomb_guard(limits.max_pixels):
             _load_plugin(detected)
@@ -215,7 +249,8 @@ def open_checked(data: bytes, detected: str, limits: Limits) -> Image.Image:
             width, height = image.size
             if width * height > limits.max_pixels:  # belt and braces: same limit
                 raise _too_many_pixels(width, height, limits)
-            frames = getattr(image, "n_frames", 1)
+            # A GIF's frames were counted by the walk; Pillow would step through each.
+            frames = counted_frames or getattr(image, "n_frames", 1)
     except (Image.DecompressionBombWarning, Image.DecompressionBombError):
         raise PermanentError(
             "too_many_pixels",
@@ -227,11 +262,17 @@ def open_checked(data: bytes, detected: str, limits: Limits) -> Image.Image:
         ) from None
     if width < 1 or height < 1:
         raise PermanentError("corrupt_image", f"the {detected} header says {width}x{height}")
+    if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+        raise PermanentError(
+            "extreme_aspect_ratio",
+            f"the image is {width}x{height}; one side may be at most {MAX_ASPECT_RATIO} "
+            "times the other",
+        )
     if frames > limits.max_frames:
         raise PermanentError(
             "too_many_frames", f"the image has {frames} frames; the limit is {limits.max_frames}"
         )
-    return image
+    return SourceImage(image, detected, frames, len(data))
 
 
 _PLUGINS = {
@@ -268,8 +309,9 @@ def _describe(error: BaseException) -> str:
 # --- inspect ------------------------------------------------------------------------
 
 
-def inspect(image: Image.Image, detected: str) -> ImageMetadata:
+def inspect(source: SourceImage) -> ImageMetadata:
     """What the header says, with width/height as a viewer shows them. Never GPS."""
+    image, detected = source.image, source.format
     exif = _read_exif(image, detected)
     orientation = exif.get(_EXIF_ORIENTATION)
     orientation = orientation if isinstance(orientation, int) and 1 <= orientation <= 8 else None
@@ -282,7 +324,7 @@ def inspect(image: Image.Image, detected: str) -> ImageMetadata:
         height=height,
         mode=image.mode,
         has_alpha=_has_alpha(image),
-        frames=getattr(image, "n_frames", 1),
+        frames=source.frames,
         has_icc_profile=bool(image.info.get("icc_profile")),
         orientation=orientation,
         camera_make=_exif_text(exif.get(_EXIF_MAKE)),
@@ -404,14 +446,27 @@ def plan_rendition(
 
 
 def render(
-    image: Image.Image, metadata: ImageMetadata, specs: tuple[RenditionSpec, ...]
+    source: SourceImage,
+    metadata: ImageMetadata,
+    specs: tuple[RenditionSpec, ...],
+    *,
+    memory_budget: int | None = None,
 ) -> list[tuple[RenditionSpec, Image.Image]]:
-    """Decode once and cut every rendition: oriented, in sRGB, RGB or RGBA, in spec order."""
-    plans = [plan_rendition(image.size, spec, metadata.orientation) for spec in specs]
+    """Decode once and cut every rendition: oriented, in sRGB, RGB or RGBA, in spec order.
+
+    With `memory_budget` (bytes), a decode whose estimated peak exceeds it is refused
+    before it starts (`over_memory_budget`).
+    """
+    image = source.image
+    stored_size = image.size
+    plans = [plan_rendition(stored_size, spec, metadata.orientation) for spec in specs]
     max_scale = max(plan.scale for plan in plans)
     margin = JPEG_BOX_HALVING_MARGIN if image.format in ("JPEG", "MPO") else BOX_HALVING_MARGIN
-    base = _halved_while_sharp(_decode(image, max_scale), max_scale, margin)
     icc = image.info.get("icc_profile") or None
+    scale = _choose_decode_scale(image, max_scale)
+    if memory_budget is not None:
+        _check_memory_budget(source, stored_size, plans, memory_budget)
+    base = _halved_while_sharp(_decode(image, stored_size, scale), max_scale, margin)
     made: list[_Picture] = []
     results: dict[str, Image.Image] = {}
     # Largest first, so smaller renditions can be cut from larger ones.
@@ -423,34 +478,108 @@ def render(
     return [(spec, results[spec.name]) for spec in specs]
 
 
-def _decode(image: Image.Image, max_scale: float) -> _Picture:
-    """The one full decode: reduced-size for JPEG, first frame for animations."""
+def _choose_decode_scale(image: Image.Image, max_scale: float) -> tuple[float, float]:
+    """Ask for a reduced-size JPEG decode where the renditions allow; nothing is decoded.
+
+    Returns the decoded pixels per stored pixel on each axis. Pillow's `draft` only
+    configures the decoder (and shrinks `image.size`), so the budget can be checked
+    against the size that will really be decoded.
+    """
+    if image.format not in ("JPEG", "MPO") or max_scale * DRAFT_MARGIN >= 0.5:
+        return 1.0, 1.0
     width, height = image.size
-    scale_x = scale_y = 1.0
+    wanted = (
+        max(1, math.ceil(width * max_scale * DRAFT_MARGIN)),
+        max(1, math.ceil(height * max_scale * DRAFT_MARGIN)),
+    )
+    try:
+        drafted = image.draft(image.mode, wanted)
+    except _DECODE_ERRORS as error:
+        raise PermanentError(
+            "corrupt_image", f"the {image.format} data cannot be read ({_describe(error)})"
+        ) from None
+    if drafted is None:
+        return 1.0, 1.0
+    # The box is the original extent in the reduced image's pixels; the last row and
+    # column may be partial, so geometry uses the box, not the reduced size.
+    _, box = drafted
+    return box[2] / width, box[3] / height
+
+
+def _check_memory_budget(
+    source: SourceImage, stored_size: tuple[int, int], plans: list[_Plan], budget: int
+) -> None:
+    estimate = estimate_peak_bytes(_decode_shape(source, stored_size, plans))
+    if estimate > budget:
+        width, height = stored_size
+        raise PermanentError(
+            "over_memory_budget",
+            f"decoding this {width}x{height} {source.format} would hold about "
+            f"{describe_megabytes(estimate)}; the budget is {describe_megabytes(budget)} "
+            "(set by memoryMb)",
+        )
+
+
+def _decode_shape(
+    source: SourceImage, stored_size: tuple[int, int], plans: list[_Plan]
+) -> DecodeShape:
+    """What the decode will allocate, from the header and the plans (after `draft`)."""
+    image = source.image
+    progressive = bool(image.info.get("progressive")) and image.format in ("JPEG", "MPO")
+    layers = (getattr(image, "layer", None) or ()) if progressive else ()
+    return DecodeShape(
+        format=source.format,
+        canvas=stored_size,
+        decoded=image.size,
+        mode=image.mode,
+        working_mode=_working_mode(image),
+        outputs=tuple(plan.size for plan in plans),
+        input_bytes=source.input_bytes,
+        progressive_sampling=tuple((layer[1], layer[2]) for layer in layers),
+    )
+
+
+def estimate_render_bytes(data: bytes, settings: PipelineSettings) -> int:
+    """The peak `render_image` would be checked against the budget with; decodes nothing.
+
+    For benchmarks and tests that compare the estimate with what a render really holds.
+    """
+    detected = detect_format(data)
+    if detected is None:
+        raise PermanentError("unsupported_format", "unrecognised content")
+    source = open_checked(data, detected, settings.limits)
+    metadata = inspect(source)
+    stored_size = source.image.size
+    plans = [plan_rendition(stored_size, s, metadata.orientation) for s in settings.renditions]
+    _choose_decode_scale(source.image, max(plan.scale for plan in plans))
+    return estimate_peak_bytes(_decode_shape(source, stored_size, plans))
+
+
+def _decode(
+    image: Image.Image, stored_size: tuple[int, int], scale: tuple[float, float]
+) -> _Picture:
+    """The one full decode, into a mode LANCZOS works in; first frame of an animation.
+
+    When that mode needs a conversion, the decoded source is released as soon as the
+    converted copy exists, so the two are held together only for a moment.
+    """
+    width, height = stored_size
     try:
         if image.format == "WEBP" and hasattr(getattr(image, "_decoder", None), "get_next"):
             decoded = _first_webp_frame(image)
         else:
-            if image.format in ("JPEG", "MPO") and max_scale * DRAFT_MARGIN < 0.5:
-                wanted = (
-                    max(1, math.ceil(width * max_scale * DRAFT_MARGIN)),
-                    max(1, math.ceil(height * max_scale * DRAFT_MARGIN)),
-                )
-                drafted = image.draft(image.mode, wanted)
-                if drafted is not None:
-                    # The box is the original extent in the reduced image's pixels; the
-                    # last row/column may be partial, so geometry uses the box, not .size.
-                    _, box = drafted
-                    scale_x, scale_y = box[2] / width, box[3] / height
             image.load()
-            decoded = _resizable(image)
+            decoded = image
+        working = _resizable(decoded)
+        if working is not image:
+            image.close()  # drops Pillow's pixels; size, mode and info stay readable
     except (Image.DecompressionBombWarning, Image.DecompressionBombError):
         raise PermanentError("too_many_pixels", "the image data exceeds the pixel limit") from None
     except _DECODE_ERRORS as error:
         raise PermanentError(
             "corrupt_image", f"the {image.format} data is truncated or corrupt ({_describe(error)})"
         ) from None
-    return _Picture(decoded, (0.0, 0.0, float(width), float(height)), scale_x, scale_y)
+    return _Picture(working, (0.0, 0.0, float(width), float(height)), *scale)
 
 
 def _halved_while_sharp(picture: _Picture, max_scale: float, margin: float) -> _Picture:
@@ -487,20 +616,40 @@ def _first_webp_frame(image: Image.Image) -> Image.Image:
     return Image.frombuffer(rawmode, image.size, frame[0], "raw", rawmode, 0, 1)
 
 
+# Pillow premultiplies alpha for every resize and reduce of an RGBA image, converting
+# the *whole* image each time, even for a box of it: a strip-wise resize of a large
+# RGBA source converted it once per strip. Working in premultiplied alpha from the
+# start converts once; `_finish` turns each (small) rendition back into RGBA.
+_PREMULTIPLIED = {"RGBA": "RGBa", "LA": "La"}
+
+
+def _working_mode(image: Image.Image) -> str:
+    """The mode a decoded image is resized in: L, La, RGB, RGBX, RGBa or CMYK."""
+    mode = image.mode
+    if mode in ("L", "RGB") and "transparency" in image.info:
+        return "RGBa"  # a tRNS colour key becomes real alpha
+    if mode in ("L", "RGB", "RGBX", "CMYK"):
+        return mode
+    if mode in _PREMULTIPLIED:
+        return _PREMULTIPLIED[mode]
+    if mode in ("1",) or mode.startswith("I;16") or mode == "I":
+        return "L"
+    return "RGBa" if _has_alpha(image) else "RGB"
+
+
 def _resizable(image: Image.Image) -> Image.Image:
-    """A mode LANCZOS can work in, keeping alpha: L, LA, RGB, RGBX, RGBA or CMYK."""
-    if image.mode in ("L", "RGB") and "transparency" in image.info:
-        return image.convert("RGBA")  # a tRNS colour key becomes real alpha
-    if image.mode in ("L", "LA", "RGB", "RGBX", "RGBA", "CMYK"):
+    """The image in its working mode (`_working_mode`), alpha premultiplied."""
+    target = _working_mode(image)
+    if target == image.mode:
         return image
-    if image.mode in ("P", "PA"):
-        return image.convert("RGBA" if _has_alpha(image) else "RGB")
-    if image.mode == "1":
-        return image.convert("L")
+    if image.mode in _PREMULTIPLIED:
+        return image.convert(target)
     if image.mode.startswith("I;16") or image.mode == "I":
         # 16-bit greys: Pillow's convert("L") clips at 255; scale to 8 bits instead.
         return image.convert("I").point(lambda value: value / 257).convert("L")
-    return image.convert("RGBA" if _has_alpha(image) else "RGB")
+    if target == "RGBa":
+        return image.convert("RGBA").convert("RGBa")
+    return image.convert(target)
 
 
 def _best_parent(plan: _Plan, made: list[_Picture]) -> _Picture | None:
@@ -582,6 +731,10 @@ def _finish(
     image: Image.Image, metadata: ImageMetadata, spec: RenditionSpec, icc: bytes | None
 ) -> Image.Image:
     """Orientation applied, colour in sRGB, RGB or RGBA as the output format allows."""
+    if image.mode == "RGBa":
+        image = image.convert("RGBA")
+    elif image.mode == "La":
+        image = image.convert("LA")
     if metadata.orientation in _ORIENTATION_TRANSPOSE:
         image = image.transpose(_ORIENTATION_TRANSPOSE[metadata.orientation])
     image = to_srgb(image, icc)

@@ -11,7 +11,7 @@ from functions.core.settings import RenditionSpec
 
 # Bump when a change to the core alters output bytes for an unchanged spec:
 # a new key is the only safe way to change an object served as immutable.
-RENDER_VERSION = 1
+RENDER_VERSION = 2  # 2: alpha stays premultiplied between renditions derived from each other
 
 EXTENSIONS = {"jpeg": "jpg", "webp": "webp", "png": "png", "avif": "avif", "gif": "gif"}
 

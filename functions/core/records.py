@@ -32,6 +32,9 @@ PERMANENT_CODES = frozenset(
         "too_large",
         "too_many_pixels",
         "too_many_frames",
+        "too_much_metadata",  # more header segments or chunks than any encoder writes
+        "extreme_aspect_ratio",  # one side hundreds of times the other (1x100,000,000)
+        "over_memory_budget",  # decoding would not fit the function's memory
         "expired",  # the platform kept retrying a transient error past the maximum event age
     }
 )

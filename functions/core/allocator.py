@@ -1,0 +1,58 @@
+"""Give the memory of a large image back to the OS once it is done.
+
+glibc keeps freed heap memory for reuse, and keeps it per thread arena: after a
+100-megapixel image rendered on a worker thread (functions-framework serves on
+threads; the dev pipeline runs three workers) the process stayed 110-180 MB above
+its baseline for good. `malloc_trim(0)` returns the free pages of every arena in
+about 2 ms. It is only called when an image left the process more than
+`RETAIN_LIMIT` larger than before it, so the common image keeps its warm heap (the
+next decode would otherwise page-fault its buffers in again). Fixing the mmap
+threshold instead returns everything at once, but cost a 12 MP JPEG about 20% in
+page faults on every image.
+
+A no-op where there is no /proc or no glibc (macOS, musl).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import cache
+
+RETAIN_LIMIT = 48 * 1024 * 1024
+_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def resident_bytes() -> int | None:
+    """This process's resident set size, from /proc/self/statm (about 20 µs)."""
+    try:
+        with open("/proc/self/statm", "rb") as statm:
+            return int(statm.read().split()[1]) * _PAGE_SIZE
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+@cache
+def _malloc_trim():  # -> the C function, or None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return libc.malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+@contextmanager
+def memory_returned_when_large() -> Iterator[None]:
+    """Trim the heap after the block when the process grew by more than RETAIN_LIMIT."""
+    before = resident_bytes()
+    try:
+        yield
+    finally:
+        after = resident_bytes()
+        trim = _malloc_trim()
+        grew = before is not None and after is not None and after - before > RETAIN_LIMIT
+        if grew and trim is not None:
+            trim(0)

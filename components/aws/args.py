@@ -21,8 +21,8 @@ class AwsImagePipelineArgs:
     """What to accept and which renditions to write (shared with GCP)."""
     architecture: Literal["arm64", "x86_64"] = "arm64"
     """Lambda CPU architecture; Pillow is packaged for it."""
-    runtime: str = "python3.12"
-    """Lambda Python runtime, 3.12 or newer."""
+    python_version: str = "3.12"
+    """Python of the Lambda runtime (`python3.12`), 3.12 or newer."""
     timeout_seconds: int = 60
     """Lambda timeout for one invocation."""
     max_event_age_seconds: int = 3600

@@ -71,7 +71,7 @@ class AwsImagePipeline(pulumi.ComponentResource):
         invoke = pulumi.InvokeOutputOptions(parent=self)
         account_id = aws.get_caller_identity_output(opts=invoke).account_id
         function_physical_name = physical_name(name)
-        archive = build_lambda_archive(args.architecture, args.runtime.removeprefix("python"))
+        archive = build_lambda_archive(args.architecture, args.python_version)
 
         # --- buckets: private, owner-enforced, encrypted, TLS only --------------------
         uploads = aws.s3.Bucket(f"{name}-uploads", tags=tags, opts=child)
@@ -225,7 +225,7 @@ class AwsImagePipeline(pulumi.ComponentResource):
             name=function_physical_name,
             role=role.arn,
             handler=HANDLER,
-            runtime=args.runtime,
+            runtime=f"python{args.python_version}",
             architectures=[args.architecture],
             # Also what the function's decode budget is derived from (the settings carry it).
             memory_size=args.settings.limits.memory_mb,

@@ -17,8 +17,8 @@ class GcpImagePipelineArgs:
     """What to accept and which renditions to write (shared with AWS)."""
     region: str = "us-central1"
     """Region of the buckets, the function and its Eventarc trigger."""
-    runtime: str = "python312"
-    """Cloud Functions gen2 Python runtime, 3.12 or newer."""
+    python_version: str = "3.12"
+    """Python of the Cloud Functions gen2 runtime (`python312`), 3.12 or newer."""
     cpu: str = "1"
     """vCPUs of one function instance."""
     timeout_seconds: int = 60

@@ -335,7 +335,7 @@ class GcpImagePipeline(pulumi.ComponentResource):
             description="imagepipe: renders each upload, records it and publishes an event",
             labels=labels,
             build_config=gcp.cloudfunctionsv2.FunctionBuildConfigArgs(
-                runtime=args.runtime,
+                runtime="python" + args.python_version.replace(".", ""),
                 entry_point=ENTRY_POINT,
                 source=gcp.cloudfunctionsv2.FunctionBuildConfigSourceArgs(
                     storage_source=gcp.cloudfunctionsv2.FunctionBuildConfigSourceStorageSourceArgs(

@@ -1,9 +1,10 @@
-"""Read the pipeline settings from a Pulumi stack config file (`stacks/Pulumi.<stack>.yaml`).
+"""Read a Pulumi stack config file (`stacks/Pulumi.<stack>.yaml`) as `pulumi preview` would.
 
-The local commands take their settings from the same file `pulumi up` reads, so
-what runs on this machine renders exactly what the stack would. Only the
-`imagepipe:<setting>` keys are read; cloud options (`aws:region`, ...) and the
-other `imagepipe:` keys (`cloud`, memory, alarms) are the component's business.
+The local commands take their settings from the same file `pulumi up` reads, and
+check it with the same rules (`components.config`): an unknown `imagepipe:` key, a
+key of the other cloud or a bad value is the same one-sentence error here as at
+preview. What the file itself must be is checked first: a mapping with a `config:`
+mapping, and no YAML aliases that expand into more values than a stack config has.
 """
 
 from __future__ import annotations
@@ -13,9 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from functions.core.settings import SETTINGS_KEYS, PipelineSettings, SettingsError, parse_settings
+from components import config
+from functions.core.settings import PipelineSettings, SettingsError, shown
 
-NAMESPACE = "imagepipe:"
+# A stack config holds a few dozen values; aliases that expand past this are a bomb
+# (nine levels of nine take 6 s and 725 MB to expand).
+MAX_EXPANDED_VALUES = 10_000
 
 
 @dataclass(frozen=True)
@@ -34,67 +38,101 @@ def settings_from_stack_config(path: str | Path) -> PipelineSettings:
 
 
 def read_stack_config(path: str | Path) -> LocalStackConfig:
-    """The settings and trigger options of a stack config file, validated."""
-    config = _config_mapping(path)
-    settings = parse_settings(_setting_values(config), prefix=NAMESPACE)
-    prefix = config.get(f"{NAMESPACE}uploadsPrefix") or ""
-    suffix = config.get(f"{NAMESPACE}uploadsSuffix") or ""
-    for key, value in (("uploadsPrefix", prefix), ("uploadsSuffix", suffix)):
-        if not isinstance(value, str):
-            raise SettingsError(
-                f"{NAMESPACE}{key} is {value!r}; use a key prefix such as 'incoming/'."
+    """The settings and trigger options of a stack config file, validated as at preview."""
+    path = Path(path)
+    values = _config_mapping(path)
+    texts = {key: _as_pulumi_hands_it(key, value) for key, value in values.items()}
+
+    def lookup(namespace: str):
+        return lambda key: texts.get(f"{namespace}:{key}")
+
+    try:
+        cloud, settings = config.validated(lookup(config.NAMESPACE), texts)
+        reader = config.ConfigReader(config.NAMESPACE, lookup(config.NAMESPACE))
+        if cloud == "aws":
+            aws = config.aws_args(reader, settings)
+            return LocalStackConfig(
+                settings,
+                aws.uploads_prefix or "",
+                aws.uploads_suffix or "",
+                aws.max_event_age_seconds,
             )
-    age = config.get(f"{NAMESPACE}maxEventAgeSeconds", 3600)
-    if isinstance(age, str) and age.strip().isdigit():
-        age = int(age)
-    if isinstance(age, bool) or not isinstance(age, int) or not 60 <= age <= 21600:
-        raise SettingsError(
-            f"{NAMESPACE}maxEventAgeSeconds is {age!r}; use a whole number from 60 to 21600."
-        )
-    return LocalStackConfig(settings, prefix, suffix, age)
+        gcp = config.gcp_args(reader, lookup("gcp")("region"), settings)
+        return LocalStackConfig(settings, max_event_age_seconds=gcp.max_event_age_seconds)
+    except SettingsError as error:
+        raise SettingsError(f"stack config {path}: {error}") from None
 
 
-def _config_mapping(path: str | Path) -> dict[str, Any]:
+def _config_mapping(path: Path) -> dict[str, Any]:
     import yaml  # PyYAML comes with pulumi and with moto[server]
 
-    path = Path(path)
     try:
-        document = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise SettingsError(f"stack config {path} does not exist.") from None
     except (OSError, UnicodeDecodeError) as error:
         raise SettingsError(f"stack config {path} cannot be read ({error}).") from None
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        if node is not None and _expanded_size(node, {}) > MAX_EXPANDED_VALUES:
+            raise SettingsError(
+                f"stack config {path} expands to more than {MAX_EXPANDED_VALUES} values "
+                "(YAML aliases?); write the values out."
+            )
+        document = yaml.safe_load(text)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         raise SettingsError(f"stack config {path} is not valid YAML{where}.") from None
-    config = document.get("config") if isinstance(document, dict) else None
-    if config is None:
+    if not isinstance(document, dict):
+        kind = "empty" if document is None else f"a {type(document).__name__}"
+        raise SettingsError(
+            f"stack config {path} is {kind}; it must be a mapping with a 'config:' mapping "
+            "of key: value."
+        )
+    if "config" not in document:
         return {}
-    if not isinstance(config, dict):
-        raise SettingsError(f"stack config {path}: 'config' must be a mapping of key: value.")
-    return config
-
-
-def _setting_values(config: dict[str, Any]) -> dict[str, Any]:
-    values: dict[str, Any] = {}
-    for full_key, value in config.items():
-        if not isinstance(full_key, str) or not full_key.startswith(NAMESPACE):
-            continue
-        key = full_key[len(NAMESPACE) :]
-        if key in SETTINGS_KEYS:
-            if isinstance(value, dict) and "secure" in value:
-                raise SettingsError(f"{full_key} is a secret; settings are never secret.")
-            values[key] = _as_pulumi_reads_it(value)
+    values = document["config"]
+    if not isinstance(values, dict):
+        raise SettingsError(
+            f"stack config {path}: 'config' is {shown(values)}; it must be a mapping of "
+            "key: value."
+        )
     return values
 
 
-def _as_pulumi_reads_it(value: Any) -> Any:
-    """Pulumi keeps config values as strings and decodes JSON ones (`"true"`, `"52428800"`)
-    for structured reads, as `__main__.py` does; a string that is not JSON stays a string."""
+def _expanded_size(node: Any, sizes: dict[int, int]) -> int:
+    """How many values `node` stands for once every alias is expanded (memoised: linear)."""
+    import yaml
+
+    known = sizes.get(id(node))
+    if known is not None:
+        return known
+    sizes[id(node)] = 1  # a recursive alias counts once instead of looping
+    if isinstance(node, yaml.SequenceNode):
+        size = 1 + sum(_expanded_size(item, sizes) for item in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        size = 1 + sum(_expanded_size(v, sizes) + 1 for _, v in node.value)
+    else:
+        size = 1
+    sizes[id(node)] = min(size, MAX_EXPANDED_VALUES + 1)
+    return sizes[id(node)]
+
+
+def _as_pulumi_hands_it(key: Any, value: Any) -> str:
+    """Pulumi hands a program every value as text: scalars as strings, the rest as JSON."""
+    if not isinstance(key, str):
+        raise SettingsError(f"config key {shown(key)} is not a string.")
+    if isinstance(value, dict) and "secure" in value:
+        if key.startswith(f"{config.NAMESPACE}:"):
+            raise SettingsError(f"{key} is a secret; imagepipe settings are never secret.")
+        return ""
+    if value is None:  # `key:` with nothing after it: unset, as Pulumi treats it
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
     if isinstance(value, str):
-        try:
-            return json.loads(value)
-        except ValueError:
-            return value
-    return value
+        return value
+    if isinstance(value, list | dict):
+        return json.dumps(value)
+    return str(value)

@@ -95,8 +95,7 @@ def _config_mapping(path: Path) -> dict[str, Any]:
     values = document["config"]
     if not isinstance(values, dict):
         raise SettingsError(
-            f"stack config {path}: 'config' is {shown(values)}; it must be a mapping of "
-            "key: value."
+            f"stack config {path}: 'config' is {shown(values)}; it must be a mapping of key: value."
         )
     return values
 

@@ -14,6 +14,16 @@ message reappears when its visibility timeout ends, as a Lambda timeout would.
 Lambda waits about 1 and 2 minutes between attempts; here it is 1 and 2 seconds.
 An event older than the maximum event age is not invoked again but dead-lettered
 (condition `EventAgeExceeded`), as Lambda does.
+
+A worker never dies of a failed call. Whatever goes wrong around an invocation (the
+emulator refusing a receive, a delete, a visibility change or the dead-letter send) is
+logged in one line, the worker backs off for a moment and goes on. A message whose
+delete failed comes back after its visibility timeout and is invoked again, which is
+safe because the handler is idempotent (a finished image is a duplicate, a no-op). A
+failure that repeats is logged once, then not again until the call works again, so an
+emulator that went away does not bury the terminal in tracebacks. A message that is
+not a JSON object cannot ever be invoked (Lambda's Invoke refuses such a payload), so it
+is dead-lettered at once, as it came, with the condition `InvalidRequestContent`.
 """
 
 from __future__ import annotations
@@ -58,7 +68,7 @@ class LambdaContext:
 
 
 def failure_destination_record(
-    event: Mapping[str, Any],
+    event: Mapping[str, Any] | str,
     error: BaseException | None,
     *,
     condition: str = "RetriesExhausted",
@@ -76,7 +86,8 @@ def failure_destination_record(
             "condition": condition,
             "approximateInvokeCount": attempts,
         },
-        "requestPayload": dict(event),
+        # A body that was not JSON is kept as it came, as a string.
+        "requestPayload": dict(event) if isinstance(event, Mapping) else event,
     }
     if error is not None:
         record["responseContext"] = {
@@ -90,6 +101,94 @@ def failure_destination_record(
             "stackTrace": traceback.format_exception(error)[-5:],
         }
     return record
+
+
+def _about(context: LambdaContext) -> dict[str, str]:
+    """What ties the Lambda service's line about an invocation to the handler's lines of it:
+    the request id, under the key Powertools' JSON lines use."""
+    return {"function_request_id": context.aws_request_id}
+
+
+class RepeatedFailureLog:
+    """One line when a call starts failing, silence while it fails the same way, one line when
+    it works again: a run of identical failures (same call, same error type) is one outage."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self._log = logger
+        self._lock = threading.Lock()
+        self._failing: dict[tuple[str, str], _FailureRun] = {}
+
+    def failed(self, call: str, error: BaseException, *, with_traceback: bool = False) -> None:
+        signature = (call, type(error).__name__)
+        with self._lock:
+            run = self._failing.get(signature)
+            if run is not None:
+                run.count += 1
+                return
+            self._failing[signature] = _FailureRun()
+        self._log.error(
+            "%s failed (%s: %s); not logged again until it works",
+            call,
+            type(error).__name__,
+            _first_line(error),
+            exc_info=error if with_traceback else None,
+            stacklevel=2,  # the line names the worker's call site, not this class
+        )
+
+    def succeeded(self, call: str, started: float) -> None:
+        """`call`, begun at `started` (monotonic), worked: that ends the runs of failures it
+        began after. One begun earlier proves nothing: a long poll in flight when the emulator
+        stopped answering can still come back fine."""
+        if not self._failing:  # the usual case, decided without the lock
+            return
+        with self._lock:
+            ended = [
+                (sig, run)
+                for sig, run in self._failing.items()
+                if sig[0] == call and run.since <= started
+            ]
+            for signature, _ in ended:
+                del self._failing[signature]
+        for (_, kind), run in ended:
+            self._log.warning(
+                "%s works again, after %d failure%s (%s) in %.1f s",
+                call,
+                run.count,
+                "" if run.count == 1 else "s",
+                kind,
+                monotonic() - run.since,
+                stacklevel=2,
+            )
+
+
+@dataclass
+class _FailureRun:
+    since: float = field(default_factory=monotonic)
+    count: int = 1
+
+
+def _first_line(error: BaseException, limit: int = 200) -> str:
+    text = str(error).strip().splitlines()
+    return text[0][:limit] if text else ""
+
+
+class _CallFailed(Exception):
+    """A queue call of the worker loop failed; `call` says which, in words for the log."""
+
+    def __init__(self, call: str, error: Exception) -> None:
+        super().__init__(call)
+        self.call = call
+        self.error = error
+
+
+# What each queue call is, and what its failure means, as the log says it.
+RECEIVE = "receiving from the trigger queue"
+DELETE = "deleting a finished message (it comes back after its visibility timeout)"
+DELAY_RETRY = "delaying a retry (the message comes back after its visibility timeout instead)"
+DEAD_LETTER = "sending to the dead-letter queue (the message stays on the trigger queue)"
+DELIVER = "delivering a message"  # anything else: a bug here, logged with its traceback once
+# Pauses after 1, 2, 3 and more failed iterations in a row: brief, growing, bounded.
+BACKOFF_SECONDS = (0.2, 0.5, 1.0, 2.0)
 
 
 class AsyncInvoker:
@@ -119,6 +218,7 @@ class AsyncInvoker:
         self._retry_delays = tuple(retry_delays)
         self._max_event_age_ms = max_event_age_seconds * 1000
         self._stopping = threading.Event()
+        self._failures = RepeatedFailureLog(log)
         self._threads = [
             threading.Thread(target=self._run, name=f"lambda-worker-{n}", daemon=True)
             for n in range(workers)
@@ -137,38 +237,75 @@ class AsyncInvoker:
         for thread in self._threads:
             thread.join(max(0.0, deadline - monotonic()))
 
+    @property
+    def workers_alive(self) -> int:
+        """How many worker threads run: all of them from `start()` to `stop()`."""
+        return sum(thread.is_alive() for thread in self._threads)
+
     def _run(self) -> None:
+        failures_in_a_row = 0
         while not self._stopping.is_set():
+            started = monotonic()
             try:
-                response = self._sqs.receive_message(
-                    QueueUrl=self._trigger,
-                    MaxNumberOfMessages=1,
-                    WaitTimeSeconds=POLL_SECONDS,
-                    AttributeNames=["ApproximateReceiveCount", "SentTimestamp"],
-                )
-            except Exception:  # the emulator is going away, or hiccuped
-                if not self._stopping.is_set():
-                    log.exception("receiving from the trigger queue failed")
-                    self._stopping.wait(0.5)
+                self._poll_once()
+                self._failures.succeeded(DELIVER, started)
+                failures_in_a_row = 0
                 continue
-            for message in response.get("Messages", []):
-                self._deliver(message)
+            except _CallFailed as failure:
+                if not self._stopping.is_set():
+                    self._failures.failed(failure.call, failure.error)
+            except Exception as error:  # noqa: BLE001 - a bug of ours must not end the worker
+                self._failures.failed(DELIVER, error, with_traceback=True)
+            failures_in_a_row += 1
+            self._stopping.wait(BACKOFF_SECONDS[min(failures_in_a_row, len(BACKOFF_SECONDS)) - 1])
+
+    def _poll_once(self) -> None:
+        response = self._call(
+            RECEIVE,
+            "receive_message",
+            QueueUrl=self._trigger,
+            MaxNumberOfMessages=1,
+            WaitTimeSeconds=POLL_SECONDS,
+            AttributeNames=["ApproximateReceiveCount", "SentTimestamp"],
+        )
+        for message in response.get("Messages", []):
+            self._deliver(message)
+
+    def _call(self, call: str, method: str, **arguments: Any) -> Any:
+        """One SQS call; a failure is raised as `_CallFailed(call)`, a success ends an outage."""
+        started = monotonic()
+        try:
+            result = getattr(self._sqs, method)(**arguments)
+        except Exception as error:  # any failure of the call, named for the log
+            raise _CallFailed(call, error) from error
+        self._failures.succeeded(call, started)
+        return result
 
     def _deliver(self, message: Mapping[str, Any]) -> None:
         attributes = message.get("Attributes", {})
         attempt = int(attributes.get("ApproximateReceiveCount", "1"))
         receipt = message["ReceiptHandle"]
-        event = json.loads(message["Body"])
+        context = LambdaContext(self._function_name, self._function_arn)
+        try:
+            event = json.loads(message["Body"])
+            if not isinstance(event, dict):
+                raise ValueError(f"the body is a JSON {type(event).__name__}, not an object")
+        except ValueError as error:
+            # Retrying cannot help; the dead-letter queue keeps it for whoever put it there.
+            log.error("a trigger queue message is not an event (%s); dead-lettered", error)
+            self._dead_letter(message["Body"], error, context, 0, "InvalidRequestContent", receipt)
+            return
         if event.get("Event") == "s3:TestEvent":
             # S3 sends it to queues and topics when a notification is set up, never to a
             # Lambda function: it only exists here because of the queue standing in for Lambda.
-            self._sqs.delete_message(QueueUrl=self._trigger, ReceiptHandle=receipt)
+            self._call(DELETE, "delete_message", QueueUrl=self._trigger, ReceiptHandle=receipt)
             return
-        context = LambdaContext(self._function_name, self._function_arn)
         age_ms = time.time() * 1000 - int(attributes.get("SentTimestamp", time.time() * 1000))
         if attempt > 1 and age_ms > self._max_event_age_ms:
             log.error(
-                "event %s is past the maximum event age; dead-lettered", context.aws_request_id
+                "event %s is past the maximum event age; dead-lettered",
+                context.aws_request_id,
+                extra=_about(context),
             )
             self._dead_letter(event, None, context, attempt - 1, "EventAgeExceeded", receipt)
             return
@@ -176,7 +313,7 @@ class AsyncInvoker:
             self.invocations += 1
         try:
             self._handler(event, context)
-        except Exception as error:  # noqa: BLE001 - any exception is a failed invocation
+        except (Exception, SystemExit) as error:  # noqa: BLE001 - any of them fails the attempt
             if attempt >= MAX_ATTEMPTS:
                 log.error(
                     "invocation %s failed %d times (%s: %s); event sent to the dead-letter queue",
@@ -184,6 +321,7 @@ class AsyncInvoker:
                     attempt,
                     type(error).__name__,
                     error,
+                    extra=_about(context),
                 )
                 self._dead_letter(event, error, context, attempt, "RetriesExhausted", receipt)
             else:
@@ -194,16 +332,21 @@ class AsyncInvoker:
                     type(error).__name__,
                     error,
                     delay,
+                    extra=_about(context),
                 )
-                self._sqs.change_message_visibility(
-                    QueueUrl=self._trigger, ReceiptHandle=receipt, VisibilityTimeout=delay
+                self._call(
+                    DELAY_RETRY,
+                    "change_message_visibility",
+                    QueueUrl=self._trigger,
+                    ReceiptHandle=receipt,
+                    VisibilityTimeout=delay,
                 )
             return
-        self._sqs.delete_message(QueueUrl=self._trigger, ReceiptHandle=receipt)
+        self._call(DELETE, "delete_message", QueueUrl=self._trigger, ReceiptHandle=receipt)
 
     def _dead_letter(
         self,
-        event: Mapping[str, Any],
+        event: Mapping[str, Any] | str,
         error: BaseException | None,
         context: LambdaContext,
         attempts: int,
@@ -219,5 +362,5 @@ class AsyncInvoker:
             function_arn=self._function_arn,
             attempts=attempts,
         )
-        self._sqs.send_message(QueueUrl=self._dlq, MessageBody=json.dumps(record))
-        self._sqs.delete_message(QueueUrl=self._trigger, ReceiptHandle=receipt)
+        self._call(DEAD_LETTER, "send_message", QueueUrl=self._dlq, MessageBody=json.dumps(record))
+        self._call(DELETE, "delete_message", QueueUrl=self._trigger, ReceiptHandle=receipt)

@@ -5,6 +5,10 @@ plays the Lambda service and calls the real handler (`functions.aws.handler`)
 in this process, with the environment the component gives the function;
 `cdn.RenditionServer` plays CloudFront. Nothing but the Lambda service is
 stood in for, so what works here is what `pulumi up` deploys.
+
+The pipeline heals or says it cannot: a worker outlives any failed call (see
+`lambda_service`), and when the emulator itself ends, everything it held is gone,
+so `imagepipe dev` says so in one line and exits 1 rather than pretend to run.
 """
 
 from __future__ import annotations
@@ -35,11 +39,14 @@ from functions.local.emulated_aws import (
 from functions.local.lambda_service import DEFAULT_RETRY_DELAYS, AsyncInvoker, Handler
 from functions.local.stack_config import LocalStackConfig, read_stack_config
 
-EXIT_OK, EXIT_USAGE = 0, 2
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 DEFAULT_PORT = 4566
 DEFAULT_STACK_CONFIG = Path("stacks/Pulumi.aws-dev.yaml")
 DEFAULT_OUTPUTS = Path(".imagepipe-dev.json")
 ACCOUNT_ID = "123456789012"  # moto's default account
+HEALTH_CHECK_SECONDS = 0.5  # how often `imagepipe dev` checks the emulator and the workers
+# Without the emulator an attempt in hand can only fail: wait this long for it, not 30 s.
+STOP_SECONDS_AFTER_FAILURE = 5.0
 
 
 def load_lambda_handler() -> Handler:
@@ -144,10 +151,11 @@ class DevPipeline:
             raise
         return self
 
-    def stop(self) -> None:
-        """Stop taking events, finish the ones in hand, shut the servers down, restore the env."""
+    def stop(self, timeout: float = 30) -> None:
+        """Stop taking events, finish the ones in hand (for up to `timeout` seconds), shut the
+        servers down, restore the env."""
         if self.invoker is not None:
-            self.invoker.stop()
+            self.invoker.stop(timeout)
             self.invoker = None
         if self._cdn is not None:
             self._cdn.stop()
@@ -164,6 +172,21 @@ class DevPipeline:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    def failure(self) -> str | None:
+        """Why the pipeline cannot go on, in a sentence; None while it can."""
+        code = self._moto.exit_code()
+        if code is not None:
+            return (
+                f"the emulated AWS (moto, pid {self._moto.pid}) {_how_it_ended(code)}; "
+                "its buckets, tables and queues are gone"
+            )
+        if self.invoker is not None and self.invoker.workers_alive < self._workers:
+            return (
+                f"{self._workers - self.invoker.workers_alive} of the {self._workers} Lambda "
+                "workers stopped; uploads would wait for ever"
+            )
+        return None
 
     # --- what the stack would tell you --------------------------------------------------------
 
@@ -267,6 +290,15 @@ def resolve_stack_config(path: Path | None) -> tuple[LocalStackConfig, str]:
     return LocalStackConfig(), "built-in defaults"
 
 
+def _how_it_ended(code: int) -> str:
+    if code >= 0:
+        return f"exited with code {code}"
+    try:
+        return f"was killed by {signal.Signals(-code).name}"
+    except ValueError:
+        return f"was killed by signal {-code}"
+
+
 def run(args: argparse.Namespace) -> int:
     for option, port in (("--port", args.port), ("--cdn-port", args.cdn_port)):
         if not 0 <= port <= 65535:
@@ -280,6 +312,7 @@ def run(args: argparse.Namespace) -> int:
     previous_sigterm = signal.signal(signal.SIGTERM, lambda *_: stop_requested.set())
     pipeline = DevPipeline(port=args.port, cdn_port=args.cdn_port, stack=stack)
     outputs: dict[str, str] = {}
+    failure: str | None = None
     try:
         try:
             pipeline.start()
@@ -290,16 +323,21 @@ def run(args: argparse.Namespace) -> int:
         args.outputs.write_text(json.dumps(outputs, indent=2) + "\n", encoding="utf-8")
         _print_banner(outputs, stack.settings, settings_source, args.outputs)
         try:
-            while not stop_requested.wait(0.5):
-                pass
+            while failure is None and not stop_requested.wait(HEALTH_CHECK_SECONDS):
+                failure = pipeline.failure()
         except KeyboardInterrupt:
             pass
-        print("imagepipe dev: stopping ...", file=sys.stderr, flush=True)
+        if failure is not None:
+            print(f"imagepipe dev: {failure}. Stopping.", file=sys.stderr, flush=True)
+        else:
+            print("imagepipe dev: stopping ...", file=sys.stderr, flush=True)
     finally:
-        pipeline.stop()
+        pipeline.stop(STOP_SECONDS_AFTER_FAILURE if failure is not None else 30)
         if outputs:
             _remove_outputs(args.outputs, outputs["endpoint"])
         signal.signal(signal.SIGTERM, previous_sigterm)
+    if failure is not None:
+        return EXIT_FAILED
     print("imagepipe dev: stopped", file=sys.stderr, flush=True)
     return EXIT_OK
 

@@ -152,11 +152,19 @@ class MotoServer:
         ready, _, _ = select.select([self._process.stdout], [], [], READY_TIMEOUT_SECONDS)
         return bool(ready) and self._process.stdout.readline().strip() == b"ready"
 
+    def exit_code(self) -> int | None:
+        """None while the emulator runs; once it has ended, its exit status (minus the signal
+        number if a signal ended it), and it is reaped: no zombie is left behind."""
+        process = self._process
+        return None if process is None else process.poll()
+
     def stop(self) -> None:
         process, self._process = self._process, None
         if process is None:
             return
         for sig, wait_seconds in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+            if process.poll() is not None:
+                break  # ended and reaped already; its pid may belong to someone else by now
             try:
                 os.killpg(process.pid, sig)
             except ProcessLookupError:

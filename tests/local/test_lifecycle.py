@@ -1,5 +1,6 @@
 """`imagepipe dev` as a process: a busy port, a clean stop on SIGTERM, no thread or emulator
-process left behind, not even when `imagepipe dev` itself is killed outright."""
+process left behind, not even when `imagepipe dev` itself is killed outright, and one line
+and exit 1 when the emulator dies under it."""
 
 from __future__ import annotations
 
@@ -11,12 +12,13 @@ import socket
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
 
 from functions.local import dev
-from functions.local.emulated_aws import EMULATOR_PROCESS_TAG
+from functions.local.emulated_aws import EMULATOR_PROCESS_TAG, MotoServer
 from functions.local.samples import small_png
 from functions.local.target import PipelineTarget
 from functions.local.upload import Upload, upload_and_wait
@@ -56,6 +58,20 @@ def emulator_processes(port: int) -> list[int]:
     return pids
 
 
+def wait_for_outputs(path: Path, timeout: float = 30) -> dict[str, str]:
+    """The outputs `imagepipe dev` writes once it runs, read only when complete JSON."""
+
+    def complete() -> dict[str, str] | None:
+        try:
+            return json.loads(path.read_text())  # type: ignore[no-any-return]
+        except (FileNotFoundError, ValueError):
+            return None  # not yet, or half written
+
+    outputs = wait_for(complete, timeout=timeout)
+    assert outputs, "imagepipe dev did not start"
+    return outputs  # type: ignore[no-any-return]
+
+
 def start_dev(outputs_file: Path) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-c", DEV_COMMAND, "--port", "0", "--outputs", str(outputs_file)],
@@ -91,8 +107,7 @@ def test_sigterm_stops_a_running_pipeline_cleanly(tmp_path: Path) -> None:
     outputs_file = tmp_path / "outputs.json"
     process = start_dev(outputs_file)
     try:
-        assert wait_for(outputs_file.exists, timeout=30), "imagepipe dev did not start"
-        outputs = json.loads(outputs_file.read_text())
+        outputs = wait_for_outputs(outputs_file)
         port = int(outputs["endpoint"].rsplit(":", 1)[1])
         assert len(emulator_processes(port)) == 1  # moto runs in a process of its own
         target = PipelineTarget.from_outputs(outputs, str(outputs_file))
@@ -123,8 +138,7 @@ def test_the_emulator_does_not_outlive_a_killed_imagepipe_dev(tmp_path: Path) ->
     outputs_file = tmp_path / "outputs.json"
     process = start_dev(outputs_file)
     try:
-        assert wait_for(outputs_file.exists, timeout=30), "imagepipe dev did not start"
-        port = int(json.loads(outputs_file.read_text())["endpoint"].rsplit(":", 1)[1])
+        port = int(wait_for_outputs(outputs_file)["endpoint"].rsplit(":", 1)[1])
         [emulator] = emulator_processes(port)
         process.kill()  # SIGKILL to `imagepipe dev` alone: no chance to stop anything
         process.communicate(timeout=10)
@@ -183,3 +197,49 @@ def test_stop_joins_every_thread_and_ends_the_emulator_process() -> None:
     assert lines["status"] == "COMPLETED"
     assert lines["left"] == ""
     assert lines["emulator"] == "gone"  # stopped and reaped, not a zombie
+
+
+def test_a_killed_emulator_stops_imagepipe_dev_with_one_line_and_exit_1(tmp_path: Path) -> None:
+    outputs_file = tmp_path / "outputs.json"
+    process = start_dev(outputs_file)
+    port = None
+    try:
+        port = int(wait_for_outputs(outputs_file)["endpoint"].rsplit(":", 1)[1])
+        [emulator] = emulator_processes(port)
+        os.kill(emulator, signal.SIGKILL)
+        killed = time.monotonic()
+        stdout, stderr = process.communicate(timeout=15)
+        took = time.monotonic() - killed
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        for pid in emulator_processes(port) if port is not None else []:
+            os.killpg(pid, signal.SIGKILL)
+    assert process.returncode == 1, stderr
+    assert took < 8, f"imagepipe dev took {took:.1f} s to notice and stop"
+    assert stderr.splitlines() == [
+        f"imagepipe dev: the emulated AWS (moto, pid {emulator}) was killed by SIGKILL; "
+        "its buckets, tables and queues are gone. Stopping."
+    ]
+    after_banner = stdout.split("imagepipe status incoming/photo.jpg --dev\n", 1)[1]
+    assert "Traceback" not in after_banner
+    assert len(after_banner.splitlines()) <= 3, after_banner  # one line per failing call
+    assert not outputs_file.exists()
+    assert emulator_processes(port) == []
+
+
+def test_the_emulator_s_end_is_noticed_and_it_is_reaped() -> None:
+    moto = MotoServer(0)
+    moto.start()
+    try:
+        assert moto.exit_code() is None
+        pid = moto.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        assert wait_for(lambda: moto.exit_code() is not None, timeout=5)
+        assert moto.exit_code() == -signal.SIGKILL
+        assert not Path(f"/proc/{pid}").exists()  # reaped: not even a zombie is left
+    finally:
+        moto.stop()
+    assert emulator_processes(moto.port) == []

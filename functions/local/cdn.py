@@ -3,13 +3,21 @@
 Like CloudFront in front of the bucket: GET or HEAD `/<key>` answers the
 object's bytes with its own Content-Type and Cache-Control (immutable, since
 rendition keys are content-addressed); anything else is 404. Read-only.
+
+A thread serves each connection, so connections are bounded twice: one that sends
+nothing for `idle_timeout` seconds is closed (keep-alive included), and at most
+`max_connections` are served at once; one more is answered 503 and closed at once,
+without a thread. `stop()` closes the open ones, so it never waits on a viewer.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from time import monotonic
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -17,13 +25,106 @@ from functions.local.emulated_aws import HOST
 
 log = logging.getLogger("imagepipe.dev")
 
+IDLE_TIMEOUT_SECONDS = 10.0
+MAX_CONNECTIONS = 64
+_BUSY_BODY = b"too many connections; try again\n"
+_BUSY_RESPONSE = (
+    b"HTTP/1.1 503 Service Unavailable\r\n"
+    b"Content-Type: text/plain; charset=utf-8\r\n"
+    b"Content-Length: " + str(len(_BUSY_BODY)).encode() + b"\r\n"
+    b"Retry-After: 1\r\n"
+    b"Connection: close\r\n\r\n" + _BUSY_BODY
+)
+
+
+class BoundedThreadingHTTPServer(ThreadingHTTPServer):
+    """A thread per connection, at most `max_connections` of them; more are refused with 503."""
+
+    daemon_threads = True
+    block_on_close = False  # `close_connections` ends the threads, with a deadline
+    request_queue_size = 128  # the listen backlog: a burst of viewers waits, is not dropped
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        handler_class: type[BaseHTTPRequestHandler],
+        *,
+        max_connections: int,
+    ) -> None:
+        super().__init__(address, handler_class)
+        self._slots = threading.BoundedSemaphore(max_connections)
+        self._open: set[socket.socket] = set()
+        self._open_changed = threading.Condition()
+
+    @property
+    def open_connections(self) -> int:
+        with self._open_changed:
+            return len(self._open)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self._refuse(request)
+            return
+        with self._open_changed:
+            self._open.add(request)
+        try:
+            super().process_request(request, client_address)
+        except BaseException:  # no thread started: the slot is free again
+            self._forget(request)
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._forget(request)
+
+    def _forget(self, request: socket.socket) -> None:
+        with self._open_changed:
+            self._open.discard(request)
+            self._open_changed.notify_all()
+        self._slots.release()
+
+    def _refuse(self, request: socket.socket) -> None:
+        """Answer 503 from the accepting thread without ever blocking it, then close."""
+        try:
+            request.setblocking(False)
+            request.sendall(_BUSY_RESPONSE)  # a fresh socket's buffer takes it whole
+            request.recv(65536)  # what the client sent already, so closing does not reset
+        except OSError:
+            pass
+        self.shutdown_request(request)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A viewer that hangs up mid-answer is not news; one line, not a traceback on stderr.
+        log.debug("cdn: connection from %s ended early", client_address, exc_info=True)
+
+    def close_connections(self, timeout: float) -> None:
+        """Hang up on every open connection and wait, up to `timeout`, for their threads."""
+        with self._open_changed:
+            for connection in self._open:
+                with contextlib.suppress(OSError):  # closing already
+                    connection.shutdown(socket.SHUT_RDWR)
+            deadline = monotonic() + timeout
+            while self._open and monotonic() < deadline:
+                self._open_changed.wait(deadline - monotonic())
+
 
 class RenditionServer:
-    def __init__(self, s3: Any, bucket: str, port: int = 0) -> None:
+    def __init__(
+        self,
+        s3: Any,
+        bucket: str,
+        port: int = 0,
+        *,
+        idle_timeout: float = IDLE_TIMEOUT_SECONDS,
+        max_connections: int = MAX_CONNECTIONS,
+    ) -> None:
         self._s3 = s3
         self._bucket = bucket
-        self._httpd = ThreadingHTTPServer((HOST, port), _handler_class(s3, bucket))
-        self._httpd.daemon_threads = True
+        self._httpd = BoundedThreadingHTTPServer(
+            (HOST, port), _handler_class(s3, bucket, idle_timeout), max_connections=max_connections
+        )
         self._thread: threading.Thread | None = None
 
     @property
@@ -36,19 +137,25 @@ class RenditionServer:
         )
         self._thread.start()
 
+    @property
+    def open_connections(self) -> int:
+        return self._httpd.open_connections
+
     def stop(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
         if self._thread is not None:
+            self._httpd.shutdown()  # waits for serve_forever, so it only runs once started
             self._thread.join(timeout=10)
+        self._httpd.close_connections(timeout=10)
+        self._httpd.server_close()
 
 
-def _handler_class(s3: Any, bucket: str) -> type[BaseHTTPRequestHandler]:
+def _handler_class(s3: Any, bucket: str, idle_timeout: float) -> type[BaseHTTPRequestHandler]:
     from botocore.exceptions import ClientError
 
     class RenditionRequestHandler(BaseHTTPRequestHandler):
         server_version = "imagepipe-dev-cdn"
         protocol_version = "HTTP/1.1"
+        timeout = idle_timeout  # a socket timeout: an idle (keep-alive) connection is closed
 
         def do_GET(self) -> None:
             self._serve(with_body=True)

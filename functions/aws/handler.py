@@ -10,15 +10,18 @@ the retry are duplicates the second time, and duplicates change and publish noth
 
 from __future__ import annotations
 
+import functools
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import timedelta
 from typing import Any
 
 import boto3
 from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools.logging.lambda_context import build_lambda_context_model
 from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.metrics.functions import is_metrics_disabled
 from botocore.config import Config
 
 from functions.aws.adapters import (
@@ -80,7 +83,34 @@ def build_pipeline(environ: Mapping[str, str]) -> Pipeline:
 PIPELINE = build_pipeline(os.environ)
 
 
+Handler = Callable[[dict[str, Any], Any], dict[str, Any]]
+
+
+def _context_keys_per_thread(handler: Handler) -> Handler:
+    """The invocation's context keys (request id, function name, ARN, memory), kept per thread.
+
+    `inject_lambda_context` keeps them once per process, which is right in Lambda (one
+    invocation per sandbox at a time) and wrong in the dev pipeline, where three workers
+    invoke this handler at once on threads: a line would carry whichever request id was
+    set last. Powertools' formatter lays thread-safe keys over the process-wide ones, so
+    each line carries its own invocation's; in Lambda both hold the same values and the
+    lines are unchanged.
+    """
+
+    @functools.wraps(handler)
+    def with_keys(event: dict[str, Any], context: Any) -> dict[str, Any]:
+        logger.thread_safe_clear_keys()
+        logger.thread_safe_append_keys(**vars(build_lambda_context_model(context)))
+        try:
+            return handler(event, context)
+        finally:
+            logger.thread_safe_clear_keys()
+
+    return with_keys
+
+
 @logger.inject_lambda_context(clear_state=True)
+@_context_keys_per_thread
 @metrics.log_metrics
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     return handle_event(event, PIPELINE, lease_for(context))
@@ -137,10 +167,22 @@ def _report(ref: ObjectRef, outcome: Outcome, ms: float) -> dict[str, Any]:
             "error_code": record.error.code if record.error else None,
         },
     )
-    metrics.add_metric(name=_OUTCOME_METRICS[outcome.action], unit=MetricUnit.Count, value=1)
+    _add_metric(_OUTCOME_METRICS[outcome.action], MetricUnit.Count, 1)
     if outcome.action in ("completed", "failed"):
-        metrics.add_metric(name="ProcessingMs", unit=MetricUnit.Milliseconds, value=ms)
+        _add_metric("ProcessingMs", MetricUnit.Milliseconds, ms)
     return summary
+
+
+def _add_metric(name: str, unit: MetricUnit, value: float) -> None:
+    """Record a metric, unless POWERTOOLS_METRICS_DISABLED says metrics are off.
+
+    Disabled, Powertools' flush prints nothing but keeps the metric set, which then grows
+    from invocation to invocation until `add_metric` reaches 100 values and prints it
+    anyway, EMF blob and all (the dev pipeline disables metrics). So disabled means not
+    recorded at all.
+    """
+    if not is_metrics_disabled():
+        metrics.add_metric(name=name, unit=unit, value=value)
 
 
 def _report_retry(ref: ObjectRef, error: Exception, ms: float) -> None:

@@ -109,9 +109,8 @@ class DevPipeline:
     # --- lifecycle ----------------------------------------------------------------------------
 
     def start(self) -> DevPipeline:
-        # Three invocations run at once in this process and Powertools keeps one process-wide
-        # metric set, so one flush can take another's metrics and that one finds none to
-        # publish (Lambda runs one invocation per sandbox). Metrics are disabled locally anyway.
+        # Metrics are disabled locally (POWERTOOLS_METRICS_DISABLED), so the handler records
+        # none and every flush would warn that it found none to publish.
         warnings.filterwarnings("ignore", message="No application metrics to publish")
         global _active
         self._moto.start()  # raises PortInUse before anything else exists

@@ -16,12 +16,9 @@ import pulumi_gcp as gcp
 
 from components.gcp.args import GcpImagePipelineArgs
 from components.gcp.function_source import build_function_source
+from functions.gcp import contract
 
-LEASE_MARGIN_SECONDS = 30
 TYPE_TOKEN = "imagepipe:index:GcpImagePipeline"
-RECORDS_COLLECTION = "images"
-ENTRY_POINT = "handle_upload"
-UPLOAD_EVENT_TYPE = "google.cloud.storage.object.v1.finalized"
 # short name -> what needs it. Each is enabled once and never disabled on destroy:
 # other workloads in the project may use the same API.
 REQUIRED_APIS = {
@@ -336,7 +333,7 @@ class GcpImagePipeline(pulumi.ComponentResource):
             labels=labels,
             build_config=gcp.cloudfunctionsv2.FunctionBuildConfigArgs(
                 runtime="python" + args.python_version.replace(".", ""),
-                entry_point=ENTRY_POINT,
+                entry_point=contract.ENTRY_POINT,
                 source=gcp.cloudfunctionsv2.FunctionBuildConfigSourceArgs(
                     storage_source=gcp.cloudfunctionsv2.FunctionBuildConfigSourceStorageSourceArgs(
                         bucket=source_bucket.name,
@@ -356,22 +353,20 @@ class GcpImagePipeline(pulumi.ComponentResource):
                 ingress_settings="ALLOW_INTERNAL_ONLY",
                 all_traffic_on_latest_revision=True,
                 service_account_email=account.email,
-                environment_variables={
-                    "IMAGEPIPE_SETTINGS": args.settings.to_json(),
-                    "IMAGEPIPE_RENDITIONS_BUCKET": renditions.name,
-                    "IMAGEPIPE_RECORDS_COLLECTION": RECORDS_COLLECTION,
-                    "IMAGEPIPE_EVENTS_TOPIC": topic.id,
-                    "IMAGEPIPE_MAX_EVENT_AGE_SECONDS": str(args.max_event_age_seconds),
-                    # A claim outlives the invocation that made it by this margin only: a
-                    # redelivery after a crash or timeout finds it expired and takes over.
-                    "IMAGEPIPE_LEASE_SECONDS": str(args.timeout_seconds + LEASE_MARGIN_SECONDS),
-                    "GOOGLE_CLOUD_PROJECT": project_id,
-                },
+                environment_variables=contract.to_env(
+                    settings=args.settings,
+                    renditions_bucket=renditions.name,
+                    records_collection=contract.RECORDS_COLLECTION_NAME,
+                    events_topic=topic.id,
+                    max_event_age_seconds=args.max_event_age_seconds,
+                    timeout_seconds=args.timeout_seconds,
+                    project=project_id,
+                ),
             ),
             event_trigger=gcp.cloudfunctionsv2.FunctionEventTriggerArgs(
                 # Storage events are regional: the trigger lives where the bucket does.
                 trigger_region=args.region,
-                event_type=UPLOAD_EVENT_TYPE,
+                event_type=contract.UPLOAD_EVENT_TYPE,
                 event_filters=[
                     gcp.cloudfunctionsv2.FunctionEventTriggerEventFilterArgs(
                         attribute="bucket", value=uploads.name
@@ -424,7 +419,7 @@ class GcpImagePipeline(pulumi.ComponentResource):
                 lambda service: function_log_filter(service, 'jsonPayload.status="FAILED"')
             ),
             documentation="An upload ended FAILED (unsupported, corrupt, too large or expired). "
-            f"Its Firestore document in '{RECORDS_COLLECTION}' says why.",
+            f"Its Firestore document in '{contract.RECORDS_COLLECTION_NAME}' says why.",
             labels=labels,
             apis=apis,
         )
@@ -432,7 +427,7 @@ class GcpImagePipeline(pulumi.ComponentResource):
         self.uploads_bucket = uploads.name
         self.renditions_bucket = renditions.name
         self.cdn_url = cdn_url
-        self.records_collection = pulumi.Output.from_input(RECORDS_COLLECTION)
+        self.records_collection = pulumi.Output.from_input(contract.RECORDS_COLLECTION_NAME)
         self.events_topic = topic.id
         self.function_name = function.name
         self.register_outputs(self.stack_outputs())

@@ -98,6 +98,13 @@ class ClaimHeld(TransientError):
         super().__init__("claim_held", message)
 
 
+class MalformedEvent(ValueError):
+    """The trigger's event names no object version this function can act on.
+
+    Retrying cannot fix it: an entry point logs it in one line and acknowledges.
+    """
+
+
 @dataclass(frozen=True)
 class ObjectRef:
     """Where an upload lives, as the trigger event reports it."""

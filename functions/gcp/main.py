@@ -1,4 +1,4 @@
-"""Cloud Functions gen2 entry point: one `object.v1.finalized` event -> `process_object`.
+"""Cloud Functions gen2 entry point: one `object.v1.finalized` event -> the core.
 
 The deploy archive puts a copy of this file at its root as `main.py`, so it imports
 only `functions.core` and `functions.gcp`. Clients are built once per instance.
@@ -18,22 +18,22 @@ import flask
 import functions_framework
 from cloudevents.http import CloudEvent
 
-from functions.core.records import ClaimHeld
-from functions.gcp.adapters import (
-    ConfigError,
-    InvalidStorageEvent,
+from functions.core.records import ClaimHeld, MalformedEvent
+from functions.core.settings import SettingsError
+from functions.gcp.bootstrap import (
     build_pipeline,
     configure_json_logging,
     outcome_fields,
-    parse_storage_event,
     retry_fields,
 )
+from functions.gcp.contract import from_env
+from functions.gcp.trigger import parse_storage_event
 
 configure_json_logging(sys.stdout)
 log = logging.getLogger("imagepipe.gcp")
 try:
-    PIPELINE = build_pipeline(os.environ)
-except ConfigError as error:  # a deploy mistake: one clear line, then no instance at all
+    PIPELINE = build_pipeline(from_env(os.environ))
+except SettingsError as error:  # a deploy mistake: one clear line, then no instance at all
     log.critical("cannot start: %s", error)
     raise SystemExit(1) from None
 
@@ -42,7 +42,7 @@ except ConfigError as error:  # a deploy mistake: one clear line, then no instan
 def handle_upload(cloud_event: CloudEvent) -> None:
     try:
         upload = parse_storage_event(cloud_event.get_attributes(), cloud_event.get_data())
-    except InvalidStorageEvent as error:  # retrying cannot fix it: acknowledge and say why
+    except MalformedEvent as error:  # retrying cannot fix it: acknowledge and say why
         log.error("ignored event %s: %s", cloud_event.get("id"), error)
         return
     if upload.is_rendition:  # a trigger pointed at the renditions bucket must not recurse

@@ -15,6 +15,7 @@ import yaml
 from components.gcp import GcpImagePipeline, GcpImagePipelineArgs
 from components.gcp.pipeline import REQUIRED_APIS, service_account_id
 from functions.core.settings import PipelineSettings, RenditionSpec
+from functions.gcp import contract
 from tests.infra.conftest import (
     GCP_PROJECT,
     GCS_SERVICE_AGENT,
@@ -242,19 +243,18 @@ def test_function_runs_the_entry_point_with_its_own_account_and_environment(pulu
     account = pulumi_mocks.one("gcp:serviceaccount/account:Account")
     assert service["serviceAccountEmail"] == account.state["email"]
     assert service["ingressSettings"] == "ALLOW_INTERNAL_ONLY"
-    assert service["environmentVariables"] == {
-        "IMAGEPIPE_SETTINGS": args.settings.to_json(),
-        "IMAGEPIPE_RENDITIONS_BUCKET": outputs["renditionsBucket"],
-        "IMAGEPIPE_RECORDS_COLLECTION": "images",
-        "IMAGEPIPE_EVENTS_TOPIC": outputs["eventsTopic"],
-        "IMAGEPIPE_MAX_EVENT_AGE_SECONDS": "3600",
-        "IMAGEPIPE_LEASE_SECONDS": str(args.timeout_seconds + 30),
-        "GOOGLE_CLOUD_PROJECT": GCP_PROJECT,
-    }
-    assert outputs["eventsTopic"].startswith(f"projects/{GCP_PROJECT}/topics/")
-    assert PipelineSettings.from_json(service["environmentVariables"]["IMAGEPIPE_SETTINGS"]) == (
-        args.settings
+    # What the function will read back: the contract's own reader, over what was set.
+    env = contract.from_env(service["environmentVariables"])
+    assert env == contract.FunctionEnvironment(
+        settings=args.settings,
+        renditions_bucket=outputs["renditionsBucket"],
+        records_collection="images",
+        events_topic=outputs["eventsTopic"],
+        max_event_age_seconds=3600,
+        lease_seconds=args.timeout_seconds + 30,
+        project=GCP_PROJECT,
     )
+    assert outputs["eventsTopic"].startswith(f"projects/{GCP_PROJECT}/topics/")
 
 
 def test_function_source_is_an_object_named_by_the_archive_hash(pulumi_mocks):

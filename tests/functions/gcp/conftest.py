@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from functions.gcp import contract
 from tests.functions.gcp.gcp_emulators import (
     FUNCTION_SOURCE,
     PROJECT,
@@ -133,11 +134,15 @@ def serve_function(emulator_env: dict[str, str], tmp_path: Path) -> Iterator[Any
         env = {
             **os.environ,
             **emulator_env,
-            "IMAGEPIPE_SETTINGS": PipelineSettings().to_json(),
-            "IMAGEPIPE_RENDITIONS_BUCKET": names.renditions_bucket,
-            "IMAGEPIPE_RECORDS_COLLECTION": names.collection,
-            "IMAGEPIPE_EVENTS_TOPIC": names.topic,
-            "IMAGEPIPE_MAX_EVENT_AGE_SECONDS": "3600",
+            **contract.to_env(
+                settings=PipelineSettings(),
+                renditions_bucket=names.renditions_bucket,
+                records_collection=names.collection,
+                events_topic=names.topic,
+                max_event_age_seconds=3600,
+                timeout_seconds=60,
+                project=PROJECT,
+            ),
             "PYTHONUNBUFFERED": "1",
             **overrides,
         }

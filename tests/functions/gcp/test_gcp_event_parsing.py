@@ -13,20 +13,16 @@ from pathlib import Path
 
 import pytest
 
-from functions.core.records import ObjectRef
-from functions.gcp.adapters import (
-    FINALIZED_TYPE,
-    ConfigError,
-    InvalidStorageEvent,
-    JsonLogFormatter,
-    build_pipeline,
-    parse_storage_event,
-)
+from functions.core.records import MalformedEvent, ObjectRef
+from functions.core.settings import SettingsError
+from functions.gcp.bootstrap import JsonLogFormatter, build_pipeline
+from functions.gcp.contract import UPLOAD_EVENT_TYPE, from_env
+from functions.gcp.trigger import parse_storage_event
 
 ATTRIBUTES = {
     "specversion": "1.0",
     "id": "1234567890",
-    "type": FINALIZED_TYPE,
+    "type": UPLOAD_EVENT_TYPE,
     "source": "//storage.googleapis.com/projects/_/buckets/uploads",
     "subject": "objects/holiday/beach photo.jpg",
     "time": "2026-05-01T10:00:00.123456Z",
@@ -100,7 +96,7 @@ def test_an_object_carrying_the_rendition_marker_is_flagged():
     ],
 )
 def test_a_malformed_event_is_refused_with_one_line_saying_what_is_wrong(attributes, data, message):
-    with pytest.raises(InvalidStorageEvent, match=message) as caught:
+    with pytest.raises(MalformedEvent, match=message) as caught:
         parse_storage_event(attributes, data)
     assert "\n" not in str(caught.value)
 
@@ -112,6 +108,8 @@ COMPONENT_ENV = {
     "IMAGEPIPE_RENDITIONS_BUCKET": "renditions",
     "IMAGEPIPE_RECORDS_COLLECTION": "images",
     "IMAGEPIPE_EVENTS_TOPIC": "projects/demo/topics/events",
+    "IMAGEPIPE_MAX_EVENT_AGE_SECONDS": "3600",
+    "IMAGEPIPE_LEASE_SECONDS": "90",
     # No emulator runs here: the clients are built, never called.
     "FIRESTORE_EMULATOR_HOST": "127.0.0.1:9",
     "PUBSUB_EMULATOR_HOST": "127.0.0.1:9",
@@ -122,9 +120,7 @@ COMPONENT_ENV = {
 def test_the_pipeline_is_built_from_the_variables_the_component_sets(monkeypatch):
     for name in ("FIRESTORE_EMULATOR_HOST", "PUBSUB_EMULATOR_HOST", "STORAGE_EMULATOR_HOST"):
         monkeypatch.setenv(name, COMPONENT_ENV[name])
-    pipeline = build_pipeline(
-        {**COMPONENT_ENV, "IMAGEPIPE_MAX_EVENT_AGE_SECONDS": "600", "IMAGEPIPE_LEASE_SECONDS": "90"}
-    )
+    pipeline = build_pipeline(from_env({**COMPONENT_ENV, "IMAGEPIPE_MAX_EVENT_AGE_SECONDS": "600"}))
     assert [r.name for r in pipeline.settings.renditions] == ["thumb"]
     assert pipeline.renditions_bucket == "renditions"
     assert pipeline.max_event_age.total_seconds() == 600
@@ -143,8 +139,8 @@ def test_the_pipeline_is_built_from_the_variables_the_component_sets(monkeypatch
     ],
 )
 def test_a_bad_environment_is_refused_with_one_line_naming_the_variable(changes, message):
-    with pytest.raises(ConfigError, match=message) as caught:
-        build_pipeline({**COMPONENT_ENV, **changes})
+    with pytest.raises(SettingsError, match=message) as caught:
+        from_env({**COMPONENT_ENV, **changes})
     assert "\n" not in str(caught.value)
 
 

@@ -17,6 +17,7 @@ from PIL import Image, ImageDraw
 
 from functions.core.records import ImageRecord, ObjectRef, Source, Status
 from functions.core.service import IMMUTABLE_CACHE_CONTROL, isoformat
+from functions.gcp import contract
 from tests.functions.gcp.gcp_emulators import finalized_event, free_port, pull_messages
 
 pytestmark = pytest.mark.emulator
@@ -168,7 +169,7 @@ def test_with_the_record_store_down_the_function_fails_retryably_and_a_retry_com
     outage = serve_function(
         gcp_names,
         FIRESTORE_EMULATOR_HOST=f"127.0.0.1:{free_port()}",  # nothing listens there
-        IMAGEPIPE_SDK_RETRY_SECONDS="1",
+        **{contract.SDK_RETRY_SECONDS: "1"},
     )
     blob = upload("during-outage.jpg", a_photo(640, 480))
     event = finalized_event(blob)
@@ -195,7 +196,7 @@ def test_with_the_record_store_down_the_function_fails_retryably_and_a_retry_com
 def test_an_event_older_than_the_maximum_age_is_recorded_expired_and_acknowledged(
     serve_function, gcp_clients, gcp_names, upload
 ):
-    function = serve_function(gcp_names, IMAGEPIPE_MAX_EVENT_AGE_SECONDS="3600")
+    function = serve_function(gcp_names, **{contract.MAX_EVENT_AGE_SECONDS: "3600"})
     blob = upload("late.jpg", a_photo(640, 480))
     two_hours_ago = datetime.now(UTC) - timedelta(hours=2)
 

@@ -1,0 +1,100 @@
+"""The GCP function's composition root: clients and adapters built once per instance,
+from the environment the component sets (`functions.gcp.contract`), and its JSON logs.
+
+Emulators are reached only through the SDKs' own variables (STORAGE_EMULATOR_HOST,
+FIRESTORE_EMULATOR_HOST, PUBSUB_EMULATOR_HOST): nothing here knows about them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import timedelta
+from typing import Any
+
+from functions.core.records import ClaimHeld, ObjectRef, PipelineError, Status
+from functions.core.service import Outcome, Pipeline
+from functions.gcp.adapters import (
+    FirestoreRecordStore,
+    GcsBlobStore,
+    PubSubEventPublisher,
+    sdk_retry,
+)
+from functions.gcp.contract import FunctionEnvironment
+
+
+def build_pipeline(env: FunctionEnvironment) -> Pipeline:
+    """The core bound to this stack's bucket, collection and topic."""
+    from google.cloud import firestore, pubsub_v1, storage
+
+    retry = sdk_retry(env.sdk_retry_seconds)
+    return Pipeline(
+        settings=env.settings,
+        blobs=GcsBlobStore(storage.Client(project=env.project), retry=retry),
+        records=FirestoreRecordStore(
+            firestore.Client(project=env.project), env.records_collection, retry=retry
+        ),
+        events=PubSubEventPublisher(pubsub_v1.PublisherClient(), env.events_topic, retry=retry),
+        renditions_bucket=env.renditions_bucket,
+        event_source=f"//pubsub.googleapis.com/{env.events_topic}",
+        max_event_age=timedelta(seconds=env.max_event_age_seconds),
+        lease=timedelta(seconds=env.lease_seconds),
+    )
+
+
+class JsonLogFormatter(logging.Formatter):
+    """One JSON object per line: Cloud Logging reads `severity` and `message` from it and
+    keeps every other field under jsonPayload (the component's metrics filter on `status`)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "severity": record.levelname,
+            "message": record.getMessage(),
+            "logger": record.name,
+        }
+        entry.update(getattr(record, "json_fields", {}))
+        if record.exc_info and record.levelno >= logging.ERROR:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str, separators=(",", ":"))
+
+
+def configure_json_logging(stream: Any) -> None:
+    """Send the `imagepipe` loggers (core and entry point) to `stream` as JSON lines."""
+    logger = logging.getLogger("imagepipe")
+    if not any(isinstance(h.formatter, JsonLogFormatter) for h in logger.handlers):
+        handler = logging.StreamHandler(stream)
+        handler.setFormatter(JsonLogFormatter())
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+
+def outcome_fields(outcome: Outcome) -> dict[str, Any]:
+    """The fields of the one log line written per image."""
+    record = outcome.record
+    return {
+        "status": record.status.value,
+        "action": outcome.action,
+        "record_id": record.id,
+        "bucket": record.source.bucket,
+        "key": record.source.key,
+        "generation": record.source.version,
+        "attempts": record.attempts,
+        "error_code": record.error.code if record.error else None,
+        "renditions": len(record.renditions),
+        "stage_ms": record.stage_ms,
+    }
+
+
+def retry_fields(ref: ObjectRef, error: Exception) -> dict[str, Any]:
+    """The fields of the log line for a delivery that raised so the platform retries it."""
+    # A held claim leaves the record as the holder keeps it; any other error left it PENDING.
+    status = Status.PROCESSING if isinstance(error, ClaimHeld) else Status.PENDING
+    return {
+        "status": status.value,
+        "action": "retry",
+        "bucket": ref.bucket,
+        "key": ref.key,
+        "generation": ref.version,
+        "error_code": error.code if isinstance(error, PipelineError) else "internal_error",
+    }

@@ -1,0 +1,114 @@
+"""The GCP function's environment: the one place its variable names are spelled.
+
+`to_env` is what `GcpImagePipeline` sets on the function (its values may be Pulumi
+Inputs: nothing here resolves them); `from_env` is how the entry point, the local
+pipeline and the tests read it back, checked, every variable before any client is
+built, so a bad deploy fails on the variable's name.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from functions.core.settings import SETTINGS_ENV, PipelineSettings, SettingsError
+
+SETTINGS = SETTINGS_ENV
+RENDITIONS_BUCKET = "IMAGEPIPE_RENDITIONS_BUCKET"
+RECORDS_COLLECTION = "IMAGEPIPE_RECORDS_COLLECTION"
+EVENTS_TOPIC = "IMAGEPIPE_EVENTS_TOPIC"
+MAX_EVENT_AGE_SECONDS = "IMAGEPIPE_MAX_EVENT_AGE_SECONDS"
+LEASE_SECONDS = "IMAGEPIPE_LEASE_SECONDS"
+SDK_RETRY_SECONDS = "IMAGEPIPE_SDK_RETRY_SECONDS"
+PROJECT = "GOOGLE_CLOUD_PROJECT"  # Google's own variable; the SDK clients read it too
+
+# What the component points at the function, and the function expects.
+ENTRY_POINT = "handle_upload"
+UPLOAD_EVENT_TYPE = "google.cloud.storage.object.v1.finalized"
+RECORDS_COLLECTION_NAME = "images"  # in the (default) database
+
+# How long the SDK retries one call, when the component did not say: well under any
+# function timeout, so an outage ends in a raised error (Eventarc retries) rather than
+# a killed instance.
+DEFAULT_SDK_RETRY_SECONDS = 20
+# A claim outlives the invocation that made it by this much: a redelivery after a crash
+# or a timeout finds it expired and takes the image over.
+LEASE_MARGIN_SECONDS = 30
+_TOPIC = re.compile(r"^projects/([^/]+)/topics/([^/]+)$")
+
+
+@dataclass(frozen=True)
+class FunctionEnvironment:
+    """What the function is told about the stack it runs in."""
+
+    settings: PipelineSettings
+    renditions_bucket: str
+    records_collection: str
+    events_topic: str  # projects/<project>/topics/<topic>
+    max_event_age_seconds: int
+    lease_seconds: int
+    project: str
+    sdk_retry_seconds: int = DEFAULT_SDK_RETRY_SECONDS
+
+
+def to_env(
+    *,
+    settings: PipelineSettings,
+    renditions_bucket: Any,
+    records_collection: Any,
+    events_topic: Any,
+    max_event_age_seconds: int,
+    timeout_seconds: int,
+    project: Any,
+) -> dict[str, Any]:
+    """The function's environment variables (values may be Pulumi Inputs)."""
+    return {
+        SETTINGS: settings.to_json(),
+        RENDITIONS_BUCKET: renditions_bucket,
+        RECORDS_COLLECTION: records_collection,
+        EVENTS_TOPIC: events_topic,
+        MAX_EVENT_AGE_SECONDS: str(max_event_age_seconds),
+        LEASE_SECONDS: str(timeout_seconds + LEASE_MARGIN_SECONDS),
+        PROJECT: project,
+    }
+
+
+def from_env(environ: Mapping[str, str]) -> FunctionEnvironment:
+    """The environment `to_env` describes; `SettingsError` names the first bad variable."""
+
+    def required(name: str) -> str:
+        value = environ.get(name, "").strip()
+        if not value:
+            raise SettingsError(f"{name} is not set; the GcpImagePipeline component sets it.")
+        return value
+
+    settings = PipelineSettings.from_json(required(SETTINGS))
+    topic = required(EVENTS_TOPIC)
+    topic_match = _TOPIC.match(topic)
+    if not topic_match:
+        raise SettingsError(
+            f"{EVENTS_TOPIC} {topic[:80]!r} is not projects/<project>/topics/<topic>."
+        )
+    return FunctionEnvironment(
+        settings=settings,
+        renditions_bucket=required(RENDITIONS_BUCKET),
+        records_collection=required(RECORDS_COLLECTION),
+        events_topic=topic,
+        max_event_age_seconds=_seconds(required(MAX_EVENT_AGE_SECONDS), MAX_EVENT_AGE_SECONDS),
+        lease_seconds=_seconds(required(LEASE_SECONDS), LEASE_SECONDS),
+        project=environ.get(PROJECT, "").strip() or topic_match.group(1),
+        sdk_retry_seconds=_seconds(
+            environ.get(SDK_RETRY_SECONDS, "").strip() or str(DEFAULT_SDK_RETRY_SECONDS),
+            SDK_RETRY_SECONDS,
+        ),
+    )
+
+
+def _seconds(text: str, name: str) -> int:
+    if not text.isdigit() or int(text) == 0:
+        raise SettingsError(
+            f"{name} is {text[:80]!r}; it must be a whole number of seconds above 0."
+        )
+    return int(text)

@@ -44,7 +44,9 @@ format: install
 
 bench: install
 	$(BIN)/python bench/core_bench.py
+	$(BIN)/python bench/memory_bench.py
 	$(BIN)/python bench/local_bench.py
+	$(BIN)/python bench/load_bench.py
 
 lock:
 	$(BIN)/python -m pip install --quiet uv

@@ -60,16 +60,22 @@ def test_same_bytes_under_another_name_reuse_the_rendition_keys(pipeline):
     assert len(pipeline.renditions()) == 2
 
 
-def test_a_live_claim_fails_retryably_until_its_lease_expires_then_is_taken_over(pipeline):
+def claim_of_a_dead_worker(pipeline):
+    """A worker claimed an upload and died: PROCESSING, lease until 00:10 (now is 00:00)."""
     ref = pipeline.upload("a.jpg", encoded(quadrants()))
     pipeline.blobs.unavailable = True
     with pytest.raises(StorageUnavailable):
         pipeline.process(ref)
-    pending = pipeline.records.get(ref.record_id)
-    # Simulate a worker that claimed and died: PROCESSING with a lease in the future.
-    stuck = pending.evolve(status=Status.PROCESSING, lease_expires_at="2026-01-01T00:10:00.000Z")
-    pipeline.records.records[ref.record_id] = stuck
     pipeline.blobs.unavailable = False
+    stuck = pipeline.records.get(ref.record_id).evolve(
+        status=Status.PROCESSING, lease_expires_at="2026-01-01T00:10:00.000Z"
+    )
+    pipeline.records.records[ref.record_id] = stuck
+    return ref, stuck
+
+
+def test_a_live_claim_fails_retryably_until_its_lease_expires_then_is_taken_over(pipeline):
+    ref, stuck = claim_of_a_dead_worker(pipeline)
     # Not a no-op: returning normally would end the platform's retries with the image stuck.
     with pytest.raises(ClaimHeld) as held:
         pipeline.process(ref)
@@ -83,14 +89,7 @@ def test_a_live_claim_fails_retryably_until_its_lease_expires_then_is_taken_over
 
 
 def test_a_claim_past_its_lease_is_stale_and_a_finished_record_never_is(pipeline):
-    ref = pipeline.upload("a.jpg", encoded(quadrants()))
-    pipeline.blobs.unavailable = True
-    with pytest.raises(StorageUnavailable):
-        pipeline.process(ref)
-    claim = pipeline.records.get(ref.record_id).evolve(
-        status=Status.PROCESSING, lease_expires_at="2026-01-01T00:10:00.000Z"
-    )
-    pipeline.records.records[ref.record_id] = claim
+    _, claim = claim_of_a_dead_worker(pipeline)
     at = datetime(2026, 1, 1, 0, 10, tzinfo=UTC)
     assert not is_stale_claim(claim, at - timedelta(seconds=1))
     assert is_stale_claim(claim, at)

@@ -230,23 +230,29 @@ def test_a_rendition_or_a_malformed_event_is_acknowledged_without_a_record(
     assert any("generation 'not-a-number' is not a non-negative integer" in m for m in messages)
 
 
-def test_an_image_another_delivery_is_processing_is_left_to_a_later_retry(
-    serve_function, gcp_clients, gcp_names, upload
-):
-    function = serve_function(gcp_names)
-    blob = upload("busy.jpg", a_photo(640, 480))
+def claimed_elsewhere(gcp_clients, gcp_names, blob, *, lease: timedelta) -> ImageRecord:
+    """A PROCESSING claim of another delivery on `blob`'s record, holding for `lease`."""
     now = datetime.now(UTC)
-    held = ImageRecord(
+    claim = ImageRecord(
         id=record_id_of(blob),
         source=Source(blob.bucket.name, blob.name, str(blob.generation)),
         status=Status.PROCESSING,
         attempts=1,
         created_at=isoformat(now),
         updated_at=isoformat(now),
-        lease_expires_at=isoformat(now + timedelta(minutes=10)),
+        lease_expires_at=isoformat(now + lease),
     )
     collection = gcp_clients.firestore.collection(gcp_names.collection)
-    collection.document(held.id).create(held.to_dict())
+    collection.document(claim.id).create(claim.to_dict())
+    return claim
+
+
+def test_an_image_another_delivery_is_processing_is_left_to_a_later_retry(
+    serve_function, gcp_clients, gcp_names, upload
+):
+    function = serve_function(gcp_names)
+    blob = upload("busy.jpg", a_photo(640, 480))
+    held = claimed_elsewhere(gcp_clients, gcp_names, blob, lease=timedelta(minutes=10))
 
     response = function.deliver(finalized_event(blob))
 
@@ -267,19 +273,9 @@ def test_a_claim_whose_worker_died_is_taken_over_by_a_redelivery_with_one_event(
 ):
     function = serve_function(gcp_names)
     blob = upload("died.jpg", a_photo(640, 480))
-    now = datetime.now(UTC)
     # What a worker killed mid-render leaves behind: a claim whose lease runs out soon.
-    died = ImageRecord(
-        id=record_id_of(blob),
-        source=Source(blob.bucket.name, blob.name, str(blob.generation)),
-        status=Status.PROCESSING,
-        attempts=1,
-        created_at=isoformat(now),
-        updated_at=isoformat(now),
-        lease_expires_at=isoformat(now + timedelta(seconds=2)),
-    )
-    collection = gcp_clients.firestore.collection(gcp_names.collection)
-    collection.document(died.id).create(died.to_dict())
+    died = claimed_elsewhere(gcp_clients, gcp_names, blob, lease=timedelta(seconds=2))
+    now = datetime.fromisoformat(died.created_at.replace("Z", "+00:00"))
     event = finalized_event(blob)
 
     assert function.deliver(event).status_code == 409  # Eventarc redelivers it

@@ -31,6 +31,7 @@ from components.packaging import (
     pinned_requirements,
     write_deterministic_zip,
 )
+from functions.aws import contract
 
 # What the archive bundles besides functions/, pinned to requirements.lock. pip installs
 # them with --no-deps for the target platform, so every dependency is named here; boto3
@@ -39,7 +40,7 @@ LAMBDA_REQUIREMENTS = ("aws-lambda-powertools", "jmespath", "pillow", "typing-ex
 CACHE_DIR_ENV = "IMAGEPIPE_LAMBDA_CACHE_DIR"
 MAX_ARCHIVE_BYTES = 15 * 1024 * 1024
 FUNCTION_PACKAGES = ("functions.core", "functions.aws")
-HANDLER_FILE = "functions/aws/handler.py"
+HANDLER_FILE = contract.HANDLER_FILE
 PLATFORM_TAGS = {"arm64": "manylinux_2_28_aarch64", "x86_64": "manylinux_2_28_x86_64"}
 _SKIPPED_PARTS = {"__pycache__"}
 

@@ -17,10 +17,10 @@ import pulumi_aws as aws
 from components.aws import policies
 from components.aws.args import AWS_LOG_RETENTION_DAYS, AwsImagePipelineArgs
 from components.aws.lambda_archive import build_lambda_archive
+from functions.aws import contract
 from functions.core.settings import SettingsError, shown
 
 TYPE_TOKEN = "imagepipe:index:AwsImagePipeline"
-HANDLER = "functions.aws.handler.handler"
 FAILED_EVENT_TYPE = "imagepipe.image.failed"
 _PHYSICAL_NAME_LIMIT = 64  # Lambda function and CloudFront OAC names
 AWS_MAX_MEMORY_MB = 10240
@@ -134,19 +134,18 @@ class AwsImagePipeline(pulumi.ComponentResource):
         records = aws.dynamodb.Table(
             f"{name}-records",
             billing_mode="PAY_PER_REQUEST",
-            hash_key="id",
+            hash_key=contract.RECORDS_KEY,
             attributes=[
-                {"name": "id", "type": "S"},
-                {"name": "status", "type": "S"},
-                {"name": "updated_at", "type": "S"},
+                {"name": name, "type": kind} for name, kind in contract.RECORDS_ATTRIBUTES.items()
             ],
             global_secondary_indexes=[
                 {
-                    "name": "by-status",
-                    "hash_key": "status",
-                    "range_key": "updated_at",
+                    "name": index,
+                    "hash_key": hash_key,
+                    "range_key": range_key,
                     "projection_type": "ALL",
                 }
+                for index, (hash_key, range_key) in contract.RECORDS_INDEXES.items()
             ],
             point_in_time_recovery={"enabled": True},
             server_side_encryption={"enabled": True},
@@ -224,7 +223,7 @@ class AwsImagePipeline(pulumi.ComponentResource):
             f"{name}-fn",
             name=function_physical_name,
             role=role.arn,
-            handler=HANDLER,
+            handler=contract.HANDLER,
             runtime=f"python{args.python_version}",
             architectures=[args.architecture],
             # Also what the function's decode budget is derived from (the settings carry it).
@@ -242,14 +241,12 @@ class AwsImagePipeline(pulumi.ComponentResource):
             },
             tracing_config={"mode": "Active" if args.tracing else "PassThrough"},
             environment={
-                "variables": {
-                    "IMAGEPIPE_SETTINGS": args.settings.to_json(),
-                    "IMAGEPIPE_RENDITIONS_BUCKET": renditions.bucket,
-                    "IMAGEPIPE_RECORDS_TABLE": records.name,
-                    "IMAGEPIPE_EVENTS_TOPIC_ARN": events.arn,
-                    "POWERTOOLS_SERVICE_NAME": "imagepipe",
-                    "POWERTOOLS_METRICS_NAMESPACE": "imagepipe",
-                }
+                "variables": contract.to_env(
+                    settings=args.settings,
+                    renditions_bucket=renditions.bucket,
+                    records_table=records.name,
+                    events_topic_arn=events.arn,
+                )
             },
             tags=tags,
             # The first invocations must find their log and data permissions in place.

@@ -1,1 +1,1 @@
-"""The AWS Lambda entry point (`functions.aws.handler.handler`) and its boto3 adapters."""
+"""The AWS Lambda entry point (`functions.aws.main.handler`) and its boto3 adapters."""

@@ -1,4 +1,5 @@
-"""boto3 adapters for the core's ports, and the parser for S3 event notifications.
+"""boto3 adapters for the core's ports: `S3BlobStore`, `DynamoDbRecordStore`,
+`SnsEventPublisher`, and the translation of botocore's outages.
 
 Each adapter turns its SDK's outages (no connection, timeouts, throttling and
 5xx answers that survived botocore's own retries) into the core's transient
@@ -11,95 +12,22 @@ until it is fixed.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from decimal import Decimal
 from typing import Any
-from urllib.parse import unquote_plus
 
 from botocore.exceptions import ClientError, ConnectionError, HTTPClientError
 
+from functions.aws.trigger import looks_like_etag
 from functions.core.records import (
     ImageRecord,
-    ObjectRef,
     PublisherUnavailable,
     RecordStoreUnavailable,
     Status,
     StorageUnavailable,
     TransientError,
 )
-
-# --- S3 event notifications -------------------------------------------------------------------
-
-TEST_EVENT = "s3:TestEvent"
-# An ETag (the version used when the bucket is not versioned): an MD5, or MD5-<parts> for a
-# multipart upload. S3 version ids are 32 characters of a wider alphabet and never look like this.
-_ETAG = re.compile(r"^[0-9a-f]{32}(-\d+)?$")
-
-
-class MalformedEvent(ValueError):
-    """The event is not an S3 notification this function can act on."""
-
-
-def is_test_event(event: Mapping[str, Any]) -> bool:
-    """S3 sends one `s3:TestEvent` when a notification is configured; it names no object."""
-    return event.get("Event") == TEST_EVENT
-
-
-def object_refs(event: Mapping[str, Any]) -> list[ObjectRef]:
-    """The uploaded object versions an S3 notification reports, in order.
-
-    Records other than ObjectCreated (a misconfigured trigger) are left out.
-    """
-    if is_test_event(event):
-        return []
-    records = event.get("Records")
-    if not isinstance(records, list):
-        raise MalformedEvent("the event has no 'Records' list; expected an S3 event notification")
-    return [
-        object_ref(record, index)
-        for index, record in enumerate(records)
-        if str(record.get("eventName", "")).startswith("ObjectCreated:")
-    ]
-
-
-def object_ref(record: Mapping[str, Any], index: int = 0) -> ObjectRef:
-    try:
-        bucket = record["s3"]["bucket"]["name"]
-        obj = record["s3"]["object"]
-        raw_key = obj["key"]
-    except (KeyError, TypeError):
-        raise MalformedEvent(
-            f"S3 event record {index} lacks s3.bucket.name or s3.object.key"
-        ) from None
-    version = object_version(obj)
-    if not version:
-        raise MalformedEvent(f"S3 event record {index} has neither a versionId nor an eTag")
-    size = obj.get("size")
-    return ObjectRef(
-        bucket=bucket,
-        # Keys arrive URL-encoded, with '+' for a space.
-        key=unquote_plus(raw_key),
-        version=version,
-        size=int(size) if size is not None else None,
-    )
-
-
-def object_version(obj: Mapping[str, Any]) -> str:
-    """versionId when the bucket is versioned, else the ETag without its quotes.
-
-    S3 writes the literal versionId "null" for objects put while versioning was off or suspended.
-    """
-    version_id = obj.get("versionId")
-    if version_id and version_id != "null":
-        return str(version_id)
-    return str(obj.get("eTag") or obj.get("etag") or "").strip('"')
-
-
-def looks_like_etag(version: str) -> bool:
-    return bool(_ETAG.match(version))
-
 
 # --- Error translation ------------------------------------------------------------------------
 

@@ -1,7 +1,7 @@
 """`imagepipe dev`: the whole pipeline on an emulated AWS on 127.0.0.1.
 
 moto's server plays S3, DynamoDB, SNS and SQS; `lambda_service.AsyncInvoker`
-plays the Lambda service and calls the real handler (`functions.aws.handler`)
+plays the Lambda service and calls the real handler (`functions.aws.main`)
 in this process, with the environment the component gives the function;
 `cdn.RenditionServer` plays CloudFront. Nothing but the Lambda service is
 stood in for, so what works here is what `pulumi up` deploys.
@@ -25,7 +25,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from functions.core.settings import SETTINGS_ENV, PipelineSettings
+from functions.aws import contract
+from functions.core.settings import PipelineSettings
 from functions.local.cdn import RenditionServer
 from functions.local.emulated_aws import (
     REGION,
@@ -55,7 +56,7 @@ def load_lambda_handler() -> Handler:
     The handler builds its clients at import time from environment variables; a
     module imported earlier (another pipeline, another port) is imported afresh.
     """
-    name = "functions.aws.handler"
+    name = contract.HANDLER.rpartition(".")[0]
     module = importlib.reload(sys.modules[name]) if name in sys.modules else None
     if module is None:
         module = importlib.import_module(name)
@@ -202,14 +203,14 @@ class DevPipeline:
         assert self.resources is not None
         return {
             **client_environment(self.endpoint),
-            SETTINGS_ENV: self.settings.to_json(),
-            "IMAGEPIPE_RENDITIONS_BUCKET": self.resources.renditions_bucket,
-            "IMAGEPIPE_RECORDS_TABLE": self.resources.records_table,
-            "IMAGEPIPE_EVENTS_TOPIC_ARN": self.resources.events_topic_arn,
-            "POWERTOOLS_SERVICE_NAME": "imagepipe",
-            "POWERTOOLS_METRICS_NAMESPACE": "imagepipe",
+            **contract.to_env(
+                settings=self.settings,
+                renditions_bucket=self.resources.renditions_bucket,
+                records_table=self.resources.records_table,
+                events_topic_arn=self.resources.events_topic_arn,
+            ),
             # Lambda's own variable; the handler names its event source after it.
-            "AWS_LAMBDA_FUNCTION_NAME": self.function_name,
+            contract.FUNCTION_NAME: self.function_name,
             # CloudWatch would swallow the EMF metric blobs; on a terminal they are noise.
             "POWERTOOLS_METRICS_DISABLED": "true",
             "POWERTOOLS_LOG_LEVEL": self._log_level,

@@ -20,6 +20,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from functions.aws import contract
+
 HOST = "127.0.0.1"
 REGION = "us-east-1"
 # moto accepts any credentials; these only have to exist so botocore can sign.
@@ -230,26 +232,8 @@ def create_pipeline_resources(
         s3.create_bucket(Bucket=bucket)
 
     table = f"{name}-records"
-    dynamodb.create_table(
-        TableName=table,
-        BillingMode="PAY_PER_REQUEST",
-        AttributeDefinitions=[
-            {"AttributeName": "id", "AttributeType": "S"},
-            {"AttributeName": "status", "AttributeType": "S"},
-            {"AttributeName": "updated_at", "AttributeType": "S"},
-        ],
-        KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
-        GlobalSecondaryIndexes=[
-            {
-                "IndexName": "by-status",
-                "KeySchema": [
-                    {"AttributeName": "status", "KeyType": "HASH"},
-                    {"AttributeName": "updated_at", "KeyType": "RANGE"},
-                ],
-                "Projection": {"ProjectionType": "ALL"},
-            }
-        ],
-    )
+    # The component's own table definition: the same key, attributes and indexes.
+    dynamodb.create_table(TableName=table, **contract.dynamodb_table_definition())
 
     topic_arn = sns.create_topic(Name=f"{name}-events")["TopicArn"]
     dlq_url = sqs.create_queue(

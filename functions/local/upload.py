@@ -71,7 +71,7 @@ class UploadResult:
 
 def object_version(response: dict[str, Any]) -> str:
     """The handler's rule, applied to a PutObject/HeadObject answer."""
-    from functions.aws.adapters import object_version as event_object_version
+    from functions.aws.trigger import object_version as event_object_version
 
     return event_object_version({"versionId": response.get("VersionId"), "eTag": response["ETag"]})
 

@@ -255,7 +255,7 @@ def test_originals_are_kept_by_default(deploy):
 def test_function_configuration(deploy):
     mocks, outputs = deploy()
     function = mocks.one("aws:lambda/function:Function").inputs
-    assert function["handler"] == "functions.aws.handler.handler"
+    assert function["handler"] == "functions.aws.main.handler"
     assert function["runtime"] == "python3.12"
     assert function["architectures"] == ["arm64"]
     assert function["memorySize"] == 1024

@@ -29,7 +29,7 @@ def test_archive_holds_the_function_packages_and_installed_wheels(offline_lambda
     archive = build_lambda_archive("arm64")
     names = names_in(archive.path)
     assert "functions/__init__.py" in names
-    assert "functions/aws/handler.py" in names
+    assert "functions/aws/main.py" in names
     assert "functions/core/service.py" in names
     assert not [n for n in names if n.startswith(("functions/local/", "functions/gcp/", "tests/"))]
     assert "PIL/_imaging.cpython-312-aarch64-linux-gnu.so" in names
@@ -61,10 +61,10 @@ def test_a_changed_source_file_changes_the_archive(offline_lambda_builds, tmp_pa
     (project / "functions/__init__.py").write_text("")
     (project / "functions/core/__init__.py").write_text("")
     (project / "functions/aws/__init__.py").write_text("")
-    (project / "functions/aws/handler.py").write_text("def handler(event, context): ...\n")
+    (project / "functions/aws/main.py").write_text("def handler(event, context): ...\n")
     (project / "requirements.lock").write_bytes((PROJECT_ROOT / "requirements.lock").read_bytes())
     before = build_lambda_archive("arm64", project_root=project)
-    (project / "functions/aws/handler.py").write_text("def handler(event, context): return 1\n")
+    (project / "functions/aws/main.py").write_text("def handler(event, context): return 1\n")
     after = build_lambda_archive("arm64", project_root=project)
     assert after.sha256 != before.sha256
 
@@ -113,6 +113,6 @@ def test_real_arm64_archive_from_pypi(tmp_path, monkeypatch):
     assert "\nVersion: 13.0.0\n" in metadata
     assert imaging[:4] == b"\x7fELF" and imaging[18:20] == (183).to_bytes(2, "little")  # EM_AARCH64
     assert imaging != FAKE_MARKER
-    assert "functions/aws/handler.py" in names
+    assert "functions/aws/main.py" in names
     assert "aws_lambda_powertools/logging/logger.py" in names
     assert not [n for n in names if "__pycache__" in n or n.startswith("tests/")]

@@ -40,7 +40,7 @@ class JsonLines(logging.Handler):
 @pytest.fixture
 def handler_module(dev_pipeline: DevPipeline) -> ModuleType:
     """The handler module the pipeline's workers run (imported by the pipeline's start)."""
-    return importlib.import_module("functions.aws.handler")
+    return importlib.import_module("functions.aws.main")
 
 
 @pytest.fixture

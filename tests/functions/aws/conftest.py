@@ -26,6 +26,9 @@ import pytest
 from moto.server import ThreadedMotoServer
 from PIL import Image, ImageDraw
 
+from functions.aws import contract
+from functions.aws.bootstrap import build_pipeline
+from functions.aws.contract import from_env
 from functions.core.settings import PipelineSettings
 from functions.local.emulated_aws import PipelineResources, create_pipeline_resources, drain_queue
 from functions.local.lambda_service import LambdaContext
@@ -78,10 +81,12 @@ def aws_env(
         "AWS_SHARED_CREDENTIALS_FILE": str(no_config),
         "AWS_EC2_METADATA_DISABLED": "true",
         "AWS_LAMBDA_FUNCTION_NAME": "imagepipe-test-fn",
-        "IMAGEPIPE_SETTINGS": PipelineSettings().to_json(),
-        "IMAGEPIPE_RENDITIONS_BUCKET": resources.renditions_bucket,
-        "IMAGEPIPE_RECORDS_TABLE": resources.records_table,
-        "IMAGEPIPE_EVENTS_TOPIC_ARN": resources.events_topic_arn,
+        **contract.to_env(
+            settings=PipelineSettings(),
+            renditions_bucket=resources.renditions_bucket,
+            records_table=resources.records_table,
+            events_topic_arn=resources.events_topic_arn,
+        ),
     }
     with pytest.MonkeyPatch.context() as patch:
         patch.delenv("AWS_PROFILE", raising=False)
@@ -92,14 +97,14 @@ def aws_env(
 
 @pytest.fixture(scope="session")
 def handler_module(aws_env: dict[str, str]) -> Iterator[ModuleType]:
-    """`functions.aws.handler`, imported with the emulator's environment.
+    """`functions.aws.main`, imported with the emulator's environment.
 
     Its module-scope pipeline is rebuilt here in case another suite imported the module
     first with a different environment.
     """
-    module = importlib.import_module("functions.aws.handler")
+    module = importlib.import_module("functions.aws.main")
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(module, "PIPELINE", module.build_pipeline(os.environ))
+        patch.setattr(module, "PIPELINE", build_pipeline(from_env(os.environ)))
         yield module
 
 

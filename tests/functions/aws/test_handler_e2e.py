@@ -18,6 +18,8 @@ import pytest
 from boto3.dynamodb.types import TypeDeserializer
 from PIL import Image
 
+from functions.aws.bootstrap import build_pipeline
+from functions.aws.contract import from_env
 from functions.core.records import (
     ClaimHeld,
     ImageRecord,
@@ -245,7 +247,7 @@ def test_an_unreachable_records_table_raises_a_retryable_error_and_changes_nothi
     # DynamoDB to a port nothing listens on.
     monkeypatch.setenv("AWS_ENDPOINT_URL_DYNAMODB", f"http://127.0.0.1:{closed_port()}")
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "2")
-    pipeline = handler_module.build_pipeline(os.environ)
+    pipeline = build_pipeline(from_env(os.environ))
 
     with pytest.raises(RecordStoreUnavailable) as raised:
         handler_module.handle_event(event, pipeline)
@@ -267,7 +269,7 @@ def test_after_an_sns_outage_the_retry_completes_and_publishes_once(
     with monkeypatch.context() as outage:
         outage.setenv("AWS_ENDPOINT_URL_SNS", f"http://127.0.0.1:{closed_port()}")
         outage.setenv("AWS_MAX_ATTEMPTS", "2")
-        sns_down = handler_module.build_pipeline(os.environ)
+        sns_down = build_pipeline(from_env(os.environ))
     with pytest.raises(PublisherUnavailable):
         handler_module.handle_event(event, sns_down)
     (pending,) = plain_items(stack)
@@ -305,9 +307,7 @@ def test_the_handler_module_refuses_to_start_without_its_environment(
     handler_module: ModuleType,
 ) -> None:
     with pytest.raises(ValueError, match="IMAGEPIPE_RECORDS_TABLE is not set"):
-        handler_module.build_pipeline(
-            {k: v for k, v in os.environ.items() if k != "IMAGEPIPE_RECORDS_TABLE"}
-        )
+        from_env({k: v for k, v in os.environ.items() if k != "IMAGEPIPE_RECORDS_TABLE"})
 
 
 def test_clients_use_botocore_standard_retries(handler_module: ModuleType) -> None:

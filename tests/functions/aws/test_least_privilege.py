@@ -28,6 +28,8 @@ from botocore.stub import Stubber
 from PIL import Image, ImageDraw
 
 from components.aws import policies
+from functions.aws.bootstrap import build_pipeline
+from functions.aws.contract import from_env
 from functions.core.records import PublisherUnavailable
 
 from .conftest import REGION, EmulatedStack, LambdaContext
@@ -345,7 +347,7 @@ def drive_every_path(
     with monkeypatch.context() as outage:
         outage.setenv("AWS_ENDPOINT_URL_SNS", f"http://127.0.0.1:{closed_port()}")
         outage.setenv("AWS_MAX_ATTEMPTS", "2")
-        sns_down = handler_module.build_pipeline(os.environ)
+        sns_down = build_pipeline(from_env(os.environ))
     recorder.watch_pipeline(sns_down)
     with pytest.raises(PublisherUnavailable):
         handler_module.handle_event(later, sns_down)

@@ -6,14 +6,13 @@ from typing import Any
 
 import pytest
 
-from functions.aws.adapters import (
-    MalformedEvent,
+from functions.aws.trigger import (
     is_test_event,
     looks_like_etag,
     object_refs,
     object_version,
 )
-from functions.core.records import ObjectRef
+from functions.core.records import MalformedEvent, ObjectRef
 
 
 def s3_record(key: str, *, event_name: str = "ObjectCreated:Put", **obj: Any) -> dict[str, Any]:

@@ -17,70 +17,28 @@ from collections.abc import Callable, Mapping
 from datetime import timedelta
 from typing import Any
 
-import boto3
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.logging.lambda_context import build_lambda_context_model
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.metrics.functions import is_metrics_disabled
-from botocore.config import Config
 
-from functions.aws.adapters import (
-    DynamoDbRecordStore,
-    S3BlobStore,
-    SnsEventPublisher,
-    is_test_event,
-    object_refs,
-)
+from functions.aws.bootstrap import build_pipeline
+from functions.aws.contract import SERVICE_NAME, from_env
+from functions.aws.trigger import is_test_event, object_refs
 from functions.core.records import ObjectRef, PipelineError
 from functions.core.service import DEFAULT_LEASE, Outcome, Pipeline
-from functions.core.settings import SETTINGS_ENV, PipelineSettings, SettingsError
 
-RENDITIONS_BUCKET_ENV = "IMAGEPIPE_RENDITIONS_BUCKET"
-RECORDS_TABLE_ENV = "IMAGEPIPE_RECORDS_TABLE"
-EVENTS_TOPIC_ENV = "IMAGEPIPE_EVENTS_TOPIC_ARN"
-REQUIRED_ENV = (SETTINGS_ENV, RENDITIONS_BUCKET_ENV, RECORDS_TABLE_ENV, EVENTS_TOPIC_ENV)
-
-# Standard mode: jittered exponential backoff and a retry quota shared across calls; its
-# default of 3 attempts holds unless AWS_MAX_ATTEMPTS says otherwise (botocore's own knob,
-# like AWS_ENDPOINT_URL). Short connect timeout: an unreachable endpoint should fail fast
-# enough for the retries to fit in the function's timeout.
-SDK_CONFIG = Config(retries={"mode": "standard"}, connect_timeout=3, read_timeout=20)
 # A claim outlives the invocation by this much. If the invocation dies (timeout, crash),
 # Lambda's own retry comes a minute or more later and finds the claim expired, so it
-# takes the work over instead of skipping it as "in progress elsewhere".
+# takes the work over instead of failing again because the claim still holds.
 LEASE_MARGIN = timedelta(seconds=5)
 
 # Logger(service="imagepipe") formats the core's `logging.getLogger("imagepipe")` too.
-logger = Logger(service="imagepipe")
-metrics = Metrics(namespace="imagepipe", service="imagepipe")
+logger = Logger(service=SERVICE_NAME)
+metrics = Metrics(namespace=SERVICE_NAME, service=SERVICE_NAME)
 
 
-def build_pipeline(environ: Mapping[str, str]) -> Pipeline:
-    """Clients and adapters from the environment the AwsImagePipeline component sets.
-
-    Endpoints, region and credentials come from boto3's own environment variables
-    (AWS_ENDPOINT_URL points every client at an emulator).
-    """
-    missing = [name for name in REQUIRED_ENV if not environ.get(name)]
-    if missing:
-        raise SettingsError(
-            f"environment variable {', '.join(missing)} is not set; "
-            "the AwsImagePipeline component sets it on the function."
-        )
-    function_name = environ.get("AWS_LAMBDA_FUNCTION_NAME", "local")
-    return Pipeline(
-        settings=PipelineSettings.from_json(environ[SETTINGS_ENV]),
-        blobs=S3BlobStore(boto3.client("s3", config=SDK_CONFIG)),
-        records=DynamoDbRecordStore(
-            boto3.client("dynamodb", config=SDK_CONFIG), environ[RECORDS_TABLE_ENV]
-        ),
-        events=SnsEventPublisher(boto3.client("sns", config=SDK_CONFIG), environ[EVENTS_TOPIC_ENV]),
-        renditions_bucket=environ[RENDITIONS_BUCKET_ENV],
-        event_source=f"urn:imagepipe:aws:{function_name}",
-    )
-
-
-PIPELINE = build_pipeline(os.environ)
+PIPELINE = build_pipeline(from_env(os.environ))
 
 
 Handler = Callable[[dict[str, Any], Any], dict[str, Any]]

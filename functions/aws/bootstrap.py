@@ -1,0 +1,33 @@
+"""The AWS function's composition root: clients and adapters built once per sandbox,
+from the environment the component sets (`functions.aws.contract`).
+
+Endpoints, region and credentials come from boto3's own environment variables
+(AWS_ENDPOINT_URL points every client at an emulator): nothing here knows about them.
+"""
+
+from __future__ import annotations
+
+import boto3
+from botocore.config import Config
+
+from functions.aws.adapters import DynamoDbRecordStore, S3BlobStore, SnsEventPublisher
+from functions.aws.contract import FunctionEnvironment
+from functions.core.service import Pipeline
+
+# Standard mode: jittered exponential backoff and a retry quota shared across calls; its
+# default of 3 attempts holds unless AWS_MAX_ATTEMPTS says otherwise (botocore's own knob,
+# like AWS_ENDPOINT_URL). Short connect timeout: an unreachable endpoint should fail fast
+# enough for the retries to fit in the function's timeout.
+SDK_CONFIG = Config(retries={"mode": "standard"}, connect_timeout=3, read_timeout=20)
+
+
+def build_pipeline(env: FunctionEnvironment) -> Pipeline:
+    """The core bound to this stack's buckets, table and topic."""
+    return Pipeline(
+        settings=env.settings,
+        blobs=S3BlobStore(boto3.client("s3", config=SDK_CONFIG)),
+        records=DynamoDbRecordStore(boto3.client("dynamodb", config=SDK_CONFIG), env.records_table),
+        events=SnsEventPublisher(boto3.client("sns", config=SDK_CONFIG), env.events_topic_arn),
+        renditions_bucket=env.renditions_bucket,
+        event_source=f"urn:imagepipe:aws:{env.function_name}",
+    )

@@ -1,0 +1,98 @@
+"""The AWS function's environment and its records table: the one place each is spelled.
+
+`to_env` is what `AwsImagePipeline` sets on the Lambda function (its values may be
+Pulumi Inputs: nothing here resolves them) and what the dev pipeline gives the real
+handler; `from_env` is how the entry point and the tests read it back, every
+variable checked before any client is built. The table's key, attributes and
+indexes are declared here once, for the component and the emulated stack alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from functions.core.settings import SETTINGS_ENV, PipelineSettings, SettingsError
+
+SETTINGS = SETTINGS_ENV
+RENDITIONS_BUCKET = "IMAGEPIPE_RENDITIONS_BUCKET"
+RECORDS_TABLE = "IMAGEPIPE_RECORDS_TABLE"
+EVENTS_TOPIC = "IMAGEPIPE_EVENTS_TOPIC_ARN"
+FUNCTION_NAME = "AWS_LAMBDA_FUNCTION_NAME"  # Lambda's own variable
+SERVICE_NAME = "imagepipe"  # Powertools' service and metrics namespace
+
+# What the component points the function at, and the archive must hold.
+HANDLER = "functions.aws.main.handler"
+HANDLER_FILE = "functions/aws/main.py"
+
+# The records table: keyed by record id; `by-status` lists one status, newest first.
+RECORDS_KEY = "id"
+RECORDS_ATTRIBUTES: dict[str, str] = {"id": "S", "status": "S", "updated_at": "S"}
+STATUS_INDEX = "by-status"
+RECORDS_INDEXES: dict[str, tuple[str, str]] = {STATUS_INDEX: ("status", "updated_at")}
+
+
+@dataclass(frozen=True)
+class FunctionEnvironment:
+    """What the function is told about the stack it runs in."""
+
+    settings: PipelineSettings
+    renditions_bucket: str
+    records_table: str
+    events_topic_arn: str
+    function_name: str = "local"
+
+
+def to_env(
+    *, settings: PipelineSettings, renditions_bucket: Any, records_table: Any, events_topic_arn: Any
+) -> dict[str, Any]:
+    """The function's environment variables (values may be Pulumi Inputs)."""
+    return {
+        SETTINGS: settings.to_json(),
+        RENDITIONS_BUCKET: renditions_bucket,
+        RECORDS_TABLE: records_table,
+        EVENTS_TOPIC: events_topic_arn,
+        "POWERTOOLS_SERVICE_NAME": SERVICE_NAME,
+        "POWERTOOLS_METRICS_NAMESPACE": SERVICE_NAME,
+    }
+
+
+def from_env(environ: Mapping[str, str]) -> FunctionEnvironment:
+    """The environment `to_env` describes; `SettingsError` names the variables missing."""
+    names = (SETTINGS, RENDITIONS_BUCKET, RECORDS_TABLE, EVENTS_TOPIC)
+    missing = [name for name in names if not environ.get(name, "").strip()]
+    if missing:
+        raise SettingsError(
+            f"{', '.join(missing)} is not set; the AwsImagePipeline component sets it."
+        )
+    return FunctionEnvironment(
+        settings=PipelineSettings.from_json(environ[SETTINGS]),
+        renditions_bucket=environ[RENDITIONS_BUCKET],
+        records_table=environ[RECORDS_TABLE],
+        events_topic_arn=environ[EVENTS_TOPIC],
+        function_name=environ.get(FUNCTION_NAME, "local"),
+    )
+
+
+def dynamodb_table_definition() -> dict[str, Any]:
+    """The table as DynamoDB's CreateTable takes it (the emulated stack creates it so)."""
+    return {
+        "BillingMode": "PAY_PER_REQUEST",
+        "AttributeDefinitions": [
+            {"AttributeName": name, "AttributeType": kind}
+            for name, kind in RECORDS_ATTRIBUTES.items()
+        ],
+        "KeySchema": [{"AttributeName": RECORDS_KEY, "KeyType": "HASH"}],
+        "GlobalSecondaryIndexes": [
+            {
+                "IndexName": index,
+                "KeySchema": [
+                    {"AttributeName": hash_key, "KeyType": "HASH"},
+                    {"AttributeName": range_key, "KeyType": "RANGE"},
+                ],
+                "Projection": {"ProjectionType": "ALL"},
+            }
+            for index, (hash_key, range_key) in RECORDS_INDEXES.items()
+        ],
+    }

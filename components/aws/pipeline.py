@@ -261,7 +261,7 @@ class AwsImagePipeline(pulumi.ComponentResource):
         aws.lambda_.FunctionEventInvokeConfig(
             f"{name}-async",
             function_name=function.name,
-            maximum_retry_attempts=2,
+            maximum_retry_attempts=contract.RETRY_ATTEMPTS,
             maximum_event_age_in_seconds=args.max_event_age_seconds,
             destination_config={"on_failure": {"destination": dlq.arn}},
             # Lambda checks the role may SendMessage to the destination when this is created.

@@ -11,7 +11,6 @@ until it is fixed.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from decimal import Decimal
@@ -20,6 +19,7 @@ from typing import Any
 from botocore.exceptions import ClientError, ConnectionError, HTTPClientError
 
 from functions.aws.trigger import looks_like_etag
+from functions.core.events import encode_event
 from functions.core.records import (
     ImageRecord,
     PublisherUnavailable,
@@ -252,6 +252,6 @@ class SnsEventPublisher:
         with translated_outages(PublisherUnavailable, f"publishing {event.get('id')}"):
             self._sns.publish(
                 TopicArn=self.topic_arn,
-                Message=json.dumps(event, separators=(",", ":"), ensure_ascii=False),
+                Message=encode_event(event).decode(),
                 MessageAttributes={"type": {"DataType": "String", "StringValue": event["type"]}},
             )

@@ -11,7 +11,8 @@ import boto3
 from botocore.config import Config
 
 from functions.aws.adapters import DynamoDbRecordStore, S3BlobStore, SnsEventPublisher
-from functions.aws.contract import FunctionEnvironment
+from functions.aws.contract import MAX_ATTEMPTS, FunctionEnvironment
+from functions.core.events import event_source
 from functions.core.service import Pipeline
 
 # Standard mode: jittered exponential backoff and a retry quota shared across calls; its
@@ -29,5 +30,7 @@ def build_pipeline(env: FunctionEnvironment) -> Pipeline:
         records=DynamoDbRecordStore(boto3.client("dynamodb", config=SDK_CONFIG), env.records_table),
         events=SnsEventPublisher(boto3.client("sns", config=SDK_CONFIG), env.events_topic_arn),
         renditions_bucket=env.renditions_bucket,
-        event_source=f"urn:imagepipe:aws:{env.function_name}",
+        event_source=event_source("aws", env.function_name),
+        # Lambda's last attempt ends the record FAILED before the event is dead-lettered.
+        max_attempts=MAX_ATTEMPTS,
     )

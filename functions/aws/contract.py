@@ -22,6 +22,11 @@ EVENTS_TOPIC = "IMAGEPIPE_EVENTS_TOPIC_ARN"
 FUNCTION_NAME = "AWS_LAMBDA_FUNCTION_NAME"  # Lambda's own variable
 SERVICE_NAME = "imagepipe"  # Powertools' service and metrics namespace
 
+# Lambda's asynchronous retries (the component's FunctionEventInvokeConfig and the dev
+# pipeline's stand-in): the first try and this many more, then the dead-letter queue.
+RETRY_ATTEMPTS = 2
+MAX_ATTEMPTS = 1 + RETRY_ATTEMPTS
+
 # What the component points the function at, and the archive must hold.
 HANDLER = "functions.aws.main.handler"
 HANDLER_FILE = "functions/aws/main.py"

@@ -35,9 +35,12 @@ PERMANENT_CODES = frozenset(
         "too_much_metadata",  # more header segments or chunks than any encoder writes
         "extreme_aspect_ratio",  # one side hundreds of times the other (1x100,000,000)
         "over_memory_budget",  # decoding would not fit the function's memory
-        "expired",  # the platform kept retrying a transient error past the maximum event age
     }
 )
+# Terminal but worth another try later: the platform gave up on transient errors (its
+# attempts or its maximum event age ran out). The record says FAILED with this code and
+# `retryable` true, one failure event goes out, and a redrive may still finish the image.
+RETRIES_EXHAUSTED = "retries_exhausted"
 # Transient: the function raises and the platform retries with backoff.
 TRANSIENT_CODES = frozenset(
     {"storage_unavailable", "record_store_unavailable", "publisher_unavailable", "claim_held"}
@@ -85,6 +88,16 @@ class RecordStoreUnavailable(TransientError):
 class PublisherUnavailable(TransientError):
     def __init__(self, message: str) -> None:
         super().__init__("publisher_unavailable", message)
+
+
+class RetriesExhausted(PipelineError):
+    """The last attempt the platform will make met a transient error, or the event is
+    older than the platform retries for. Terminal, yet retryable by a redrive."""
+
+    retryable = True
+
+    def __init__(self, message: str) -> None:
+        super().__init__(RETRIES_EXHAUSTED, message)
 
 
 class ClaimHeld(TransientError):

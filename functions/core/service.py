@@ -24,6 +24,7 @@ from functions.core.keys import rendition_key
 from functions.core.ports import BlobStore, EventPublisher, RecordStore
 from functions.core.records import (
     FINAL_STATUSES,
+    RETRIES_EXHAUSTED,
     ClaimHeld,
     ErrorInfo,
     ImageMetadata,
@@ -33,6 +34,7 @@ from functions.core.records import (
     PipelineError,
     RecordStoreUnavailable,
     RenditionRecord,
+    RetriesExhausted,
     Source,
     Status,
 )
@@ -73,7 +75,10 @@ class Pipeline:
     renditions_bucket: str
     event_source: str
     lease: timedelta = DEFAULT_LEASE
-    max_event_age: timedelta | None = None  # older events end FAILED `expired`, not retried
+    # Where the platform stops retrying, so that its last try ends the record FAILED
+    # (`retries_exhausted`, retryable) with one failure event instead of leaving it PENDING:
+    max_event_age: timedelta | None = None  # GCP: Eventarc retries by age
+    max_attempts: int | None = None  # AWS: Lambda makes a fixed number of attempts
 
     def process(
         self, ref: ObjectRef, lease: timedelta | None = None, *, event_time: datetime | None = None
@@ -91,6 +96,7 @@ class Pipeline:
             lease=self.lease if lease is None else lease,
             event_time=event_time,
             max_event_age=self.max_event_age,
+            max_attempts=self.max_attempts,
         )
 
 
@@ -119,13 +125,18 @@ def process_object(
     lease: timedelta = DEFAULT_LEASE,
     event_time: datetime | None = None,
     max_event_age: timedelta | None = None,
+    max_attempts: int | None = None,
 ) -> Outcome:
     """Process one uploaded object version exactly once, as far as the outside world can tell.
 
     Returns normally for success, for permanent failures (record FAILED, failure
     event published) and for duplicates of a finished record. Raises
     `TransientError` (or any unexpected error) so the platform retries; the
-    record is left PENDING with the error, ready for the retry to claim. A live
+    record is left PENDING with the error, ready for the retry to claim, unless this
+    is the platform's last attempt (`max_attempts`): then it ends FAILED
+    `retries_exhausted` with its failure event before the error is raised, so the
+    platform still dead-letters the event for a redrive. An event older than
+    `max_event_age` ends the same way without another try, and returns. A live
     claim held by another delivery raises `ClaimHeld` and leaves the record alone:
     only a finished record makes a delivery a no-op, so an image whose worker died
     is taken over by a retry once the lease runs out, never stuck PROCESSING.
@@ -143,10 +154,10 @@ def process_object(
 
     try:
         if event_time and max_event_age and clock() - event_time > max_event_age:
-            raise PermanentError(
-                "expired",
-                f"the event is older than {int(max_event_age.total_seconds())} s; "
-                "retries stopped after transient errors",
+            last = f" (the last error: {claimed.error.message})" if claimed.error else ""
+            raise RetriesExhausted(
+                f"the event is older than {int(max_event_age.total_seconds())} s, as long as "
+                f"the platform retries{last}"
             )
         source, renditions, image = _render_and_store(
             ref, settings, blobs, renditions_bucket, timer
@@ -154,10 +165,13 @@ def process_object(
         final = claimed.evolve(
             status=Status.COMPLETED, source=source, image=image, renditions=renditions, error=None
         )
-    except PermanentError as error:
+    except (PermanentError, RetriesExhausted) as error:
         final = claimed.evolve(status=Status.FAILED, error=ErrorInfo.from_error(error))
     except Exception as error:
-        _release_for_retry(claimed, error, records, clock)
+        if max_attempts is not None and claimed.attempts >= max_attempts:
+            _give_up(claimed, error, records, events, event_source, clock, timer)
+        else:
+            _release_for_retry(claimed, error, records, clock)
         raise
 
     # A copy: the event carries exactly the record that is stored (no "notify" added later).
@@ -278,6 +292,49 @@ def _render_and_store(
             )
     source = Source(ref.bucket, ref.key, ref.version, len(data), content_sha256, ref.content_type)
     return source, tuple(stored), result.metadata
+
+
+def _give_up(
+    claimed: ImageRecord,
+    error: Exception,
+    records: RecordStore,
+    events: EventPublisher,
+    event_source: str,
+    clock: Callable[[], datetime],
+    timer: StageTimer,
+) -> None:
+    """The platform's last attempt failed: FAILED `retries_exhausted`, one failure event.
+
+    Event first, then the record, as for any final record. Best effort: when the
+    outage is the topic or the record store itself, the record is left PENDING as
+    after any other attempt, and the dead-lettered event still allows a redrive.
+    """
+    info = ErrorInfo(
+        RETRIES_EXHAUSTED,
+        f"{claimed.attempts} attempts failed; the last: {_describe_error(error)}",
+        True,
+    )
+    final = claimed.evolve(
+        status=Status.FAILED,
+        error=info,
+        stage_ms=dict(timer.ms),
+        lease_expires_at=None,
+        updated_at=isoformat(clock()),
+    )
+    try:
+        events.publish(lifecycle_event(final, source=event_source))
+        records.replace(
+            final, expected_status=Status.PROCESSING, expected_attempts=claimed.attempts
+        )
+    except Exception:  # noqa: BLE001 - the original error is the one worth raising
+        log.warning("could not record %s as FAILED after its last attempt", claimed.id)
+        _release_for_retry(claimed, error, records, clock)
+
+
+def _describe_error(error: Exception) -> str:
+    if isinstance(error, PipelineError):
+        return f"{error.code}: {error.message}"
+    return f"{type(error).__name__}: {error}"
 
 
 def _release_for_retry(

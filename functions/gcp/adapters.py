@@ -8,7 +8,6 @@ so Eventarc retries the event with backoff.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -19,6 +18,7 @@ from google.api_core import retry as api_retry
 from google.auth import exceptions as auth_exceptions
 from google.cloud import firestore
 
+from functions.core.events import encode_event
 from functions.core.records import (
     ImageRecord,
     PublisherUnavailable,
@@ -181,7 +181,7 @@ class PubSubEventPublisher:
         self._timeout = timeout
 
     def publish(self, event: Mapping[str, Any]) -> None:
-        data = json.dumps(event, separators=(",", ":"), sort_keys=True).encode()
+        data = encode_event(event)
         with translated_outages(PublisherUnavailable, f"publishing to {self._topic}"):
             future = self._client.publish(
                 self._topic, data, retry=self._retry, timeout=self._timeout, type=event["type"]

@@ -12,6 +12,7 @@ import logging
 from datetime import timedelta
 from typing import Any
 
+from functions.core.events import event_source
 from functions.core.records import ClaimHeld, ObjectRef, PipelineError, Status
 from functions.core.service import Outcome, Pipeline
 from functions.gcp.adapters import (
@@ -36,7 +37,7 @@ def build_pipeline(env: FunctionEnvironment) -> Pipeline:
         ),
         events=PubSubEventPublisher(pubsub_v1.PublisherClient(), env.events_topic, retry=retry),
         renditions_bucket=env.renditions_bucket,
-        event_source=f"//pubsub.googleapis.com/{env.events_topic}",
+        event_source=event_source("gcp", env.function_name),
         max_event_age=timedelta(seconds=env.max_event_age_seconds),
         lease=timedelta(seconds=env.lease_seconds),
     )

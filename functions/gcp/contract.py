@@ -23,6 +23,7 @@ MAX_EVENT_AGE_SECONDS = "IMAGEPIPE_MAX_EVENT_AGE_SECONDS"
 LEASE_SECONDS = "IMAGEPIPE_LEASE_SECONDS"
 SDK_RETRY_SECONDS = "IMAGEPIPE_SDK_RETRY_SECONDS"
 PROJECT = "GOOGLE_CLOUD_PROJECT"  # Google's own variable; the SDK clients read it too
+FUNCTION_NAME = "K_SERVICE"  # Cloud Run's own: a gen2 function is a service of its name
 
 # What the component points at the function, and the function expects.
 ENTRY_POINT = "handle_upload"
@@ -51,6 +52,7 @@ class FunctionEnvironment:
     lease_seconds: int
     project: str
     sdk_retry_seconds: int = DEFAULT_SDK_RETRY_SECONDS
+    function_name: str = "local"
 
 
 def to_env(
@@ -103,6 +105,7 @@ def from_env(environ: Mapping[str, str]) -> FunctionEnvironment:
             environ.get(SDK_RETRY_SECONDS, "").strip() or str(DEFAULT_SDK_RETRY_SECONDS),
             SDK_RETRY_SECONDS,
         ),
+        function_name=environ.get(FUNCTION_NAME, "").strip() or "local",
     )
 
 

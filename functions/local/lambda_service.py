@@ -40,9 +40,11 @@ from datetime import UTC, datetime
 from time import monotonic
 from typing import Any
 
+from functions.aws import contract
+
 Handler = Callable[[dict[str, Any], Any], Any]
 
-MAX_ATTEMPTS = 3  # the first try plus Lambda's default 2 retries (the component sets 2)
+MAX_ATTEMPTS = contract.MAX_ATTEMPTS  # the first try plus the retries the component sets
 DEFAULT_RETRY_DELAYS: tuple[int, ...] = (1, 2)  # seconds after attempts 1 and 2
 POLL_SECONDS = 1  # long-poll length: also how quickly stop() is noticed
 

@@ -134,12 +134,48 @@ def test_record_store_outage_raises(pipeline):
     assert pipeline.events.events == []
 
 
-def test_an_expired_event_fails_permanently(pipeline):
+def test_an_event_older_than_the_platform_retries_ends_failed_and_retryable(pipeline):
     ref = pipeline.upload("a.jpg", encoded(quadrants()))
+    pipeline.blobs.unavailable = True
+    with pytest.raises(StorageUnavailable):
+        pipeline.process(ref)
+    pipeline.blobs.unavailable = False
     outcome = pipeline.process(
         ref, event_time=pipeline.now - timedelta(hours=2), max_event_age=timedelta(hours=1)
     )
-    assert outcome.action == "failed" and outcome.record.error.code == "expired"
+    error = outcome.record.error
+    assert outcome.action == "failed" and (error.code, error.retryable) == ("retries_exhausted", True)
+    assert "storage_unavailable" not in error.message and "storage is unavailable" in error.message
+    assert [e["type"] for e in pipeline.events.events] == ["imagepipe.image.failed"]
+
+
+def test_the_last_attempt_ends_failed_with_one_event_and_still_raises(pipeline):
+    """Lambda's third attempt: the record must not stay PENDING; the event is dead-lettered."""
+    ref = pipeline.upload("a.jpg", encoded(quadrants()))
+    pipeline.blobs.unavailable = True
+    for _ in range(2):
+        with pytest.raises(StorageUnavailable):
+            pipeline.process(ref, max_attempts=3)
+        assert pipeline.records.get(ref.record_id).status is Status.PENDING
+    with pytest.raises(StorageUnavailable):  # raised, so the platform dead-letters the event
+        pipeline.process(ref, max_attempts=3)
+    record = pipeline.records.get(ref.record_id)
+    assert (record.status, record.attempts) == (Status.FAILED, 3)
+    assert (record.error.code, record.error.retryable) == ("retries_exhausted", True)
+    assert record.error.message.startswith("3 attempts failed; the last: storage_unavailable")
+    assert [e["type"] for e in pipeline.events.events] == ["imagepipe.image.failed"]
+    assert pipeline.events.events[0]["data"] == record.to_dict()
+    assert pipeline.process(ref, max_attempts=3).action == "duplicate"  # finished: a no-op
+
+
+def test_a_last_attempt_whose_topic_is_down_stays_pending_for_a_redrive(pipeline):
+    ref = pipeline.upload("a.jpg", encoded(quadrants()))
+    pipeline.events.unavailable = True
+    for _ in range(3):
+        with pytest.raises(PublisherUnavailable):
+            pipeline.process(ref, max_attempts=3)
+    record = pipeline.records.get(ref.record_id)
+    assert (record.status, record.error.code) == (Status.PENDING, "publisher_unavailable")
 
 
 def test_a_deleted_object_fails_as_missing(pipeline):

@@ -25,6 +25,7 @@ from functions.core.records import (
     ImageRecord,
     PublisherUnavailable,
     RecordStoreUnavailable,
+    StorageUnavailable,
     TransientError,
 )
 from functions.core.service import IMMUTABLE_CACHE_CONTROL, isoformat
@@ -256,6 +257,28 @@ def test_an_unreachable_records_table_raises_a_retryable_error_and_changes_nothi
     assert stack.rendition_keys() == []
     assert stack.published_events() == []
     assert stack.items() == []
+
+
+def test_lambdas_last_attempt_ends_the_record_failed_with_one_event_and_still_raises(
+    stack: EmulatedStack,
+    handler_module: ModuleType,
+    photo_jpeg: bytes,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    event = stack.upload("stuck-behind-an-outage.jpg", photo_jpeg)
+    with monkeypatch.context() as outage:
+        outage.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{closed_port()}")
+        outage.setenv("AWS_MAX_ATTEMPTS", "1")
+        s3_down = build_pipeline(from_env(os.environ))
+    assert s3_down.max_attempts == 3  # the first try and the component's two retries
+    for _ in range(3):  # each raise is what makes Lambda retry, then dead-letter the event
+        with pytest.raises(StorageUnavailable):
+            handler_module.handle_event(event, s3_down)
+    (item,) = plain_items(stack)
+    assert (item["status"], item["attempts"]) == ("FAILED", 3)
+    assert (item["error"]["code"], item["error"]["retryable"]) == ("retries_exhausted", True)
+    [published] = stack.published_events()
+    assert published["type_attribute"] == "imagepipe.image.failed"
 
 
 def test_after_an_sns_outage_the_retry_completes_and_publishes_once(

@@ -125,7 +125,7 @@ def test_the_pipeline_is_built_from_the_variables_the_component_sets(monkeypatch
     assert pipeline.renditions_bucket == "renditions"
     assert pipeline.max_event_age.total_seconds() == 600
     assert pipeline.lease.total_seconds() == 90
-    assert pipeline.event_source == "//pubsub.googleapis.com/projects/demo/topics/events"
+    assert pipeline.event_source == "urn:imagepipe:gcp:local"  # K_SERVICE names it on GCP
 
 
 @pytest.mark.parametrize(

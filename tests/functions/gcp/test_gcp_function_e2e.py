@@ -193,7 +193,7 @@ def test_with_the_record_store_down_the_function_fails_retryably_and_a_retry_com
     assert len(pull_messages(gcp_clients.subscriber, gcp_names.subscription)) == 1
 
 
-def test_an_event_older_than_the_maximum_age_is_recorded_expired_and_acknowledged(
+def test_an_event_older_than_the_maximum_age_ends_failed_retryable_and_is_acknowledged(
     serve_function, gcp_clients, gcp_names, upload
 ):
     function = serve_function(gcp_names, **{contract.MAX_EVENT_AGE_SECONDS: "3600"})
@@ -204,7 +204,8 @@ def test_an_event_older_than_the_maximum_age_is_recorded_expired_and_acknowledge
 
     assert response.status_code == 200, "an expired event must stop being retried"
     document = record_documents(gcp_clients, gcp_names)[record_id_of(blob)]
-    assert (document["status"], document["error"]["code"]) == ("FAILED", "expired")
+    assert (document["status"], document["error"]["code"]) == ("FAILED", "retries_exhausted")
+    assert document["error"]["retryable"] is True  # a redrive may still finish it
     assert rendition_names(gcp_clients, gcp_names) == []
     [message] = pull_messages(gcp_clients.subscriber, gcp_names.subscription)
     assert message.attributes["type"] == "imagepipe.image.failed"

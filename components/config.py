@@ -147,6 +147,9 @@ def shared_options(reader: ConfigReader, args_type: type, limits: dict[str, int]
             "maxEventAgeSeconds", default["max_event_age_seconds"], 60, limits["event_age"]
         ),
         "originals_expiry_days": reader.integer("originalsExpiryDays", 0, 0, 36500) or None,
+        "alarm_email": reader.string("alarmEmail"),
+        "uploads_prefix": reader.string("uploadsPrefix"),
+        "uploads_suffix": reader.string("uploadsSuffix"),
     }
 
 
@@ -167,9 +170,6 @@ def aws_options(reader: ConfigReader) -> dict[str, Any]:
         ),
         "tracing": reader.boolean("tracing", default["tracing"]),
         "price_class": reader.choice("priceClass", AWS_PRICE_CLASSES, default["price_class"]),
-        "alarm_email": reader.string("alarmEmail"),
-        "uploads_prefix": reader.string("uploadsPrefix"),
-        "uploads_suffix": reader.string("uploadsSuffix"),
         # 0 (the declared default) reserves nothing.
         "reserved_concurrency": reader.integer("reservedConcurrency", 0, 0, 100_000) or None,
         "cdn_certificate_arn": reader.string("cdnCertificateArn"),

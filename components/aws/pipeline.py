@@ -18,6 +18,7 @@ from components.aws import policies
 from components.aws.args import AWS_LOG_RETENTION_DAYS, AwsImagePipelineArgs
 from components.aws.lambda_archive import build_lambda_archive
 from functions.aws import contract
+from functions.core.metrics import IMAGES_FAILED
 from functions.core.settings import SettingsError, shown
 
 TYPE_TOKEN = "imagepipe:index:AwsImagePipeline"
@@ -57,6 +58,8 @@ class AwsImagePipeline(pulumi.ComponentResource):
     """Name of the Lambda function."""
     dead_letter_queue: pulumi.Output[str]
     """URL of the SQS queue of events that failed every retry."""
+    uploads_prefix: pulumi.Output[str]
+    """Only keys under this prefix are processed ("" for all); clients upload under it."""
 
     def __init__(
         self,
@@ -372,6 +375,14 @@ class AwsImagePipeline(pulumi.ComponentResource):
                 "Maximum",
                 {"QueueName": dlq.name},
             ),
+            # The handler's own metric (EMF): any upload that ended FAILED.
+            (
+                "failed-images",
+                contract.SERVICE_NAME,
+                IMAGES_FAILED,
+                "Sum",
+                {"service": contract.SERVICE_NAME},
+            ),
         )
         for role_word, namespace, metric, statistic, dimensions in alarms:
             aws.cloudwatch.MetricAlarm(
@@ -399,12 +410,14 @@ class AwsImagePipeline(pulumi.ComponentResource):
         self.events_topic = events.arn
         self.function_name = function.name
         self.dead_letter_queue = dlq.url
+        self.uploads_prefix = pulumi.Output.from_input(args.uploads_prefix or "")
         self.register_outputs(self.stack_outputs())
 
     def stack_outputs(self) -> dict[str, pulumi.Output]:
         """The stack outputs, camelCase as `pulumi stack output` shows them."""
         return {
             "uploadsBucket": self.uploads_bucket,
+            "uploadsPrefix": self.uploads_prefix,
             "renditionsBucket": self.renditions_bucket,
             "cdnUrl": self.cdn_url,
             "recordsTable": self.records_table,

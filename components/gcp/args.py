@@ -30,6 +30,13 @@ class GcpImagePipelineArgs:
     delivery_mode: Literal["signed-urls", "public", "cdn"] = "signed-urls"
     """How renditions reach viewers: signed URLs (private bucket), public read, or Cloud CDN
     through a backend bucket and a global load balancer (opt-in: it has a monthly cost)."""
+    uploads_prefix: str | None = None
+    """Only objects whose name starts with this are processed (the function checks: Eventarc
+    cannot filter by name); others are acknowledged and counted as ObjectsSkipped."""
+    uploads_suffix: str | None = None
+    """Only objects whose name ends with this are processed, likewise."""
+    alarm_email: str | None = None
+    """Where the alert policies e-mail their incidents (an e-mail notification channel)."""
     originals_expiry_days: int | None = None
     """Delete uploads this many days after creation; keep them forever when unset."""
     labels: dict[str, str] = field(default_factory=dict)

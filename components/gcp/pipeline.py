@@ -16,6 +16,13 @@ import pulumi_gcp as gcp
 
 from components.gcp.args import GcpImagePipelineArgs
 from components.gcp.function_source import build_function_source
+from functions.core.metrics import (
+    ACTION_COUNTERS,
+    ERROR_CODE,
+    IMAGES_FAILED,
+    PROCESSING_MS,
+    TIMED_ACTIONS,
+)
 from functions.gcp import contract
 
 TYPE_TOKEN = "imagepipe:index:GcpImagePipeline"
@@ -36,6 +43,8 @@ REQUIRED_APIS = {
 }
 CDN_API = "compute"  # only in delivery mode "cdn": the load balancer and backend bucket
 STORAGE_BASE_URL = "https://storage.googleapis.com/"
+# Every function log line at ERROR or above: GCP's counterpart of Lambda's Errors metric.
+FUNCTION_ERRORS = "FunctionErrors"
 
 # Bucket roles, each the narrowest predefined role that allows what its holder does.
 # Viewers only GET renditions: storage.objects.get and nothing else.
@@ -75,6 +84,11 @@ def function_log_filter(service_name: str, extra: str) -> str:
     )
 
 
+def _kebab(metric_name: str) -> str:
+    """ImagesCompleted -> images-completed: the resource's role word."""
+    return "".join(f"-{c.lower()}" if c.isupper() else c for c in metric_name).lstrip("-")
+
+
 def log_metric_filter(metric_name: str) -> str:
     return (
         f'metric.type="logging.googleapis.com/user/{metric_name}" AND '
@@ -98,6 +112,8 @@ class GcpImagePipeline(pulumi.ComponentResource):
     """Pub/Sub topic id (`projects/<p>/topics/<t>`) receiving CloudEvents per processed upload."""
     function_name: pulumi.Output[str]
     """Name of the Cloud Functions gen2 function."""
+    uploads_prefix: pulumi.Output[str]
+    """Only objects under this prefix are processed ("" for all); clients upload under it."""
 
     def __init__(
         self,
@@ -237,6 +253,17 @@ class GcpImagePipeline(pulumi.ComponentResource):
             deletion_policy="ABANDON",
             opts=pulumi.ResourceOptions(parent=self, depends_on=[apis["firestore"]]),
         )
+        for index, fields in contract.RECORDS_INDEXES.items():
+            gcp.firestore.Index(
+                f"{name}-records-{index}",
+                database=database.name,
+                collection=contract.RECORDS_COLLECTION_NAME,
+                fields=[
+                    gcp.firestore.IndexFieldArgs(field_path=field, order=order)
+                    for field, order in fields
+                ],
+                opts=pulumi.ResourceOptions(parent=self, depends_on=[database]),
+            )
         topic = gcp.pubsub.Topic(
             f"{name}-events",
             labels=labels,
@@ -361,6 +388,8 @@ class GcpImagePipeline(pulumi.ComponentResource):
                     max_event_age_seconds=args.max_event_age_seconds,
                     timeout_seconds=args.timeout_seconds,
                     project=project_id,
+                    uploads_prefix=args.uploads_prefix,
+                    uploads_suffix=args.uploads_suffix,
                 ),
             ),
             event_trigger=gcp.cloudfunctionsv2.FunctionEventTriggerArgs(
@@ -398,28 +427,43 @@ class GcpImagePipeline(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self, depends_on=[apis["run"]]),
         )
 
-        # --- Observability ------------------------------------------------------------
-        self._alert_on_logs(
+        # --- Observability: the same metrics as on AWS, from the function's log lines ----
+        channels: list[pulumi.Output[str]] = []
+        if args.alarm_email:
+            channel = gcp.monitoring.NotificationChannel(
+                f"{name}-alarm-email",
+                type="email",
+                display_name=f"imagepipe alerts ({name})",
+                labels={"email_address": args.alarm_email},
+                user_labels=labels,
+                opts=pulumi.ResourceOptions(parent=self, depends_on=[apis["monitoring"]]),
+            )
+            channels = [channel.name]
+        counters = {
+            metric_name: self._log_metric(name, metric_name, function, action, apis)
+            for action, metric_name in ACTION_COUNTERS.items()
+        }
+        self._log_metric(name, PROCESSING_MS, function, None, apis)
+        errors = self._log_metric(name, FUNCTION_ERRORS, function, None, apis)
+        self._alert(
             name,
             role="errors",
             title="imagepipe function errors",
-            log_filter=function.name.apply(
-                lambda service: function_log_filter(service, "severity>=ERROR")
-            ),
+            metric=errors,
             documentation="The function logged an error: a transient failure being retried or "
             "a bug. Read the function's logs in Cloud Logging.",
+            channels=channels,
             labels=labels,
             apis=apis,
         )
-        self._alert_on_logs(
+        self._alert(
             name,
             role="failed-images",
             title="imagepipe FAILED images",
-            log_filter=function.name.apply(
-                lambda service: function_log_filter(service, 'jsonPayload.status="FAILED"')
-            ),
-            documentation="An upload ended FAILED (unsupported, corrupt, too large or expired). "
-            f"Its Firestore document in '{contract.RECORDS_COLLECTION_NAME}' says why.",
+            metric=counters[IMAGES_FAILED],
+            documentation="An upload ended FAILED; the metric's ErrorCode label says why, and "
+            f"its Firestore document in '{contract.RECORDS_COLLECTION_NAME}' says more.",
+            channels=channels,
             labels=labels,
             apis=apis,
         )
@@ -428,35 +472,73 @@ class GcpImagePipeline(pulumi.ComponentResource):
         self.renditions_bucket = renditions.name
         self.cdn_url = cdn_url
         self.records_collection = pulumi.Output.from_input(contract.RECORDS_COLLECTION_NAME)
+        self.uploads_prefix = pulumi.Output.from_input(args.uploads_prefix or "")
         self.events_topic = topic.id
         self.function_name = function.name
         self.register_outputs(self.stack_outputs())
 
-    def _alert_on_logs(
+    def _log_metric(
+        self,
+        name: str,
+        metric_name: str,
+        function: gcp.cloudfunctionsv2.Function,
+        action: str | None,
+        apis: dict[str, gcp.projects.Service],
+    ) -> gcp.logging.Metric:
+        """A log-based metric `<name>/<metric>` over the function's JSON log lines: a counter
+        of one `action`, ImagesFailed by ErrorCode, ProcessingMs as a distribution of `ms`,
+        FunctionErrors of every line at ERROR or above."""
+        options: dict = {}
+        if metric_name == FUNCTION_ERRORS:
+            match = "severity>=ERROR"
+        elif metric_name == PROCESSING_MS:
+            timed = " OR ".join(f'jsonPayload.action="{a}"' for a in TIMED_ACTIONS)
+            match = f"({timed})"
+            options = {
+                "value_extractor": "EXTRACT(jsonPayload.ms)",
+                "bucket_options": gcp.logging.MetricBucketOptionsArgs(
+                    exponential_buckets=gcp.logging.MetricBucketOptionsExponentialBucketsArgs(
+                        num_finite_buckets=24, growth_factor=1.5, scale=10
+                    )
+                ),
+            }
+        else:
+            match = f'jsonPayload.action="{action}"'
+        if metric_name == IMAGES_FAILED:
+            options["label_extractors"] = {ERROR_CODE: "EXTRACT(jsonPayload.error_code)"}
+        distribution = metric_name == PROCESSING_MS
+        return gcp.logging.Metric(
+            f"{name}-{_kebab(metric_name)}",
+            name=f"{name}/{metric_name}",
+            filter=function.name.apply(lambda service: function_log_filter(service, match)),
+            description=f"imagepipe {metric_name}",
+            metric_descriptor=gcp.logging.MetricMetricDescriptorArgs(
+                metric_kind="DELTA",
+                value_type="DISTRIBUTION" if distribution else "INT64",
+                unit="ms" if distribution else "1",
+                labels=[
+                    gcp.logging.MetricMetricDescriptorLabelArgs(key=ERROR_CODE, value_type="STRING")
+                ]
+                if metric_name == IMAGES_FAILED
+                else None,
+            ),
+            **options,
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[apis["logging"]]),
+        )
+
+    def _alert(
         self,
         name: str,
         *,
         role: str,
         title: str,
-        log_filter: pulumi.Input[str],
+        metric: gcp.logging.Metric,
         documentation: str,
+        channels: list[pulumi.Output[str]],
         labels: dict[str, str],
         apis: dict[str, gcp.projects.Service],
     ) -> None:
-        """A counter of log entries matching `log_filter` and an alert when it rises above zero.
-
-        No notification channel: the incident shows in Cloud Monitoring; add a channel to
-        the policy (e-mail, chat) to be told.
-        """
-        metric = gcp.logging.Metric(
-            f"{name}-{role}",
-            filter=log_filter,
-            description=title,
-            metric_descriptor=gcp.logging.MetricMetricDescriptorArgs(
-                metric_kind="DELTA", value_type="INT64", unit="1"
-            ),
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[apis["logging"]]),
-        )
+        """An alert when `metric` rises above zero in five minutes, to `channels` if any."""
         gcp.monitoring.AlertPolicy(
             f"{name}-{role}-alert",
             display_name=title,
@@ -471,12 +553,15 @@ class GcpImagePipeline(pulumi.ComponentResource):
                         duration="0s",
                         aggregations=[
                             gcp.monitoring.AlertPolicyConditionConditionThresholdAggregationArgs(
-                                alignment_period="300s", per_series_aligner="ALIGN_SUM"
+                                alignment_period="300s",
+                                per_series_aligner="ALIGN_SUM",
+                                cross_series_reducer="REDUCE_SUM",
                             )
                         ],
                     ),
                 )
             ],
+            notification_channels=channels or None,
             documentation=gcp.monitoring.AlertPolicyDocumentationArgs(
                 content=documentation, mime_type="text/markdown"
             ),
@@ -488,6 +573,7 @@ class GcpImagePipeline(pulumi.ComponentResource):
         """What `__main__.py` exports, by the stack output names of the contract."""
         return {
             "uploadsBucket": self.uploads_bucket,
+            "uploadsPrefix": self.uploads_prefix,
             "renditionsBucket": self.renditions_bucket,
             "cdnUrl": self.cdn_url,
             "recordsCollection": self.records_collection,

@@ -19,12 +19,19 @@ from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.logging.lambda_context import build_lambda_context_model
-from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.metrics import MetricUnit, single_metric
 from aws_lambda_powertools.metrics.functions import is_metrics_disabled
 
 from functions.aws.bootstrap import build_pipeline
 from functions.aws.contract import SERVICE_NAME, from_env
 from functions.aws.trigger import is_test_event, object_refs
+from functions.core.metrics import (
+    ACTION_COUNTERS,
+    ERROR_CODE,
+    IMAGES_FAILED,
+    PROCESSING_MS,
+    TIMED_ACTIONS,
+)
 from functions.core.records import ObjectRef, PipelineError
 from functions.core.service import DEFAULT_LEASE, Outcome, Pipeline
 
@@ -102,13 +109,6 @@ def handle_event(
     return {"records": summaries}
 
 
-_OUTCOME_METRICS = {
-    "completed": "ImagesCompleted",
-    "failed": "ImagesFailed",
-    "duplicate": "Duplicates",
-}
-
-
 def _report(ref: ObjectRef, outcome: Outcome, ms: float) -> dict[str, Any]:
     """One log line and the metrics for one processed object; returns its summary."""
     record = outcome.record
@@ -125,9 +125,11 @@ def _report(ref: ObjectRef, outcome: Outcome, ms: float) -> dict[str, Any]:
             "error_code": record.error.code if record.error else None,
         },
     )
-    _add_metric(_OUTCOME_METRICS[outcome.action], MetricUnit.Count, 1)
-    if outcome.action in ("completed", "failed"):
-        _add_metric("ProcessingMs", MetricUnit.Milliseconds, ms)
+    _add_metric(ACTION_COUNTERS[outcome.action], MetricUnit.Count, 1)
+    if outcome.action == "failed" and record.error is not None:
+        _add_failure_by_code(record.error.code)
+    if outcome.action in TIMED_ACTIONS:
+        _add_metric(PROCESSING_MS, MetricUnit.Milliseconds, ms)
     return summary
 
 
@@ -141,6 +143,21 @@ def _add_metric(name: str, unit: MetricUnit, value: float) -> None:
     """
     if not is_metrics_disabled():
         metrics.add_metric(name=name, unit=unit, value=value)
+
+
+def _add_failure_by_code(code: str) -> None:
+    """ImagesFailed once more, with the error code as a dimension: a metric of its own in
+    CloudWatch (the alarm watches the total, a dashboard can split it by code)."""
+    if is_metrics_disabled():
+        return
+    with single_metric(
+        name=IMAGES_FAILED,
+        unit=MetricUnit.Count,
+        value=1,
+        namespace=SERVICE_NAME,
+        default_dimensions={"service": SERVICE_NAME},
+    ) as metric:
+        metric.add_dimension(name=ERROR_CODE, value=code)
 
 
 def _report_retry(ref: ObjectRef, error: Exception, ms: float) -> None:

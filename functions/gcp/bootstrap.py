@@ -70,10 +70,12 @@ def configure_json_logging(stream: Any) -> None:
     logger.propagate = False
 
 
-def outcome_fields(outcome: Outcome) -> dict[str, Any]:
-    """The fields of the one log line written per image."""
+def outcome_fields(outcome: Outcome, ms: float) -> dict[str, Any]:
+    """The fields of the one log line written per image; the log-based metrics
+    (`functions.core.metrics`) count its `action` and take `ms` as the processing time."""
     record = outcome.record
     return {
+        "ms": ms,
         "status": record.status.value,
         "action": outcome.action,
         "record_id": record.id,
@@ -85,6 +87,11 @@ def outcome_fields(outcome: Outcome) -> dict[str, Any]:
         "renditions": len(record.renditions),
         "stage_ms": record.stage_ms,
     }
+
+
+def skipped_fields(ref: ObjectRef, why: str) -> dict[str, Any]:
+    """The fields of the log line for an object the function leaves alone (ObjectsSkipped)."""
+    return {"action": "skipped", "bucket": ref.bucket, "key": ref.key, "reason": why}
 
 
 def retry_fields(ref: ObjectRef, error: Exception) -> dict[str, Any]:

@@ -20,6 +20,9 @@ RENDITIONS_BUCKET = "IMAGEPIPE_RENDITIONS_BUCKET"
 RECORDS_COLLECTION = "IMAGEPIPE_RECORDS_COLLECTION"
 EVENTS_TOPIC = "IMAGEPIPE_EVENTS_TOPIC"
 MAX_EVENT_AGE_SECONDS = "IMAGEPIPE_MAX_EVENT_AGE_SECONDS"
+# Eventarc cannot filter storage events by object name, so the function does.
+UPLOADS_PREFIX = "IMAGEPIPE_UPLOADS_PREFIX"
+UPLOADS_SUFFIX = "IMAGEPIPE_UPLOADS_SUFFIX"
 LEASE_SECONDS = "IMAGEPIPE_LEASE_SECONDS"
 SDK_RETRY_SECONDS = "IMAGEPIPE_SDK_RETRY_SECONDS"
 PROJECT = "GOOGLE_CLOUD_PROJECT"  # Google's own variable; the SDK clients read it too
@@ -29,6 +32,11 @@ FUNCTION_NAME = "K_SERVICE"  # Cloud Run's own: a gen2 function is a service of 
 ENTRY_POINT = "handle_upload"
 UPLOAD_EVENT_TYPE = "google.cloud.storage.object.v1.finalized"
 RECORDS_COLLECTION_NAME = "images"  # in the (default) database
+# Composite indexes of the collection: `by-status` lists one status, newest first.
+STATUS_INDEX = "by-status"
+RECORDS_INDEXES: dict[str, tuple[tuple[str, str], ...]] = {
+    STATUS_INDEX: (("status", "ASCENDING"), ("updated_at", "DESCENDING")),
+}
 
 # How long the SDK retries one call, when the component did not say: well under any
 # function timeout, so an outage ends in a raised error (Eventarc retries) rather than
@@ -53,6 +61,12 @@ class FunctionEnvironment:
     project: str
     sdk_retry_seconds: int = DEFAULT_SDK_RETRY_SECONDS
     function_name: str = "local"
+    uploads_prefix: str = ""
+    uploads_suffix: str = ""
+
+    def watches(self, key: str) -> bool:
+        """Whether an object under `key` is an upload to process (S3's filter rule)."""
+        return key.startswith(self.uploads_prefix) and key.endswith(self.uploads_suffix)
 
 
 def to_env(
@@ -64,9 +78,13 @@ def to_env(
     max_event_age_seconds: int,
     timeout_seconds: int,
     project: Any,
+    uploads_prefix: str | None = None,
+    uploads_suffix: str | None = None,
 ) -> dict[str, Any]:
     """The function's environment variables (values may be Pulumi Inputs)."""
+    filters = {UPLOADS_PREFIX: uploads_prefix, UPLOADS_SUFFIX: uploads_suffix}
     return {
+        **{name: value for name, value in filters.items() if value},
         SETTINGS: settings.to_json(),
         RENDITIONS_BUCKET: renditions_bucket,
         RECORDS_COLLECTION: records_collection,
@@ -106,6 +124,8 @@ def from_env(environ: Mapping[str, str]) -> FunctionEnvironment:
             SDK_RETRY_SECONDS,
         ),
         function_name=environ.get(FUNCTION_NAME, "").strip() or "local",
+        uploads_prefix=environ.get(UPLOADS_PREFIX, ""),
+        uploads_suffix=environ.get(UPLOADS_SUFFIX, ""),
     )
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 
 import flask
 import functions_framework
@@ -25,6 +26,7 @@ from functions.gcp.bootstrap import (
     configure_json_logging,
     outcome_fields,
     retry_fields,
+    skipped_fields,
 )
 from functions.gcp.contract import from_env
 from functions.gcp.trigger import parse_storage_event
@@ -32,7 +34,8 @@ from functions.gcp.trigger import parse_storage_event
 configure_json_logging(sys.stdout)
 log = logging.getLogger("imagepipe.gcp")
 try:
-    PIPELINE = build_pipeline(from_env(os.environ))
+    ENVIRONMENT = from_env(os.environ)
+    PIPELINE = build_pipeline(ENVIRONMENT)
 except SettingsError as error:  # a deploy mistake: one clear line, then no instance at all
     log.critical("cannot start: %s", error)
     raise SystemExit(1) from None
@@ -45,9 +48,18 @@ def handle_upload(cloud_event: CloudEvent) -> None:
     except MalformedEvent as error:  # retrying cannot fix it: acknowledge and say why
         log.error("ignored event %s: %s", cloud_event.get("id"), error)
         return
+    ref = upload.ref
     if upload.is_rendition:  # a trigger pointed at the renditions bucket must not recurse
-        log.warning("ignored rendition gs://%s/%s", upload.ref.bucket, upload.ref.key)
+        fields = skipped_fields(ref, "a rendition")
+        log.warning(
+            "ignored rendition gs://%s/%s", ref.bucket, ref.key, extra={"json_fields": fields}
+        )
         return
+    if not ENVIRONMENT.watches(ref.key):  # Eventarc cannot filter by name; the function does
+        fields = skipped_fields(ref, "outside the uploads prefix or suffix")
+        log.info("skipped gs://%s/%s", ref.bucket, ref.key, extra={"json_fields": fields})
+        return
+    started = time.perf_counter()
     try:
         outcome = PIPELINE.process(upload.ref, event_time=upload.event_time)
     except ClaimHeld as error:
@@ -60,5 +72,5 @@ def handle_upload(cloud_event: CloudEvent) -> None:
         log.error("will retry %s: %s", upload.ref.key, error, extra={"json_fields": fields})
         raise
     level = logging.WARNING if outcome.record.error else logging.INFO
-    fields = outcome_fields(outcome)
+    fields = outcome_fields(outcome, round((time.perf_counter() - started) * 1000, 1))
     log.log(level, "%s %s", outcome.action, upload.ref.key, extra={"json_fields": fields})

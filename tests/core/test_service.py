@@ -144,7 +144,8 @@ def test_an_event_older_than_the_platform_retries_ends_failed_and_retryable(pipe
         ref, event_time=pipeline.now - timedelta(hours=2), max_event_age=timedelta(hours=1)
     )
     error = outcome.record.error
-    assert outcome.action == "failed" and (error.code, error.retryable) == ("retries_exhausted", True)
+    assert outcome.action == "failed"
+    assert (error.code, error.retryable) == ("retries_exhausted", True)
     assert "storage_unavailable" not in error.message and "storage is unavailable" in error.message
     assert [e["type"] for e in pipeline.events.events] == ["imagepipe.image.failed"]
 

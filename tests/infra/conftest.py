@@ -19,15 +19,18 @@ import pytest
 from pulumi.runtime.mocks import MockMonitor
 
 # What an AWS stack exports: the names `imagepipe upload --stack` and the README rely on.
-AWS_OUTPUT_NAMES = {
+# The stack outputs, the same name for the same thing on both clouds; where the
+# platforms differ: AWS's table and dead-letter queue, GCP's Firestore collection.
+SHARED_OUTPUT_NAMES = {
     "uploadsBucket",
+    "uploadsPrefix",
     "renditionsBucket",
     "cdnUrl",
-    "recordsTable",
     "eventsTopic",
     "functionName",
-    "deadLetterQueue",
 }
+AWS_OUTPUT_NAMES = SHARED_OUTPUT_NAMES | {"recordsTable", "deadLetterQueue"}
+GCP_OUTPUT_NAMES = SHARED_OUTPUT_NAMES | {"recordsCollection"}
 
 ACCOUNT_ID = "123456789012"
 AWS_REGION = "eu-west-1"

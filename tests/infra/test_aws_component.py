@@ -72,7 +72,12 @@ def as_list(value) -> list:
 def test_outputs_are_present_and_resolved(deploy):
     _, outputs = deploy()
     assert set(outputs) == AWS_OUTPUT_NAMES
-    assert all(isinstance(value, str) and value for value in outputs.values())
+    assert outputs["uploadsPrefix"] == ""  # no prefix: every key is processed
+    assert all(
+        isinstance(value, str) and value
+        for name, value in outputs.items()
+        if name != "uploadsPrefix"
+    )
     assert outputs["cdnUrl"] == "https://d111111abcdef8.cloudfront.net"
     assert outputs["functionName"] == "imagepipe-test"  # <component>-<stack>
     assert outputs["deadLetterQueue"].startswith("https://sqs.")
@@ -481,7 +486,7 @@ def test_events_topic_is_encrypted(deploy):
     assert events["kmsMasterKeyId"] == "alias/aws/sns"
 
 
-def test_alarms_watch_errors_throttles_recursion_and_dlq_depth(deploy):
+def test_alarms_watch_errors_throttles_recursion_dlq_depth_and_failed_images(deploy):
     mocks, outputs = deploy()
     ops_arn = mocks.one("aws:sns/topic:Topic", "ops").state["arn"]
     dlq_name = mocks.one("aws:sqs/queue:Queue").state["name"]
@@ -494,6 +499,7 @@ def test_alarms_watch_errors_throttles_recursion_and_dlq_depth(deploy):
         "Throttles",
         "RecursiveInvocationsDropped",
         "ApproximateNumberOfMessagesVisible",
+        "ImagesFailed",
     }
     for metric, alarm in alarms.items():
         assert alarm["alarmActions"] == [ops_arn], metric
@@ -505,6 +511,9 @@ def test_alarms_watch_errors_throttles_recursion_and_dlq_depth(deploy):
     assert alarms["RecursiveInvocationsDropped"]["dimensions"] == function_dimension
     assert alarms["ApproximateNumberOfMessagesVisible"]["namespace"] == "AWS/SQS"
     assert alarms["ApproximateNumberOfMessagesVisible"]["dimensions"] == {"QueueName": dlq_name}
+    # The handler's EMF total (its per-ErrorCode twin is a metric of its own).
+    assert alarms["ImagesFailed"]["namespace"] == "imagepipe"
+    assert alarms["ImagesFailed"]["dimensions"] == {"service": "imagepipe"}
 
 
 def test_no_email_subscription_without_an_address(deploy):

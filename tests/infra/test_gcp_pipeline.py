@@ -17,6 +17,7 @@ from components.gcp.pipeline import REQUIRED_APIS, service_account_id
 from functions.core.settings import PipelineSettings, RenditionSpec
 from functions.gcp import contract
 from tests.infra.conftest import (
+    GCP_OUTPUT_NAMES,
     GCP_PROJECT,
     GCS_SERVICE_AGENT,
     RecordingMocks,
@@ -32,14 +33,9 @@ BUCKET_MEMBER = "gcp:storage/bucketIAMMember:BucketIAMMember"
 PROJECT_MEMBER = "gcp:projects/iAMMember:IAMMember"
 FUNCTION = "gcp:cloudfunctionsv2/function:Function"
 SERVICE = "gcp:projects/service:Service"
-OUTPUT_NAMES = {
-    "uploadsBucket",
-    "renditionsBucket",
-    "cdnUrl",
-    "recordsCollection",
-    "eventsTopic",
-    "functionName",
-}
+OUTPUT_NAMES = GCP_OUTPUT_NAMES
+LOG_METRIC = "gcp:logging/metric:Metric"
+CHANNEL = "gcp:monitoring/notificationChannel:NotificationChannel"
 
 
 def make_args(**overrides: Any) -> GcpImagePipelineArgs:
@@ -284,22 +280,82 @@ def test_records_database_is_native_firestore_in_the_region_with_recovery(pulumi
     assert database.inputs["deleteProtectionState"] == "DELETE_PROTECTION_ENABLED"
 
 
-def test_alerts_watch_function_errors_and_failed_images(pulumi_mocks):
+def test_the_same_metrics_as_on_aws_come_from_the_function_log_lines(pulumi_mocks):
     outputs = deploy()
 
-    metrics = {m.name: m for m in pulumi_mocks.of_type("gcp:logging/metric:Metric")}
+    metrics = {m.inputs["name"]: m.inputs for m in pulumi_mocks.of_type(LOG_METRIC)}
+    assert set(metrics) == {
+        "imagepipe/ImagesCompleted",
+        "imagepipe/ImagesFailed",
+        "imagepipe/Duplicates",
+        "imagepipe/ObjectsSkipped",
+        "imagepipe/ProcessingMs",
+        "imagepipe/FunctionErrors",
+    }
     service = f'resource.labels.service_name="{outputs["functionName"]}"'
-    assert service in metrics["imagepipe-errors"].inputs["filter"]
-    assert "severity>=ERROR" in metrics["imagepipe-errors"].inputs["filter"]
-    assert service in metrics["imagepipe-failed-images"].inputs["filter"]
-    assert 'jsonPayload.status="FAILED"' in metrics["imagepipe-failed-images"].inputs["filter"]
+    assert all(service in metric["filter"] for metric in metrics.values())
+    assert 'jsonPayload.action="completed"' in metrics["imagepipe/ImagesCompleted"]["filter"]
+    assert 'jsonPayload.action="skipped"' in metrics["imagepipe/ObjectsSkipped"]["filter"]
+    failed = metrics["imagepipe/ImagesFailed"]
+    assert 'jsonPayload.action="failed"' in failed["filter"]
+    assert failed["labelExtractors"] == {"ErrorCode": "EXTRACT(jsonPayload.error_code)"}
+    assert failed["metricDescriptor"]["labels"] == [{"key": "ErrorCode", "valueType": "STRING"}]
+    timing = metrics["imagepipe/ProcessingMs"]
+    assert timing["valueExtractor"] == "EXTRACT(jsonPayload.ms)"
+    assert timing["metricDescriptor"]["valueType"] == "DISTRIBUTION"
+    assert "severity>=ERROR" in metrics["imagepipe/FunctionErrors"]["filter"]
 
+
+def test_alerts_watch_function_errors_and_failed_images(pulumi_mocks):
+    deploy()
+
+    names = {m.name: m.state["name"] for m in pulumi_mocks.of_type(LOG_METRIC)}
     policies = {p.name: p for p in pulumi_mocks.of_type("gcp:monitoring/alertPolicy:AlertPolicy")}
-    assert set(policies) == {"imagepipe-errors-alert", "imagepipe-failed-images-alert"}
-    for metric_name, metric in metrics.items():
-        condition = policies[f"{metric_name}-alert"].inputs["conditions"][0]["conditionThreshold"]
-        assert f'logging.googleapis.com/user/{metric.state["name"]}"' in condition["filter"]
+    watched = {
+        "imagepipe-errors-alert": names["imagepipe-function-errors"],
+        "imagepipe-failed-images-alert": names["imagepipe-images-failed"],
+    }
+    assert set(policies) == set(watched)
+    for policy_name, metric_name in watched.items():
+        policy = policies[policy_name].inputs
+        condition = policy["conditions"][0]["conditionThreshold"]
+        assert f'logging.googleapis.com/user/{metric_name}"' in condition["filter"]
         assert condition["comparison"] == "COMPARISON_GT"
+        assert "notificationChannels" not in policy  # nobody to tell without alarmEmail
+    assert not pulumi_mocks.of_type(CHANNEL)
+
+
+def test_alarm_email_is_a_notification_channel_on_every_alert(pulumi_mocks):
+    deploy(alarm_email="ops@example.com")
+
+    (channel,) = pulumi_mocks.of_type(CHANNEL)
+    assert channel.inputs["type"] == "email"
+    assert channel.inputs["labels"] == {"email_address": "ops@example.com"}
+    policies = pulumi_mocks.of_type("gcp:monitoring/alertPolicy:AlertPolicy")
+    assert len(policies) == 2
+    for policy in policies:
+        assert policy.inputs["notificationChannels"] == [channel.state["name"]]
+
+
+def test_records_have_a_status_index_newest_first(pulumi_mocks):
+    deploy()
+
+    (index,) = pulumi_mocks.of_type("gcp:firestore/index:Index")
+    assert index.inputs["collection"] == "images"
+    assert index.inputs["fields"] == [
+        {"fieldPath": "status", "order": "ASCENDING"},
+        {"fieldPath": "updated_at", "order": "DESCENDING"},
+    ]
+
+
+def test_the_uploads_filter_reaches_the_function(pulumi_mocks):
+    deploy(uploads_prefix="incoming/", uploads_suffix=".jpg")
+
+    service = pulumi_mocks.one(FUNCTION).inputs["serviceConfig"]
+    env = contract.from_env(service["environmentVariables"])
+    assert (env.uploads_prefix, env.uploads_suffix) == ("incoming/", ".jpg")
+    assert env.watches("incoming/a.jpg") and not env.watches("incoming/a.png")
+    assert not env.watches("elsewhere/a.jpg")
 
 
 def test_labels_reach_every_labelable_resource(pulumi_mocks):

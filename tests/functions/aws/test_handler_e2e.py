@@ -114,6 +114,29 @@ def test_an_upload_becomes_renditions_a_completed_record_and_one_event(
     assert emf["ProcessingMs"][0] > 0
 
 
+def test_a_failed_image_counts_in_the_total_and_under_its_error_code(
+    stack: EmulatedStack,
+    handler_module: ModuleType,
+    lambda_context: LambdaContext,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    event = stack.upload("notes.jpg", b"just some text, not a photo\n")
+    handler_module.metrics.clear_metrics()
+    capsys.readouterr()
+
+    handler_module.handler(event, lambda_context)
+
+    emitted = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line]
+    blobs = [line for line in emitted if "_aws" in line]
+    dimension_sets = sorted(
+        tuple(sorted(blob["_aws"]["CloudWatchMetrics"][0]["Dimensions"][0])) for blob in blobs
+    )
+    # The total the alarm watches, and the same metric split by code for dashboards.
+    assert dimension_sets == [("ErrorCode", "service"), ("service",)]
+    assert all(blob["ImagesFailed"] in ([1.0], 1.0) for blob in blobs)
+    assert [b["ErrorCode"] for b in blobs if "ErrorCode" in b] == ["unsupported_format"]
+
+
 def test_keys_with_spaces_and_unicode_arrive_encoded_and_are_decoded(
     stack: EmulatedStack,
     handler_module: ModuleType,

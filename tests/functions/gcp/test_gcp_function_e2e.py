@@ -289,3 +289,21 @@ def test_a_claim_whose_worker_died_is_taken_over_by_a_redelivery_with_one_event(
     assert [m.attributes["type"] for m in messages] == ["imagepipe.image.completed"]
     assert function.deliver(event).status_code == 200  # now a duplicate: acknowledged
     assert pull_messages(gcp_clients.subscriber, gcp_names.subscription, settle=0.5) == []
+
+
+def test_objects_outside_the_uploads_prefix_are_acknowledged_counted_and_left_alone(
+    serve_function, gcp_clients, gcp_names, upload
+):
+    function = serve_function(gcp_names, **{contract.UPLOADS_PREFIX: "incoming/"})
+    outside = upload("elsewhere/a.jpg", a_photo(320, 240))
+    inside = upload("incoming/a.jpg", a_photo(320, 240))
+
+    assert function.deliver(finalized_event(outside)).status_code == 200
+    assert function.deliver(finalized_event(inside)).status_code == 200
+
+    documents = record_documents(gcp_clients, gcp_names)
+    assert [d["source"]["key"] for d in documents.values()] == ["incoming/a.jpg"]
+    actions = {e.get("key"): e.get("action") for e in function.log_entries() if "action" in e}
+    assert actions == {"elsewhere/a.jpg": "skipped", "incoming/a.jpg": "completed"}
+    [completed] = [e for e in function.log_entries() if e.get("action") == "completed"]
+    assert completed["ms"] > 0  # what the ProcessingMs distribution extracts

@@ -1,0 +1,152 @@
+"""Both components, run from `__main__.py` with the example stacks, play the same roles.
+
+Each role is checked by a question per cloud, asked of what the program registered
+under Pulumi mocks; a role one cloud lacks fails here, not in production.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from tests.infra.aws_fakes import fake_wheel_dirs, offline_lambda_builds  # noqa: F401 - fixtures
+from tests.infra.conftest import (
+    AWS_OUTPUT_NAMES,
+    GCP_OUTPUT_NAMES,
+    SHARED_OUTPUT_NAMES,
+    RecordingMocks,
+    set_config,
+)
+from tests.infra.test_main_config import run_main, stack
+
+Question = Callable[[RecordingMocks, dict[str, Any]], bool]
+
+
+def _aws_trigger(mocks: RecordingMocks, outputs: dict[str, Any]) -> bool:
+    (notification,) = mocks.of_type("aws:s3/bucketNotification:BucketNotification")
+    (target,) = notification.inputs["lambdaFunctions"]
+    return target["events"] == ["s3:ObjectCreated:*"] and target["filterPrefix"] == "incoming/"
+
+
+def _gcp_trigger(mocks: RecordingMocks, outputs: dict[str, Any]) -> bool:
+    trigger = mocks.one("gcp:cloudfunctionsv2/function:Function").inputs["eventTrigger"]
+    return trigger["eventType"] == "google.cloud.storage.object.v1.finalized"
+
+
+def _aws_status_index(mocks: RecordingMocks, outputs: dict[str, Any]) -> bool:
+    (table,) = mocks.of_type("aws:dynamodb/table:Table")
+    (index,) = table.inputs["globalSecondaryIndexes"]
+    return (index["hashKey"], index["rangeKey"]) == ("status", "updated_at")
+
+
+def _gcp_status_index(mocks: RecordingMocks, outputs: dict[str, Any]) -> bool:
+    (index,) = mocks.of_type("gcp:firestore/index:Index")
+    return [f["fieldPath"] for f in index.inputs["fields"]] == ["status", "updated_at"]
+
+
+def _aws_failure_path(mocks: RecordingMocks, outputs: dict[str, Any]) -> bool:
+    (config,) = mocks.of_type("aws:lambda/functionEventInvokeConfig:FunctionEventInvokeConfig")
+    return bool(config.inputs["destinationConfig"]["onFailure"]["destination"])
+
+
+def _gcp_failure_path(mocks: RecordingMocks, outputs: dict[str, Any]) -> bool:
+    trigger = mocks.one("gcp:cloudfunctionsv2/function:Function").inputs["eventTrigger"]
+    return trigger["retryPolicy"] == "RETRY_POLICY_RETRY"
+
+
+def _aws_alerts_reach_the_email(mocks: RecordingMocks, outputs: dict[str, Any]) -> bool:
+    ops = mocks.one("aws:sns/topic:Topic", "ops").state["arn"]
+    emails = [
+        s
+        for s in mocks.of_type("aws:sns/topicSubscription:TopicSubscription")
+        if s.inputs["protocol"] == "email" and s.inputs["topic"] == ops
+    ]
+    alarms = mocks.of_type("aws:cloudwatch/metricAlarm:MetricAlarm")
+    return len(emails) == 1 and all(a.inputs["alarmActions"] == [ops] for a in alarms)
+
+
+def _gcp_alerts_reach_the_email(mocks: RecordingMocks, outputs: dict[str, Any]) -> bool:
+    (channel,) = mocks.of_type("gcp:monitoring/notificationChannel:NotificationChannel")
+    policies = mocks.of_type("gcp:monitoring/alertPolicy:AlertPolicy")
+    return bool(policies) and all(
+        p.inputs["notificationChannels"] == [channel.state["name"]] for p in policies
+    )
+
+
+def _one(kind: str) -> Question:
+    return lambda mocks, outputs: len(mocks.of_type(kind)) == 1
+
+
+def _failed_images_alert(cloud: str) -> Question:
+    if cloud == "aws":
+        return lambda mocks, outputs: any(
+            a.inputs["metricName"] == "ImagesFailed"
+            for a in mocks.of_type("aws:cloudwatch/metricAlarm:MetricAlarm")
+        )
+    return lambda mocks, outputs: any(
+        p.name.endswith("failed-images-alert")
+        for p in mocks.of_type("gcp:monitoring/alertPolicy:AlertPolicy")
+    )
+
+
+ROLES: dict[str, dict[str, Question]] = {
+    "the bucket's new objects trigger the function": {"aws": _aws_trigger, "gcp": _gcp_trigger},
+    "one function": {
+        "aws": _one("aws:lambda/function:Function"),
+        "gcp": _one("gcp:cloudfunctionsv2/function:Function"),
+    },
+    "records listed by status, newest first": {
+        "aws": _aws_status_index,
+        "gcp": _gcp_status_index,
+    },
+    "an events topic": {
+        "aws": lambda mocks, outputs: outputs["eventsTopic"].startswith("arn:aws:sns:"),
+        "gcp": _one("gcp:pubsub/topic:Topic"),
+    },
+    "a failure path when retries run out": {
+        "aws": _aws_failure_path,
+        "gcp": _gcp_failure_path,
+    },
+    "renditions delivered from their own bucket": {
+        "aws": _one("aws:cloudfront/distribution:Distribution"),
+        "gcp": lambda mocks, outputs: outputs["cdnUrl"].endswith(outputs["renditionsBucket"]),
+    },
+    "an alert on FAILED images": {
+        "aws": _failed_images_alert("aws"),
+        "gcp": _failed_images_alert("gcp"),
+    },
+    "alerts e-mailed to alarmEmail": {
+        "aws": _aws_alerts_reach_the_email,
+        "gcp": _gcp_alerts_reach_the_email,
+    },
+}
+
+
+@pytest.fixture
+def mocked(pulumi_mocks, offline_lambda_builds):  # noqa: F811 - pytest fixture injection
+    return pulumi_mocks
+
+
+def deployed(cloud: str) -> dict[str, Any]:
+    config = {**stack(f"{cloud}-dev"), "imagepipe:alarmEmail": "ops@example.com"}
+    if cloud == "gcp":
+        config["imagepipe:uploadsPrefix"] = "incoming/"
+    set_config(config)
+    return run_main()
+
+
+@pytest.mark.parametrize("cloud", ["aws", "gcp"])
+def test_both_clouds_play_every_role(mocked, cloud):
+    outputs = deployed(cloud)
+    missing = [role for role, asked in ROLES.items() if not asked[cloud](mocked, outputs)]
+    assert missing == []
+
+
+@pytest.mark.parametrize(("cloud", "names"), [("aws", AWS_OUTPUT_NAMES), ("gcp", GCP_OUTPUT_NAMES)])
+def test_the_same_things_have_the_same_output_names(mocked, cloud, names):
+    outputs = deployed(cloud)
+    assert set(outputs) == names
+    assert set(outputs) >= SHARED_OUTPUT_NAMES
+    assert outputs["uploadsPrefix"] == "incoming/"

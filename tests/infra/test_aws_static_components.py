@@ -93,8 +93,7 @@ def unparented_resources(method: ast.FunctionDef, aliases: set[str]) -> list[str
 @pytest.fixture(params=COMPONENT_FILES, ids=lambda path: path.parent.name)
 def component_tree(request) -> ast.Module:
     path: Path = request.param
-    if not path.exists():
-        pytest.skip(f"{path.relative_to(PROJECT_ROOT)} is not written yet")
+    assert path.exists(), f"{path.relative_to(PROJECT_ROOT)} is missing"
     return ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
 
 

@@ -26,6 +26,7 @@ from functions.local.upload import (
     upload_and_wait,
     wait_for_records,
 )
+from tests.conftest import require
 from tests.local.conftest import UPLOADS_PREFIX, FaultInjection, wait_for
 
 pytestmark = [pytest.mark.emulator, pytest.mark.timeout(60)]
@@ -50,7 +51,7 @@ def test_aws_cli_upload_is_processed_and_served_by_the_cdn(
 ) -> None:
     aws = shutil.which("aws")
     if aws is None:
-        pytest.skip("the AWS CLI (`aws`) is not installed; it is the real client this test uses")
+        require("the AWS CLI (`aws`) is not installed; it is the real client this test uses")
     photo = tmp_path / "camera photo.jpg"  # a space: keys arrive URL-encoded in the event
     photo.write_bytes(camera_jpeg(1200, 900))
     key = f"{UPLOADS_PREFIX}camera photo.jpg"

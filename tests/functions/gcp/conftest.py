@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from functions.gcp import contract
+from tests.conftest import require
 from tests.functions.gcp.gcp_emulators import (
     FUNCTION_SOURCE,
     PROJECT,
@@ -44,11 +45,10 @@ def emulator_env(emulator_logs: Path) -> Iterator[dict[str, str]]:
     never left in os.environ, where other suites would meet them)."""
     for component in ("cloud-firestore-emulator", "pubsub-emulator"):
         missing = gcloud_component_missing(component)
-        if missing:
-            pytest.skip(f"GCP emulator tests skipped: {missing}")
+        require(f"GCP emulator tests skipped: {missing}" if missing else None)
     gcs_executable = VENV_BIN / "gcp-storage-emulator"
     if not gcs_executable.exists():
-        pytest.skip(f"GCP emulator tests need gcp-storage-emulator (not found at {gcs_executable})")
+        require(f"GCP emulator tests need gcp-storage-emulator (not found at {gcs_executable})")
 
     ports = {"firestore": free_port(), "pubsub": free_port(), "gcs": free_port()}
     commands = {

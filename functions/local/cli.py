@@ -1,8 +1,8 @@
 """`imagepipe`: process files locally, run the emulated pipeline, upload, ask for status.
 
 Each subcommand lives in its own module with `add_arguments(parser)` and
-`run(args) -> int`; this file only wires them together. Exit codes: 0 when
-everything completed, 1 when an image failed, 2 on bad usage or config.
+`run(args) -> int`; this file only wires them together. Exit codes: see
+`functions.local.exits`.
 """
 
 from __future__ import annotations
@@ -13,15 +13,17 @@ import sys
 from collections.abc import Sequence
 
 from functions.core.settings import SettingsError
+from functions.local.exits import EXIT_USAGE
 
 SUBCOMMANDS = {
     "process": ("functions.local.process", "run the core on local files and write renditions"),
     "dev": ("functions.local.dev", "run the whole pipeline on an emulated AWS on 127.0.0.1"),
     "upload": ("functions.local.upload", "upload images and wait for their records"),
-    "status": ("functions.local.status", "print the record of one uploaded object"),
+    "status": (
+        "functions.local.status",
+        "print the record of one uploaded object, or the records with one status",
+    ),
 }
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -15,7 +15,6 @@ with a code, like in the cloud.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections.abc import Mapping
@@ -26,8 +25,9 @@ from functions.core.memory import InMemoryEventPublisher, InMemoryRecordStore
 from functions.core.records import ImageRecord, ObjectRef, Status, StorageUnavailable
 from functions.core.service import process_object
 from functions.core.settings import PipelineSettings
+from functions.local.exits import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from functions.local.render import Row, print_rows
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 LOCAL_BUCKET = "local"
 EVENT_SOURCE = "imagepipe://local/process"
 
@@ -96,8 +96,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"imagepipe process: {problem}", file=sys.stderr)
         return EXIT_USAGE
     records = process_files(args.files, args.out, settings)
-    show = _print_json if args.json else _print_table
-    show(records, sys.stdout)
+    print_records(records, args.files, sys.stdout, as_json=args.json)
     failed = any(record.status is not Status.COMPLETED for record in records)
     return EXIT_FAILED if failed else EXIT_OK
 
@@ -149,25 +148,13 @@ def _unwritable(out: Path) -> str | None:
     return None
 
 
-def _print_json(records: list[ImageRecord], stream: TextIO) -> None:
-    for record in records:
-        stream.write(json.dumps(record.to_dict(), sort_keys=True) + "\n")
+def print_records(
+    records: list[ImageRecord], files: list[Path], out: TextIO, *, as_json: bool
+) -> None:
+    """The rendition keys are already the paths written: that is where each one is."""
+    rows = [Row.of(record, file=path) for record, path in zip(records, files, strict=True)]
+    print_rows(rows, written_path, out, as_json=as_json)
 
 
-def _print_table(records: list[ImageRecord], stream: TextIO) -> None:
-    width = max(len(record.source.key) for record in records)
-    for record in records:
-        head = f"{record.source.key:<{width}}  {record.status.value:<9}"
-        if record.status is Status.COMPLETED and record.image:
-            image = record.image
-            stream.write(f"{head}  {image.format} {image.width}x{image.height}\n")
-            for rendition in record.renditions:
-                stream.write(
-                    f"{'':<{width}}  {'':<9}  {rendition.name:<8} {rendition.width:>4}x"
-                    f"{rendition.height:<4} {rendition.format:<4} {rendition.bytes:>8} B  "
-                    f"{rendition.key}\n"
-                )
-        elif record.error:
-            stream.write(f"{head}  {record.error.code}: {record.error.message}\n")
-        else:
-            stream.write(f"{head}\n")
+def written_path(key: str) -> str:
+    return key

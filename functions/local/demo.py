@@ -18,7 +18,7 @@ from pathlib import Path
 from functions.local.dev import DevPipeline, resolve_stack_config
 from functions.local.samples import Sample, write_samples
 from functions.local.target import PipelineTarget
-from functions.local.upload import Upload, UploadResult, print_table, upload_and_wait
+from functions.local.upload import Upload, UploadResult, print_results, upload_and_wait
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 CORPUS_PHOTOS = PROJECT_ROOT.parent / "shared" / "corpus" / "photos"
@@ -98,7 +98,7 @@ def main() -> int:
                 f"{target.uploads_prefix} ...\n"
             )
             results = upload_and_wait(target, uploads, timeout=60)
-            print_table(results, target, sys.stdout)
+            print_results(results, target.url, sys.stdout)
 
             print()
             for sample in samples:

@@ -1,80 +1,165 @@
-"""Where `imagepipe upload` and `imagepipe status` send their requests: the dev pipeline or a stack.
+"""Where `imagepipe upload` and `imagepipe status` send their requests: a pipeline on AWS or
+GCP, the dev pipeline on this machine or a deployed stack.
 
-`--dev` reads the outputs file `imagepipe dev` writes; `--stack NAME` asks the
-Pulumi CLI for a deployed stack's outputs and uses the usual AWS credentials.
+`--dev` reads the outputs file `imagepipe dev` writes; `--stack NAME` asks the Pulumi
+CLI for a deployed stack's outputs and uses the cloud's usual credentials. Either way the
+outputs' `cloud` ("aws" or "gcp") picks the client (`AwsPipelineTarget` in
+`aws_client`, `GcpPipelineTarget` in `gcp_client`), and both answer the same methods,
+so the commands never ask which cloud they talk to.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import mimetypes
 import shutil
 import subprocess
-import threading
-from dataclasses import dataclass, field
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Protocol
 
+from components.config import CLOUDS
+from functions.core.records import ImageRecord, Status
 from functions.local.dev import DEFAULT_OUTPUTS
-from functions.local.emulated_aws import boto3_client
 
 
 class TargetError(Exception):
     """The pipeline to talk to cannot be found; the message says what to do."""
 
 
-@dataclass(frozen=True)
-class PipelineTarget:
+class RecordSource(Protocol):
+    """A pipeline's records store, read-only."""
+
+    def get_many(self, ids: Sequence[str]) -> dict[str, ImageRecord]:
+        """The records that exist among `ids`, by id, in as few requests as the store allows."""
+        ...
+
+    def by_status(self, status: Status, limit: int) -> list[ImageRecord]:
+        """Up to `limit` records with this status, the most recently updated first."""
+        ...
+
+
+class EventFeed(Protocol):
+    """A pipeline's lifecycle events, as the records they carry."""
+
+    def receive(self, wait_seconds: int) -> list[ImageRecord]:
+        """The records of the events that arrive within `wait_seconds` (0: only those waiting)."""
+        ...
+
+
+@dataclass(frozen=True, kw_only=True)
+class PipelineTarget(ABC):
+    """One pipeline, from its stack outputs: what every cloud's client has in common.
+
+    Built with `from_outputs`; the per-cloud subclass adds its records store, its SDK
+    clients (made on first use, so resolving a target sends no request) and its rules
+    for record ids.
+    """
+
+    cloud: ClassVar[str]
     uploads_bucket: str
-    records_table: str
     cdn_url: str
     uploads_prefix: str = ""  # keys outside it trigger nothing
-    endpoint: str | None = None  # None: real AWS, with the default credential chain
-    region: str | None = None
     events_topic: str | None = None
 
-    @classmethod
-    def from_outputs(cls, outputs: dict[str, Any], origin: str) -> PipelineTarget:
-        missing = [k for k in ("uploadsBucket", "recordsTable", "cdnUrl") if not outputs.get(k)]
-        if missing:
-            raise TargetError(f"{origin} has no {', '.join(missing)} output; is it an AWS stack?")
-        return cls(
-            uploads_bucket=str(outputs["uploadsBucket"]),
-            records_table=str(outputs["recordsTable"]),
-            cdn_url=str(outputs["cdnUrl"]).rstrip("/"),
-            uploads_prefix=str(outputs.get("uploadsPrefix") or ""),
-            endpoint=outputs.get("endpoint"),
-            region=outputs.get("region"),
-            events_topic=outputs.get("eventsTopic"),
-        )
+    @staticmethod
+    def from_outputs(outputs: Mapping[str, Any], origin: str) -> PipelineTarget:
+        """The client for the cloud the outputs name; `origin` says where they came from."""
+        cloud = cloud_of(outputs, origin)
+        if cloud == "gcp":
+            from functions.local.gcp_client import GcpPipelineTarget
 
-    # One client per service, made on first use: making a boto3 client takes ~15 ms, more
-    # than an upload to the local pipeline, and clients are safe to share between threads.
-    _clients: dict[str, Any] = field(
-        default_factory=dict, init=False, repr=False, compare=False, hash=False
-    )
-    _clients_lock: threading.Lock = field(
-        default_factory=threading.Lock, init=False, repr=False, compare=False, hash=False
-    )
+            return GcpPipelineTarget.from_outputs(outputs, origin)
+        from functions.local.aws_client import AwsPipelineTarget
 
-    def client(self, service: str) -> Any:
-        with self._clients_lock:
-            if service not in self._clients:
-                self._clients[service] = self._new_client(service)
-            return self._clients[service]
+        return AwsPipelineTarget.from_outputs(outputs, origin)
 
-    def _new_client(self, service: str) -> Any:
-        if self.endpoint:
-            return boto3_client(service, self.endpoint, self.region or "us-east-1")
-        import boto3
-        from botocore.config import Config
+    @property
+    @abstractmethod
+    def is_dev(self) -> bool:
+        """True for the pipeline `imagepipe dev` runs on this machine."""
 
-        return boto3.client(
-            service, region_name=self.region, config=Config(retries={"mode": "standard"})
-        )
+    @property
+    @abstractmethod
+    def where(self) -> str:
+        """The pipeline as a message names it ("the dev pipeline at ...", "AWS")."""
+
+    @property
+    @abstractmethod
+    def service_errors(self) -> tuple[type[BaseException], ...]:
+        """What the cloud's SDK raises when the pipeline cannot be reached or refuses."""
+
+    @property
+    @abstractmethod
+    def records(self) -> RecordSource:
+        """The records store, to read."""
+
+    @abstractmethod
+    def put(self, path: Path, key: str) -> str:
+        """Upload one file under `key`; the record id the function will give that version."""
+
+    @abstractmethod
+    def current_record_id(self, key: str) -> str | None:
+        """The record id of the object's current version; None when there is no such object."""
+
+    @abstractmethod
+    def follow_events(self) -> AbstractContextManager[EventFeed | None]:
+        """A feed of the pipeline's events while the context lasts, or None where the
+        records store is read instead (see `functions.local.upload` for when and why)."""
+
+    @abstractmethod
+    def object_url(self, key: str) -> str:
+        """The upload's address as the cloud's own tools write it (s3://..., gs://...)."""
 
     def url(self, key: str) -> str:
+        """Where a rendition is served."""
         return f"{self.cdn_url}/{key}"
+
+
+def records_in_events(bodies: Iterable[str | bytes]) -> list[ImageRecord]:
+    """The records carried by lifecycle CloudEvents (structured JSON, one serialisation on
+    both clouds); anything else is skipped."""
+    found = []
+    for body in bodies:
+        try:
+            found.append(ImageRecord.from_dict(json.loads(body)["data"]))
+        except (ValueError, KeyError, TypeError):
+            continue  # not a lifecycle event: nothing a command waits for
+    return found
+
+
+def content_type_of(path: Path) -> str:
+    """What an upload is labelled: informational only, the function decides by content."""
+    return mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+
+
+def cloud_of(outputs: Mapping[str, Any], origin: str) -> str:
+    """The outputs' `cloud`. Without one (files and stacks from before it was written),
+    a records collection means GCP and anything else AWS, the only cloud there was."""
+    cloud = outputs.get("cloud")
+    if cloud is None:
+        only_gcp = outputs.get("recordsCollection") and not outputs.get("recordsTable")
+        return "gcp" if only_gcp else "aws"
+    if cloud not in CLOUDS:
+        raise TargetError(
+            f"{origin} names cloud {str(cloud)[:40]!r}; expected {' or '.join(CLOUDS)}"
+        )
+    return str(cloud)
+
+
+def required_outputs(
+    outputs: Mapping[str, Any], names: Sequence[str], origin: str, cloud: str
+) -> None:
+    missing = [name for name in names if not outputs.get(name)]
+    if missing:
+        raise TargetError(
+            f"{origin} has no {', '.join(missing)} output; is it an imagepipe stack on "
+            f"{cloud.upper()}?"
+        )
 
 
 def add_target_arguments(parser: argparse.ArgumentParser) -> None:
@@ -85,7 +170,7 @@ def add_target_arguments(parser: argparse.ArgumentParser) -> None:
         help="the pipeline `imagepipe dev` runs on this machine (the default)",
     )
     where.add_argument(
-        "--stack", metavar="NAME", help="a deployed AWS stack, via `pulumi stack output`"
+        "--stack", metavar="NAME", help="a deployed stack (AWS or GCP), via `pulumi stack output`"
     )
     parser.add_argument(
         "--outputs",
@@ -110,9 +195,15 @@ def resolve_target(args: argparse.Namespace) -> PipelineTarget:
         raise TargetError(
             f"{path} is not an outputs file written by `imagepipe dev` ({error})"
         ) from None
-    if not isinstance(outputs, dict) or not outputs.get("endpoint"):
+    if not isinstance(outputs, dict):
         raise TargetError(f"{path} is not an outputs file written by `imagepipe dev`")
-    return PipelineTarget.from_outputs(outputs, str(path))
+    target = PipelineTarget.from_outputs(outputs, str(path))
+    if not target.is_dev:
+        raise TargetError(
+            f"{path} has no emulator address, so it was not written by `imagepipe dev`; "
+            "for a deployed stack use --stack NAME"
+        )
+    return target
 
 
 def stack_outputs(stack: str) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""`imagepipe upload` on the dev pipeline waits on the events topic; the table is the safety net."""
+"""`imagepipe upload` on the AWS dev pipeline waits on the events topic; the table is the
+safety net. (The same on GCP: tests/functions/gcp/test_gcp_client.py.)"""
 
 from __future__ import annotations
 
@@ -10,19 +11,12 @@ import pytest
 
 import functions.local.upload as upload_module
 from functions.core.events import lifecycle_event
-from functions.core.records import ImageRecord, Source, Status, record_id
+from functions.core.records import ImageRecord, Source, Status
+from functions.local.aws_client import AwsPipelineTarget, SqsEventFeed
 from functions.local.dev import DevPipeline
 from functions.local.samples import small_png
 from functions.local.target import PipelineTarget
-from functions.local.upload import (
-    RecordReader,
-    SqsEventFeed,
-    Upload,
-    event_feed,
-    object_version,
-    upload_and_wait,
-    wait_for_records,
-)
+from functions.local.upload import Upload, upload_and_wait, wait_for_records
 from tests.local.conftest import UPLOADS_PREFIX, wait_for
 
 pytestmark = [pytest.mark.emulator, pytest.mark.timeout(60)]
@@ -38,7 +32,7 @@ def stored_final_record(target: PipelineTarget, rid: str) -> ImageRecord | None:
     """The table's record once it is final (it lands one write after the event), else None."""
 
     def final() -> ImageRecord | None:
-        record = RecordReader.for_target(target).get_many([rid]).get(rid)
+        record = target.records.get_many([rid]).get(rid)
         return record if record is not None and record.status is not Status.PROCESSING else None
 
     return wait_for(final, timeout=5)  # type: ignore[no-any-return]
@@ -81,15 +75,15 @@ def test_a_record_final_before_the_feed_existed_is_found_in_the_table(
     key = f"{UPLOADS_PREFIX}early.png"
     [first] = upload_and_wait(target, [Upload(path, key)], timeout=20)
     assert first.status == "COMPLETED"
-    head = target.client("s3").head_object(Bucket=target.uploads_bucket, Key=key)
-    rid = record_id(target.uploads_bucket, key, object_version(head))
-    assert stored_final_record(target, rid) is not None
+    rid = target.current_record_id(key)
+    assert rid == first.record_id and stored_final_record(target, rid) is not None
 
     # Its event went out before this feed subscribed: none will come.
     started = time.monotonic()
-    with SqsEventFeed.for_target(target) as feed:
+    with target.follow_events() as feed:
+        assert isinstance(feed, SqsEventFeed)
         [again] = wait_for_records(
-            RecordReader.for_target(target),
+            target.records,
             [Upload(path, key)],
             [rid],
             timeout=20,
@@ -127,12 +121,13 @@ def test_the_feed_passes_on_lifecycle_events_and_ignores_other_messages(
 
 
 def test_a_deployed_stack_is_read_from_the_table_not_followed() -> None:
-    deployed = PipelineTarget(
+    deployed = AwsPipelineTarget(
         uploads_bucket="u",
         records_table="t",
         cdn_url="https://cdn.example",
         endpoint=None,
         events_topic="arn:aws:sns:eu-west-1:123456789012:imagepipe-events",
     )
-    with event_feed(deployed) as feed:
+    with deployed.follow_events() as feed:
         assert feed is None
+    assert upload_module.default_poll_interval(deployed) == upload_module.STACK_POLL_INTERVAL

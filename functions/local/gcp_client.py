@@ -1,0 +1,300 @@
+"""The local client of a pipeline on GCP: Cloud Storage for uploads, the Firestore records
+collection, and the Pub/Sub events topic followed through a subscription of the command's own.
+
+On the dev pipeline every client is built pointing at the emulators the outputs name,
+explicitly, never through variables left in the environment (other code in the process
+would meet them); on a deployed stack with Application Default Credentials. The
+google-cloud packages are imported on first use: they take about a second.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from functions.core.records import ImageRecord, Status, record_id
+from functions.gcp.contract import RECORDS_COLLECTION_NAME, RECORDS_INDEXES, STATUS_INDEX
+from functions.local.target import (
+    EventFeed,
+    PipelineTarget,
+    TargetError,
+    content_type_of,
+    records_in_events,
+    required_outputs,
+)
+
+BATCH_GET_LIMIT = 100  # documents per BatchGetDocuments, as many as DynamoDB takes
+# The emulator outputs: all three or none, so no client can reach a real service by default
+# while the others talk to this machine.
+EMULATOR_OUTPUTS = ("storageEndpoint", "firestoreEmulatorHost", "pubsubEmulatorHost")
+FIRESTORE_EMULATOR_VARIABLE = "FIRESTORE_EMULATOR_HOST"
+# An empty pull can answer at once (the emulator does): pull again after this, until the wait
+# is over, rather than spin.
+EMPTY_PULL_PAUSE_SECONDS = 0.05
+
+_environ_lock = threading.Lock()
+
+
+@dataclass(frozen=True, kw_only=True)
+class GcpPipelineTarget(PipelineTarget):
+    cloud = "gcp"
+    records_collection: str
+    project: str | None = None  # None: the project of the default credentials
+    storage_endpoint: str | None = None  # http://127.0.0.1:PORT (the dev pipeline's GCS)
+    firestore_emulator_host: str | None = None  # host:port
+    pubsub_emulator_host: str | None = None  # host:port
+
+    @classmethod
+    def from_outputs(cls, outputs: Mapping[str, Any], origin: str) -> GcpPipelineTarget:
+        required_outputs(outputs, ("uploadsBucket", "cdnUrl"), origin, "gcp")
+        emulators = {name: outputs.get(name) or None for name in EMULATOR_OUTPUTS}
+        if any(emulators.values()) and not all(emulators.values()):
+            absent = [name for name, value in emulators.items() if not value]
+            raise TargetError(
+                f"{origin} names some emulators but not {', '.join(absent)}; "
+                "`imagepipe dev` writes all three"
+            )
+        topic = outputs.get("eventsTopic") or None
+        return cls(
+            uploads_bucket=str(outputs["uploadsBucket"]),
+            records_collection=str(outputs.get("recordsCollection") or RECORDS_COLLECTION_NAME),
+            cdn_url=str(outputs["cdnUrl"]).rstrip("/"),
+            uploads_prefix=str(outputs.get("uploadsPrefix") or ""),
+            events_topic=topic,
+            # A deployed stack exports no project; its topic's name holds it.
+            project=outputs.get("project") or _topic_project(topic),
+            storage_endpoint=emulators["storageEndpoint"],
+            firestore_emulator_host=emulators["firestoreEmulatorHost"],
+            pubsub_emulator_host=emulators["pubsubEmulatorHost"],
+        )
+
+    # Clients are made on first use (resolving a target sends nothing) and shared by the
+    # upload threads, as the SDKs allow.
+    _clients: dict[str, Any] = field(
+        default_factory=dict, init=False, repr=False, compare=False, hash=False
+    )
+    _clients_lock: threading.Lock = field(
+        default_factory=threading.Lock, init=False, repr=False, compare=False, hash=False
+    )
+
+    def client(self, service: str) -> Any:
+        """ "storage", "firestore" or "subscriber", built once."""
+        builders = {
+            "storage": self._storage_client,
+            "firestore": self._firestore_client,
+            "subscriber": self._subscriber_client,
+        }
+        with self._clients_lock:
+            if service not in self._clients:
+                self._clients[service] = builders[service]()
+            return self._clients[service]
+
+    def _storage_client(self) -> Any:
+        from google.cloud import storage
+
+        if not self.is_dev:
+            return storage.Client(project=self.project)
+        from google.auth.credentials import AnonymousCredentials
+
+        return storage.Client(
+            project=self.project,
+            credentials=AnonymousCredentials(),
+            client_options={"api_endpoint": self.storage_endpoint},
+        )
+
+    def _firestore_client(self) -> Any:
+        from google.cloud import firestore
+
+        if not self.is_dev:
+            return firestore.Client(project=self.project)
+        from google.auth.credentials import AnonymousCredentials
+
+        # The SDK opens its insecure emulator channel only from this variable, which it
+        # reads in the constructor: set for the construction alone, then put back.
+        assert self.firestore_emulator_host is not None
+        with _environment_variable(FIRESTORE_EMULATOR_VARIABLE, self.firestore_emulator_host):
+            return firestore.Client(project=self.project, credentials=AnonymousCredentials())
+
+    def _subscriber_client(self) -> Any:
+        from google.cloud import pubsub_v1
+
+        if not self.is_dev:
+            return pubsub_v1.SubscriberClient()
+        import grpc
+        from google.pubsub_v1.services.subscriber.transports import SubscriberGrpcTransport
+
+        # An explicit insecure channel is what PUBSUB_EMULATOR_HOST would make; given a
+        # channel, the transport looks for no credentials.
+        channel = grpc.insecure_channel(self.pubsub_emulator_host)
+        return pubsub_v1.SubscriberClient(
+            transport=SubscriberGrpcTransport(channel=channel, host=self.pubsub_emulator_host)
+        )
+
+    @property
+    def is_dev(self) -> bool:
+        return self.storage_endpoint is not None
+
+    @property
+    def where(self) -> str:
+        if self.is_dev:
+            return (
+                f"the dev pipeline's emulators ({self.storage_endpoint}, "
+                f"{self.firestore_emulator_host}, {self.pubsub_emulator_host})"
+            )
+        return f"GCP (project {self.project})" if self.project else "GCP"
+
+    @property
+    def service_errors(self) -> tuple[type[BaseException], ...]:
+        import requests
+        from google.api_core.exceptions import GoogleAPIError
+        from google.auth.exceptions import GoogleAuthError
+
+        return (GoogleAPIError, GoogleAuthError, requests.RequestException)
+
+    @property
+    def records(self) -> FirestoreRecordReader:
+        return FirestoreRecordReader(self.client("firestore"), self.records_collection)
+
+    def put(self, path: Path, key: str) -> str:
+        blob = self.client("storage").bucket(self.uploads_bucket).blob(key)
+        blob.upload_from_filename(str(path), content_type=content_type_of(path))
+        # The generation the upload created is the version the function's event names.
+        return record_id(self.uploads_bucket, key, str(blob.generation))
+
+    def current_record_id(self, key: str) -> str | None:
+        blob = self.client("storage").bucket(self.uploads_bucket).get_blob(key)
+        if blob is None:
+            return None
+        return record_id(self.uploads_bucket, key, str(blob.generation))
+
+    def follow_events(self) -> AbstractContextManager[EventFeed | None]:
+        if self.is_dev and self.events_topic:
+            return PubSubEventFeed.for_target(self)
+        return nullcontext()
+
+    def object_url(self, key: str) -> str:
+        return f"gs://{self.uploads_bucket}/{key}"
+
+
+def _topic_project(topic: str | None) -> str | None:
+    """projects/<project>/topics/<topic> -> <project>."""
+    parts = (topic or "").split("/")
+    if len(parts) == 4 and parts[0] == "projects" and parts[2] == "topics" and parts[1]:
+        return parts[1]
+    return None
+
+
+@contextmanager
+def _environment_variable(name: str, value: str) -> Iterator[None]:
+    with _environ_lock:
+        saved = os.environ.get(name)
+        os.environ[name] = value
+        try:
+            yield
+        finally:
+            if saved is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = saved
+
+
+class FirestoreRecordReader:
+    """Reads the records collection: many documents in one BatchGetDocuments, and one
+    status, newest first, through the collection's `by-status` index."""
+
+    def __init__(self, client: Any, collection: str) -> None:
+        self._client = client
+        self._collection = client.collection(collection)
+
+    def get_many(self, ids: Sequence[str]) -> dict[str, ImageRecord]:
+        found: dict[str, ImageRecord] = {}
+        unique = list(dict.fromkeys(ids))
+        for start in range(0, len(unique), BATCH_GET_LIMIT):
+            documents = [
+                self._collection.document(i) for i in unique[start : start + BATCH_GET_LIMIT]
+            ]
+            for snapshot in self._client.get_all(documents):
+                if snapshot.exists:
+                    record = ImageRecord.from_dict(snapshot.to_dict())
+                    found[record.id] = record
+        return found
+
+    def by_status(self, status: Status, limit: int) -> list[ImageRecord]:
+        from google.cloud.firestore_v1.base_query import FieldFilter
+
+        # The component's composite index: without it Firestore refuses this query.
+        (status_field, _), (order_field, direction) = RECORDS_INDEXES[STATUS_INDEX]
+        query = (
+            self._collection.where(filter=FieldFilter(status_field, "==", status.value))
+            .order_by(order_field, direction=direction)
+            .limit(limit)
+        )
+        return [ImageRecord.from_dict(snapshot.to_dict()) for snapshot in query.stream()]
+
+
+class PubSubEventFeed:
+    """The events topic, read through a Pub/Sub subscription made for this command alone and
+    deleted on exit (why: `functions.local.upload`)."""
+
+    def __init__(self, subscriber: Any, topic: str, project: str) -> None:
+        self._subscriber = subscriber
+        self._topic = topic
+        self._project = project
+        self._subscription: str | None = None
+
+    @classmethod
+    def for_target(cls, target: GcpPipelineTarget) -> PubSubEventFeed:
+        assert target.events_topic is not None and target.project is not None
+        return cls(target.client("subscriber"), target.events_topic, target.project)
+
+    @property
+    def subscription(self) -> str | None:
+        return self._subscription
+
+    def __enter__(self) -> PubSubEventFeed:
+        name = f"projects/{self._project}/subscriptions/imagepipe-upload-{uuid.uuid4().hex[:12]}"
+        self._subscriber.create_subscription(name=name, topic=self._topic)
+        self._subscription = name
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        from google.api_core.exceptions import GoogleAPIError
+
+        try:  # best effort: the emulator may already be gone, taking it along
+            if self._subscription:
+                self._subscriber.delete_subscription(subscription=self._subscription)
+        except GoogleAPIError:
+            pass
+        self._subscription = None
+
+    def receive(self, wait_seconds: int) -> list[ImageRecord]:
+        from google.api_core.exceptions import DeadlineExceeded
+
+        deadline = time.monotonic() + wait_seconds
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                response = self._subscriber.pull(
+                    subscription=self._subscription,
+                    max_messages=10,
+                    timeout=max(left, EMPTY_PULL_PAUSE_SECONDS),
+                    retry=None,
+                )
+                received = list(response.received_messages)
+            except DeadlineExceeded:
+                received = []
+            if received:
+                self._subscriber.acknowledge(
+                    subscription=self._subscription, ack_ids=[m.ack_id for m in received]
+                )
+                return records_in_events(m.message.data for m in received)
+            if time.monotonic() + EMPTY_PULL_PAUSE_SECONDS >= deadline:
+                return []
+            time.sleep(EMPTY_PULL_PAUSE_SECONDS)

@@ -133,9 +133,11 @@ def defaults(args_type: type) -> dict[str, Any]:
     }
 
 
-def shared_options(reader: ConfigReader, args_type: type, limits: dict[str, int]) -> dict:
-    """Options both clouds have, with each cloud's bounds."""
-    default = defaults(args_type)
+def shared_options(reader: ConfigReader, limits: dict[str, int]) -> dict[str, Any]:
+    """Options both clouds have (`PipelineArgs` fields), with each cloud's bounds."""
+    from components.args import PipelineArgs
+
+    default = defaults(PipelineArgs)
     return {
         "python_version": reader.choice(
             "pythonVersion", PYTHON_VERSIONS, default["python_version"]
@@ -217,7 +219,7 @@ def known_keys() -> dict[str, str]:
     names = _key_names()
     names.choice("cloud", CLOUDS, "aws")
     names.asked += list(SETTINGS_KEYS)
-    shared_options(names, _aws_args_type(), AWS_LIMITS)
+    shared_options(names, AWS_LIMITS)
     names.key_values("tags")
     owners = dict.fromkeys(names.asked, "")
     for cloud, (options, _) in CLOUD_OPTIONS.items():
@@ -278,7 +280,7 @@ def aws_args(reader: ConfigReader, settings):
 
     return AwsImagePipelineArgs(
         settings=settings,
-        **shared_options(reader, AwsImagePipelineArgs, AWS_LIMITS),
+        **shared_options(reader, AWS_LIMITS),
         **aws_options(reader),
         tags=reader.key_values("tags"),
     )
@@ -290,9 +292,9 @@ def gcp_args(reader: ConfigReader, region: str | None, settings):
     return GcpImagePipelineArgs(
         settings=settings,
         region=region or defaults(GcpImagePipelineArgs)["region"],
-        **shared_options(reader, GcpImagePipelineArgs, GCP_LIMITS),
+        **shared_options(reader, GCP_LIMITS),
         **gcp_options(reader),
-        labels=reader.key_values("tags"),
+        tags=reader.key_values("tags"),
     )
 
 

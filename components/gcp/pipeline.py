@@ -122,7 +122,7 @@ class GcpImagePipeline(pulumi.ComponentResource):
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         super().__init__(TYPE_TOKEN, name, {}, opts)
-        labels = {"app": "imagepipe", "imagepipe-component": name, **args.labels}
+        labels = {"app": "imagepipe", "imagepipe-component": name, **args.tags}
         project = gcp.organizations.get_project_output()
         project_id = project.project_id
 

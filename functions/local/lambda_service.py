@@ -207,7 +207,7 @@ class AsyncInvoker:
         function_arn: str,
         workers: int = 3,
         retry_delays: Sequence[int] = DEFAULT_RETRY_DELAYS,
-        max_event_age_seconds: int = 3600,
+        max_event_age_seconds: int,
     ) -> None:
         if len(retry_delays) < MAX_ATTEMPTS - 1:
             raise ValueError(f"retry_delays needs {MAX_ATTEMPTS - 1} entries")

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from components import config
+from components.args import PipelineArgs
 from functions.core.settings import PipelineSettings, SettingsError, shown
 
 # A stack config holds a few dozen values; aliases that expand past this are a bomb
@@ -29,7 +30,9 @@ class LocalStackConfig:
     settings: PipelineSettings = field(default_factory=PipelineSettings)
     uploads_prefix: str = ""  # only keys under it trigger processing, as on the stack
     uploads_suffix: str = ""
-    max_event_age_seconds: int = 3600
+    max_event_age_seconds: int = field(
+        default_factory=lambda: config.defaults(PipelineArgs)["max_event_age_seconds"]
+    )
 
 
 def settings_from_stack_config(path: str | Path) -> PipelineSettings:

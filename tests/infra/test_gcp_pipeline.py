@@ -40,7 +40,7 @@ CHANNEL = "gcp:monitoring/notificationChannel:NotificationChannel"
 
 def make_args(**overrides: Any) -> GcpImagePipelineArgs:
     settings = PipelineSettings(renditions=(RenditionSpec("thumb", 200, 200, "cover", "webp", 75),))
-    base = GcpImagePipelineArgs(settings=settings, region=REGION, labels={"team": "media"})
+    base = GcpImagePipelineArgs(settings=settings, region=REGION, tags={"team": "media"})
     return dataclasses.replace(base, **overrides)
 
 

@@ -137,6 +137,7 @@ def invoker(queues: Queues, faulty: FaultySqs, handler: RecordingHandler) -> Ite
         function_arn="arn:aws:lambda:us-east-1:123456789012:function:faults-fn",
         workers=WORKERS,
         retry_delays=(1, 1),
+        max_event_age_seconds=3600,
     )
     invoker.start()
     yield invoker

@@ -203,7 +203,10 @@ class DynamoDbRecordStore:
         )
 
     def create(self, record: ImageRecord) -> bool:
-        return self._put(record, ConditionExpression="attribute_not_exists(id)")
+        if self._put(record, ConditionExpression="attribute_not_exists(id)"):
+            return True
+        # botocore retried a put whose first attempt landed: the record it meets is ours.
+        return self.get(record.id) == record
 
     def replace(
         self, record: ImageRecord, *, expected_status: Status, expected_attempts: int

@@ -26,20 +26,34 @@ class StoredBlob:
     content_type: str
     cache_control: str
     metadata: Mapping[str, str]
+    version: str = "v1"
 
 
 @dataclass
 class InMemoryBlobStore:
+    """Each write makes a new version (v1, v2, ...), as S3 ETags and GCS generations do."""
+
     objects: dict[tuple[str, str], StoredBlob] = field(default_factory=dict)
     unavailable: bool = False
+    _written: int = 0
 
-    def put_upload(self, bucket: str, key: str, data: bytes) -> None:
-        self.objects[(bucket, key)] = StoredBlob(data, "application/octet-stream", "", {})
+    def put_upload(self, bucket: str, key: str, data: bytes, version: str | None = None) -> str:
+        """Store an upload as a client would; returns its version (or keeps the one given)."""
+        version = version or self._next_version()
+        self.objects[(bucket, key)] = StoredBlob(data, "application/octet-stream", "", {}, version)
+        return version
 
     def read(self, bucket: str, key: str, version: str | None = None) -> bytes:
         if self.unavailable:
             raise StorageUnavailable(f"storage is unavailable (reading {bucket}/{key})")
-        return self.objects[(bucket, key)].data
+        stored = self.objects[(bucket, key)]
+        if version is not None and stored.version != version:
+            raise KeyError(f"{bucket}/{key} version {version}")  # overwritten since
+        return stored.data
+
+    def _next_version(self) -> str:
+        self._written += 1
+        return f"v{self._written}"
 
     def write(
         self,
@@ -53,7 +67,9 @@ class InMemoryBlobStore:
     ) -> None:
         if self.unavailable:
             raise StorageUnavailable(f"storage is unavailable (writing {bucket}/{key})")
-        self.objects[(bucket, key)] = StoredBlob(data, content_type, cache_control, dict(metadata))
+        self.objects[(bucket, key)] = StoredBlob(
+            data, content_type, cache_control, dict(metadata), self._next_version()
+        )
 
     def keys(self, bucket: str) -> list[str]:
         return sorted(key for (b, key) in self.objects if b == bucket)
@@ -77,7 +93,7 @@ class InMemoryRecordStore:
         self._check()
         with self._lock:
             if record.id in self.records:
-                return False
+                return self.records[record.id] == record  # a repeated create of the same claim
             self.records[record.id] = record
             return True
 

@@ -36,7 +36,11 @@ class RecordStore(Protocol):
     def get(self, record_id: str) -> ImageRecord | None: ...
 
     def create(self, record: ImageRecord) -> bool:
-        """Write `record` only if no record has its id; False when one already does."""
+        """Write `record` only if no record has its id; False when another one already does.
+
+        True when this very record is already there: a create the SDK retried after its
+        first attempt landed is still the caller's claim.
+        """
         ...
 
     def replace(

@@ -101,7 +101,7 @@ class Pipeline:
     now: datetime = datetime(2026, 1, 1, tzinfo=UTC)
 
     def upload(self, key: str, data: bytes, version: str = "v1") -> ObjectRef:
-        self.blobs.put_upload("uploads", key, data)
+        self.blobs.put_upload("uploads", key, data, version)
         return ObjectRef("uploads", key, version, len(data))
 
     def process(self, ref: ObjectRef, **overrides) -> Outcome:

@@ -193,6 +193,7 @@ class EmulatedStack:
                 received.append(
                     {
                         "event": json.loads(message["Body"]),
+                        "body": message["Body"].encode(),
                         "type_attribute": message["MessageAttributes"]["type"]["StringValue"],
                         "message_bytes": len(message["Body"].encode()),
                     }

@@ -6,22 +6,17 @@ import socket
 
 import boto3
 import pytest
-from botocore.config import Config
 
-from functions.aws.adapters import DynamoDbRecordStore, S3BlobStore, SnsEventPublisher
-from functions.core.events import lifecycle_event
+from functions.aws.adapters import DynamoDbRecordStore, S3BlobStore
 from functions.core.records import (
     ErrorInfo,
     ImageMetadata,
     ImageRecord,
-    PublisherUnavailable,
     RecordStoreUnavailable,
     RenditionRecord,
     Source,
     Status,
-    StorageUnavailable,
 )
-from functions.local.emulated_aws import PipelineResources
 
 from .conftest import EmulatedStack
 
@@ -54,33 +49,6 @@ def finished_record() -> ImageRecord:
 @pytest.fixture
 def records(stack: EmulatedStack) -> DynamoDbRecordStore:
     return DynamoDbRecordStore(boto3.client("dynamodb"), stack.table)
-
-
-def test_a_record_round_trips_with_floats_nones_and_nested_values(
-    records: DynamoDbRecordStore,
-) -> None:
-    record = finished_record()
-    assert records.create(record)
-    assert records.get(record.id) == record
-    assert records.get("absent") is None
-
-
-def test_create_refuses_an_existing_id(records: DynamoDbRecordStore) -> None:
-    assert records.create(a_record())
-    assert not records.create(a_record(Status.PENDING, attempts=7))
-    assert records.get(a_record().id) == a_record()
-
-
-def test_replace_needs_the_expected_status_and_attempts(records: DynamoDbRecordStore) -> None:
-    records.create(a_record(Status.PROCESSING, attempts=2))
-    done = finished_record().evolve(attempts=2)
-    assert not records.replace(done, expected_status=Status.PENDING, expected_attempts=2)
-    assert not records.replace(done, expected_status=Status.PROCESSING, expected_attempts=1)
-    assert records.replace(done, expected_status=Status.PROCESSING, expected_attempts=2)
-    assert records.get(done.id) == done
-    assert not records.replace(
-        done.evolve(id="s" * 40), expected_status=Status.PROCESSING, expected_attempts=2
-    )
 
 
 def test_the_status_index_finds_records_by_status(
@@ -149,42 +117,7 @@ def test_a_read_by_version_id_gets_that_version(stack: EmulatedStack) -> None:
         blobs.read(stack.uploads, "v.jpg", old)
 
 
-def test_events_are_published_as_json_with_their_type_attribute(stack: EmulatedStack) -> None:
-    publisher = SnsEventPublisher(boto3.client("sns"), stack.topic_arn)
-    event = lifecycle_event(finished_record(), source="urn:imagepipe:aws:test")
-    publisher.publish(event)
-    (received,) = stack.published_events()
-    assert received["event"] == event
-    assert received["type_attribute"] == "imagepipe.image.completed"
-
-
 def closed_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]  # nothing listens once the probe is closed
-
-
-@pytest.fixture
-def unreachable(aws_env: dict[str, str]) -> Config:
-    """A client config for an endpoint that refuses connections, retried once."""
-    return Config(retries={"mode": "standard", "total_max_attempts": 2}, connect_timeout=1)
-
-
-def test_an_unreachable_endpoint_is_a_transient_error_for_every_port(
-    unreachable: Config, resources: PipelineResources
-) -> None:
-    endpoint = f"http://127.0.0.1:{closed_port()}"
-    blobs = S3BlobStore(boto3.client("s3", endpoint_url=endpoint, config=unreachable))
-    records = DynamoDbRecordStore(
-        boto3.client("dynamodb", endpoint_url=endpoint, config=unreachable), resources.records_table
-    )
-    publisher = SnsEventPublisher(
-        boto3.client("sns", endpoint_url=endpoint, config=unreachable),
-        "arn:aws:sns:us-east-1:123456789012:t",
-    )
-    with pytest.raises(StorageUnavailable, match="reading s3://"):
-        blobs.read(resources.uploads_bucket, "a.jpg", "v")
-    with pytest.raises(RecordStoreUnavailable):
-        records.get("x")
-    with pytest.raises(PublisherUnavailable):
-        publisher.publish(lifecycle_event(finished_record(), source="urn:test"))

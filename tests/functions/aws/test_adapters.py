@@ -9,41 +9,13 @@ import pytest
 
 from functions.aws.adapters import DynamoDbRecordStore, S3BlobStore
 from functions.core.records import (
-    ErrorInfo,
-    ImageMetadata,
-    ImageRecord,
     RecordStoreUnavailable,
-    RenditionRecord,
-    Source,
-    Status,
 )
+from tests.port_contract import a_finished_record, a_record
 
 from .conftest import EmulatedStack
 
 pytestmark = pytest.mark.emulator
-
-
-def a_record(status: Status = Status.PROCESSING, attempts: int = 1) -> ImageRecord:
-    # The record store keeps the source as data: no bucket of that name has to exist.
-    return ImageRecord(
-        id="r" * 40,
-        source=Source("uploads", "dir/photo one.jpg", "0123456789abcdef0123456789abcdef", 1234),
-        status=status,
-        attempts=attempts,
-        created_at="2026-01-01T00:00:00.000Z",
-        updated_at="2026-01-01T00:00:01.000Z",
-        lease_expires_at="2026-01-01T00:16:00.000Z",
-    )
-
-
-def finished_record() -> ImageRecord:
-    return a_record(Status.COMPLETED).evolve(
-        stage_ms={"read": 1.25, "render": 80.0, "store": 0.1},
-        image=ImageMetadata("JPEG", 1600, 1200, "RGB", False, 1, True, orientation=None),
-        renditions=(RenditionRecord("thumb", "abc/thumb.jpg", 200, 200, "jpeg", 5120),),
-        error=ErrorInfo("storage_unavailable", "earlier attempt", True),
-        lease_expires_at=None,
-    )
 
 
 @pytest.fixture
@@ -54,7 +26,7 @@ def records(stack: EmulatedStack) -> DynamoDbRecordStore:
 def test_the_status_index_finds_records_by_status(
     stack: EmulatedStack, records: DynamoDbRecordStore
 ) -> None:
-    records.create(finished_record())
+    records.create(a_finished_record())
     found = stack.dynamodb.query(
         TableName=stack.table,
         IndexName="by-status",
@@ -62,7 +34,7 @@ def test_the_status_index_finds_records_by_status(
         ExpressionAttributeNames={"#s": "status"},
         ExpressionAttributeValues={":s": {"S": "COMPLETED"}},
     )["Items"]
-    assert [item["id"]["S"] for item in found] == [finished_record().id]
+    assert [item["id"]["S"] for item in found] == [a_finished_record().id]
 
 
 def test_a_missing_table_is_an_unavailable_record_store(

@@ -1,8 +1,10 @@
 """The CDN stand-in: renditions served over HTTP on 127.0.0.1, straight from the renditions bucket.
 
-Like CloudFront in front of the bucket: GET or HEAD `/<key>` answers the
+Like CloudFront (or Cloud CDN) in front of the bucket: GET or HEAD `/<key>` answers the
 object's bytes with its own Content-Type and Cache-Control (immutable, since
-rendition keys are content-addressed); anything else is 404. Read-only.
+rendition keys are content-addressed); anything else is 404. Read-only. The bucket
+is read through a `RenditionReader`: `S3RenditionReader` on the emulated AWS,
+`GcsRenditionReader` on the emulated GCP; a bucket that cannot be read is 502.
 
 A thread serves each connection, so connections are bounded twice: one that sends
 nothing for `idle_timeout` seconds is closed (keep-alive included), and at most
@@ -16,9 +18,10 @@ import contextlib
 import logging
 import socket
 import threading
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from time import monotonic
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit
 
 from functions.local.emulated_aws import HOST
@@ -110,20 +113,106 @@ class BoundedThreadingHTTPServer(ThreadingHTTPServer):
                 self._open_changed.wait(deadline - monotonic())
 
 
+@dataclass(frozen=True)
+class StoredRendition:
+    """What the CDN answers for one key: the object's bytes (empty for HEAD) and headers."""
+
+    body: bytes
+    content_type: str
+    cache_control: str | None
+    length: int
+    etag: str | None = None
+
+
+class RenditionUnavailable(Exception):
+    """The bucket could not be read (not a missing key): the viewer gets 502."""
+
+
+class RenditionReader(Protocol):
+    def read(self, key: str, *, with_body: bool = True) -> StoredRendition | None:
+        """The object at `key` (its body only `with_body`), or None when there is none."""
+        ...
+
+
+class S3RenditionReader:
+    """Reads the renditions bucket through an S3 client (boto3's, or a fake)."""
+
+    def __init__(self, s3: Any, bucket: str) -> None:
+        self._s3 = s3
+        self._bucket = bucket
+
+    def read(self, key: str, *, with_body: bool = True) -> StoredRendition | None:
+        from botocore.exceptions import ClientError
+
+        try:
+            if with_body:
+                obj = self._s3.get_object(Bucket=self._bucket, Key=key)
+            else:
+                obj = self._s3.head_object(Bucket=self._bucket, Key=key)
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code", "") in ("NoSuchKey", "404", "NotFound"):
+                return None
+            raise RenditionUnavailable(str(error)) from error
+        body = obj["Body"].read() if with_body else b""
+        return StoredRendition(
+            body=body,
+            content_type=obj.get("ContentType", "application/octet-stream"),
+            cache_control=obj.get("CacheControl") or None,
+            length=int(obj.get("ContentLength", len(body))),
+            etag=obj.get("ETag") or None,
+        )
+
+
+class GcsRenditionReader:
+    """Reads the renditions bucket through a google-cloud-storage client."""
+
+    def __init__(self, storage: Any, bucket: str) -> None:
+        self._bucket = storage.bucket(bucket)
+
+    def read(self, key: str, *, with_body: bool = True) -> StoredRendition | None:
+        from google.api_core import exceptions
+        from google.cloud.exceptions import NotFound
+        from requests import RequestException
+
+        try:
+            blob = self._bucket.get_blob(key)
+            if blob is None:
+                return None
+            # A blob read this way downloads its own generation: metadata and body agree.
+            body = blob.download_as_bytes() if with_body else b""
+        except NotFound:  # deleted between the two calls
+            return None
+        except (exceptions.GoogleAPIError, RequestException) as error:
+            raise RenditionUnavailable(str(error)) from error
+        return StoredRendition(
+            body=body,
+            content_type=blob.content_type or "application/octet-stream",
+            cache_control=blob.cache_control or None,
+            length=int(blob.size if blob.size is not None else len(body)),
+            etag=blob.etag or None,
+        )
+
+
 class RenditionServer:
+    """Serves `reader`'s renditions on 127.0.0.1:`port` (0: any free port).
+
+    `RenditionServer(s3_client, bucket)` is the S3 reader's shorthand, as it was before
+    there were readers.
+    """
+
     def __init__(
         self,
-        s3: Any,
-        bucket: str,
+        reader: RenditionReader | Any,
+        bucket: str | None = None,
         port: int = 0,
         *,
         idle_timeout: float = IDLE_TIMEOUT_SECONDS,
         max_connections: int = MAX_CONNECTIONS,
     ) -> None:
-        self._s3 = s3
-        self._bucket = bucket
+        if bucket is not None:
+            reader = S3RenditionReader(reader, bucket)
         self._httpd = BoundedThreadingHTTPServer(
-            (HOST, port), _handler_class(s3, bucket, idle_timeout), max_connections=max_connections
+            (HOST, port), _handler_class(reader, idle_timeout), max_connections=max_connections
         )
         self._thread: threading.Thread | None = None
 
@@ -149,9 +238,7 @@ class RenditionServer:
         self._httpd.server_close()
 
 
-def _handler_class(s3: Any, bucket: str, idle_timeout: float) -> type[BaseHTTPRequestHandler]:
-    from botocore.exceptions import ClientError
-
+def _handler_class(reader: RenditionReader, idle_timeout: float) -> type[BaseHTTPRequestHandler]:
     class RenditionRequestHandler(BaseHTTPRequestHandler):
         server_version = "imagepipe-dev-cdn"
         protocol_version = "HTTP/1.1"
@@ -166,32 +253,24 @@ def _handler_class(s3: Any, bucket: str, idle_timeout: float) -> type[BaseHTTPRe
         def _serve(self, *, with_body: bool) -> None:
             key = unquote(urlsplit(self.path).path).lstrip("/")
             try:
-                if not key:
-                    raise KeyError(key)
-                if with_body:
-                    obj = s3.get_object(Bucket=bucket, Key=key)
-                else:
-                    obj = s3.head_object(Bucket=bucket, Key=key)
-            except (KeyError, ClientError) as error:
-                status = 404
-                if isinstance(error, ClientError):
-                    code = error.response.get("Error", {}).get("Code", "")
-                    if code not in ("NoSuchKey", "404", "NotFound"):
-                        status = 502
-                        log.warning("CDN could not read %s: %s", key, error)
-                self._answer_error(status, with_body)
+                rendition = reader.read(key, with_body=with_body) if key else None
+            except RenditionUnavailable as error:
+                log.warning("CDN could not read %s: %s", key, error)
+                self._answer_error(502, with_body)
                 return
-            body = obj["Body"].read() if with_body else b""
+            if rendition is None:
+                self._answer_error(404, with_body)
+                return
             self.send_response(200)
-            self.send_header("Content-Type", obj.get("ContentType", "application/octet-stream"))
-            if obj.get("CacheControl"):
-                self.send_header("Cache-Control", obj["CacheControl"])
-            if obj.get("ETag"):
-                self.send_header("ETag", obj["ETag"])
-            self.send_header("Content-Length", str(obj.get("ContentLength", len(body))))
+            self.send_header("Content-Type", rendition.content_type)
+            if rendition.cache_control:
+                self.send_header("Cache-Control", rendition.cache_control)
+            if rendition.etag:
+                self.send_header("ETag", rendition.etag)
+            self.send_header("Content-Length", str(rendition.length))
             self.end_headers()
             if with_body:
-                self.wfile.write(body)
+                self.wfile.write(rendition.body)
 
         def _answer_error(self, status: int, with_body: bool) -> None:
             body = b"not found\n" if status == 404 else b"bad gateway\n"

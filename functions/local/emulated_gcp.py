@@ -150,22 +150,18 @@ class GcpEmulators:
     """The Firestore, Pub/Sub and GCS emulators, started side by side; `stop()` ends them all.
 
     The GCS emulator publishes a notification for each object finalized in `resources`'
-    uploads bucket (under `uploads_prefix`) to its trigger topic on the Pub/Sub emulator.
-    Stopping forgets every bucket, document, topic and subscription.
+    uploads bucket to its trigger topic on the Pub/Sub emulator, whatever its name: as on
+    GCP, where Eventarc cannot filter storage events by name, the function itself skips
+    keys outside the stack's uploads prefix and suffix. Stopping forgets every bucket,
+    document, topic and subscription.
     """
 
     def __init__(
-        self,
-        resources: GcpPipelineResources,
-        log_dir: Path,
-        *,
-        storage_port: int = 0,
-        uploads_prefix: str = "",
+        self, resources: GcpPipelineResources, log_dir: Path, *, storage_port: int = 0
     ) -> None:
         self.resources = resources
         self._log_dir = log_dir
         self._storage_port = storage_port
-        self._uploads_prefix = uploads_prefix
         self._servers: dict[str, ServerProcess] = {}
         self.startup_seconds = 0.0
 
@@ -196,7 +192,6 @@ class GcpEmulators:
             "-event.pubsub-topic", trigger_topic,
             "-event.bucket", self.resources.uploads_bucket,
             "-event.list", "finalize",
-            *(("-event.object-prefix", self._uploads_prefix) if self._uploads_prefix else ()),
         ]  # fmt: skip
         firestore_command = [
             "gcloud",

@@ -1,0 +1,352 @@
+"""The stand-in for Eventarc: the uploads bucket's Pub/Sub notifications, delivered to the
+function over HTTP as the `object.v1.finalized` CloudEvents Eventarc sends.
+
+Eventarc's storage trigger is a Pub/Sub notification on the bucket and a push
+subscription to the function; the GCS emulator publishes the notification, and these
+workers play the push subscription: pull one message, POST it as a binary-mode
+CloudEvent (`ce-*` headers, the object resource as the JSON body), and honour the
+answer as Eventarc does with `RETRY_POLICY_RETRY`:
+
+- 2xx: acknowledged (done, a permanent failure recorded FAILED, or a duplicate);
+- anything else (500 for a transient error, 409 while another delivery holds a live
+  claim, no answer at all): redelivered with exponential backoff, capped (1 s doubling to
+  10 s here, 10 s to 600 s on GCP), until the event is older than the stack's maximum
+  event age. Then it is acknowledged: a function that answers at all has recorded the
+  image FAILED `expired` itself by then.
+
+Redelivery is Pub/Sub's own: a failed message's ack deadline is set to the backoff, so
+the subscription hands it out again when the backoff ends; a worker that died mid-attempt
+loses nothing, the message comes back when its ack deadline runs out. Attempts are
+counted per message in memory, which only sets the backoff. The CloudEvent's id and time
+are the notification's, so they stay the same on every redelivery, as on GCP: the time
+is how the function measures the event's age.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from time import monotonic
+from typing import Any, Protocol
+
+from functions.gcp.contract import UPLOAD_EVENT_TYPE
+from functions.local.lambda_service import RepeatedFailureLog
+
+log = logging.getLogger("imagepipe.dev")
+
+POLL_SECONDS = 1.0  # one pull's wait: also how quickly stop() is noticed
+# Pauses after 1, 2, 3 and more failed pulls in a row: brief, growing, bounded.
+PULL_BACKOFF_SECONDS = (0.2, 0.5, 1.0, 2.0)
+FINALIZE = "OBJECT_FINALIZE"  # the notification's eventType for a new object version
+PULL = "pulling from the trigger subscription"
+ACKNOWLEDGE = "acknowledging a delivered event (it comes back after its ack deadline)"
+DELAY_RETRY = "delaying a redelivery (it comes back after its ack deadline instead)"
+DELIVER = "delivering an event"  # anything else: a bug here, logged with its traceback once
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff between deliveries of one event, and how long it is retried."""
+
+    initial_seconds: float = 1.0
+    maximum_seconds: float = 10.0
+    max_event_age_seconds: float = 3600
+
+    def delay(self, failed_attempts: int) -> float:
+        """The wait after the `failed_attempts`-th failed delivery (1: the first)."""
+        return min(self.initial_seconds * 2 ** (failed_attempts - 1), self.maximum_seconds)
+
+
+@dataclass(frozen=True)
+class Notification:
+    """One pulled Pub/Sub message of the bucket's notification topic."""
+
+    ack_id: str
+    message_id: str
+    attributes: Mapping[str, str]
+    data: bytes
+    publish_time: datetime
+
+
+class NotificationSource(Protocol):
+    """Where the notifications come from: the trigger subscription (or a fake in tests)."""
+
+    def pull(self, max_messages: int, timeout: float) -> Sequence[Notification]: ...
+
+    def acknowledge(self, ack_id: str) -> None: ...
+
+    def redeliver_after(self, ack_id: str, seconds: float) -> None: ...
+
+
+class PubSubNotificationSource:
+    """The trigger subscription, through google-cloud-pubsub's synchronous pull."""
+
+    def __init__(self, subscriber: Any, subscription: str) -> None:
+        self._subscriber = subscriber
+        self._subscription = subscription
+
+    def pull(self, max_messages: int, timeout: float) -> Sequence[Notification]:
+        from google.api_core.exceptions import DeadlineExceeded
+
+        try:
+            response = self._subscriber.pull(
+                subscription=self._subscription,
+                max_messages=max_messages,
+                timeout=timeout,
+                retry=None,
+            )
+        except DeadlineExceeded:  # nothing arrived while the pull waited
+            return []
+        return [
+            Notification(
+                ack_id=received.ack_id,
+                message_id=received.message.message_id,
+                attributes=dict(received.message.attributes),
+                data=bytes(received.message.data),
+                publish_time=received.message.publish_time,
+            )
+            for received in response.received_messages
+        ]
+
+    def acknowledge(self, ack_id: str) -> None:
+        self._subscriber.acknowledge(subscription=self._subscription, ack_ids=[ack_id])
+
+    def redeliver_after(self, ack_id: str, seconds: float) -> None:
+        # Pub/Sub takes whole seconds; rounding up never redelivers before the backoff ends.
+        self._subscriber.modify_ack_deadline(
+            subscription=self._subscription,
+            ack_ids=[ack_id],
+            ack_deadline_seconds=max(1, int(-(-seconds // 1))),
+        )
+
+
+class NotAnUploadEvent(ValueError):
+    """A notification that is not an object's finalize in JSON_API_V1: nothing to deliver."""
+
+
+def finalized_cloud_event(notification: Notification) -> tuple[dict[str, str], bytes]:
+    """The binary-mode CloudEvent (headers, body) Eventarc delivers for a finalize notification."""
+    attributes = notification.attributes
+    if attributes.get("eventType") != FINALIZE:
+        raise NotAnUploadEvent(f"event type {attributes.get('eventType')!r} is not {FINALIZE}")
+    if attributes.get("payloadFormat", "JSON_API_V1") != "JSON_API_V1":
+        raise NotAnUploadEvent(f"payload format {attributes['payloadFormat']!r} has no object")
+    try:
+        resource = json.loads(notification.data)
+    except ValueError:
+        raise NotAnUploadEvent("the payload is not JSON") from None
+    if not isinstance(resource, dict) or not resource.get("bucket") or not resource.get("name"):
+        raise NotAnUploadEvent("the payload is not an object resource with bucket and name")
+    data = dict(resource)
+    # The JSON API writes int64 fields as strings; an emulator may not.
+    for field in ("generation", "metageneration", "size"):
+        if data.get(field) is not None:
+            data[field] = str(data[field])
+    # A finalized object is a new version, whose first metageneration is 1; fake-gcs-server
+    # leaves the field out of its notifications.
+    data.setdefault("metageneration", "1")
+    bucket, name = str(data["bucket"]), str(data["name"])
+    time = attributes.get("eventTime") or _rfc3339(notification.publish_time)
+    headers = {
+        "ce-specversion": "1.0",
+        "ce-id": notification.message_id,
+        "ce-type": UPLOAD_EVENT_TYPE,
+        "ce-source": f"//storage.googleapis.com/projects/_/buckets/{bucket}",
+        "ce-subject": f"objects/{name}",
+        "ce-time": time,
+        "ce-bucket": bucket,  # the attribute an Eventarc trigger filters on
+        "Content-Type": "application/json",
+    }
+    return headers, json.dumps(data).encode()
+
+
+def event_age_seconds(headers: Mapping[str, str], now: datetime | None = None) -> float:
+    """How long ago the event happened, by its `ce-time` (the same on every redelivery)."""
+    when = datetime.fromisoformat(headers["ce-time"].replace("Z", "+00:00"))
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return ((now or datetime.now(UTC)) - when).total_seconds()
+
+
+def _rfc3339(instant: datetime) -> str:
+    return instant.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class Answer:
+    """How the function answered one delivery: its HTTP status, or None when it did not."""
+
+    status: int | None
+    text: str
+
+    @property
+    def acknowledges(self) -> bool:
+        """A push subscription takes any 2xx as an acknowledgement, anything else as a nack."""
+        return self.status is not None and 200 <= self.status < 300
+
+    def __str__(self) -> str:
+        return self.text
+
+
+class _CallFailed(Exception):
+    """A subscription call failed; `call` says which, in words for the log."""
+
+    def __init__(self, call: str, error: Exception) -> None:
+        super().__init__(call)
+        self.call = call
+        self.error = error
+
+
+class EventarcTrigger:
+    """A small pool of threads delivering the trigger subscription's events to `function_url`.
+
+    `timeout_seconds` is the function's own: a delivery unanswered by then has failed.
+    """
+
+    def __init__(
+        self,
+        source: NotificationSource,
+        function_url: str,
+        *,
+        retry: RetryPolicy = RetryPolicy(),
+        timeout_seconds: float = 60,
+        workers: int = 3,
+    ) -> None:
+        self._source = source
+        self._url = function_url
+        self._retry = retry
+        self._timeout = timeout_seconds
+        self._stopping = threading.Event()
+        self._failures = RepeatedFailureLog(log)
+        self._threads = [
+            threading.Thread(target=self._run, name=f"eventarc-worker-{n}", daemon=True)
+            for n in range(workers)
+        ]
+        self._lock = threading.Lock()
+        self._failed_attempts: dict[str, int] = {}  # message id -> failed deliveries so far
+        # What happened, for tests and the log: deliveries made, and how each ended.
+        self.deliveries = 0
+        self.acknowledged = 0
+        self.redelivered = 0
+        self.expired = 0
+
+    def start(self) -> None:
+        for thread in self._threads:
+            thread.start()
+
+    def stop(self, timeout: float = 30) -> None:
+        """Finish the deliveries in hand, then stop; a message not yet pulled stays queued."""
+        self._stopping.set()
+        deadline = monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - monotonic()))
+
+    @property
+    def workers_alive(self) -> int:
+        return sum(thread.is_alive() for thread in self._threads)
+
+    def _run(self) -> None:
+        import requests
+
+        session = requests.Session()
+        failures_in_a_row = 0
+        try:
+            while not self._stopping.is_set():
+                started = monotonic()
+                try:
+                    for notification in self._call(PULL, self._source.pull, 1, POLL_SECONDS):
+                        self._deliver(session, notification)
+                    self._failures.succeeded(DELIVER, started)
+                    failures_in_a_row = 0
+                    continue
+                except _CallFailed as failure:
+                    if not self._stopping.is_set():
+                        self._failures.failed(failure.call, failure.error)
+                except Exception as error:  # noqa: BLE001 - a bug of ours must not end the worker
+                    self._failures.failed(DELIVER, error, with_traceback=True)
+                failures_in_a_row += 1
+                pause = PULL_BACKOFF_SECONDS[min(failures_in_a_row, len(PULL_BACKOFF_SECONDS)) - 1]
+                self._stopping.wait(pause)
+        finally:
+            session.close()
+
+    def _call(self, call: str, method: Any, *arguments: Any) -> Any:
+        started = monotonic()
+        try:
+            result = method(*arguments)
+        except Exception as error:  # any failure of the call, named for the log
+            raise _CallFailed(call, error) from error
+        self._failures.succeeded(call, started)
+        return result
+
+    def _deliver(self, session: Any, notification: Notification) -> None:
+        try:
+            headers, body = finalized_cloud_event(notification)
+        except NotAnUploadEvent as error:
+            # Eventarc's trigger only matches finalized objects; the rest never reaches it.
+            log.info("notification %s ignored: %s", notification.message_id, error)
+            self._call(ACKNOWLEDGE, self._source.acknowledge, notification.ack_id)
+            return
+        with self._lock:
+            self.deliveries += 1
+        answer = self._post(session, headers, body)
+        if answer.acknowledges:
+            self._forget(notification.message_id)
+            self._call(ACKNOWLEDGE, self._source.acknowledge, notification.ack_id)
+            with self._lock:
+                self.acknowledged += 1
+            return
+        subject = headers["ce-subject"].removeprefix("objects/")
+        age = event_age_seconds(headers)
+        if age >= self._retry.max_event_age_seconds:
+            log.error(
+                "event %s for %s: %s, %.0f s after the upload, past the maximum event age of"
+                " %.0f s; acknowledged, not retried",
+                notification.message_id,
+                subject,
+                answer,
+                age,
+                self._retry.max_event_age_seconds,
+            )
+            self._forget(notification.message_id)
+            self._call(ACKNOWLEDGE, self._source.acknowledge, notification.ack_id)
+            with self._lock:
+                self.expired += 1
+            return
+        with self._lock:
+            failed = self._failed_attempts.get(notification.message_id, 0) + 1
+            self._failed_attempts[notification.message_id] = failed
+        delay = self._retry.delay(failed)
+        log.warning(
+            "event %s for %s: %s (attempt %d); redelivered in %g s",
+            notification.message_id,
+            subject,
+            answer,
+            failed,
+            delay,
+        )
+        self._call(DELAY_RETRY, self._source.redeliver_after, notification.ack_id, delay)
+        with self._lock:
+            self.redelivered += 1
+
+    def _post(self, session: Any, headers: Mapping[str, str], body: bytes) -> Answer:
+        import requests
+
+        try:
+            response = session.post(
+                self._url, data=body, headers=dict(headers), timeout=self._timeout
+            )
+        except requests.Timeout:
+            return Answer(None, f"no answer within {self._timeout:g} s")
+        except requests.RequestException as error:
+            return Answer(None, f"no answer ({type(error).__name__})")
+        response.close()
+        return Answer(response.status_code, f"HTTP {response.status_code}")
+
+    def _forget(self, message_id: str) -> None:
+        with self._lock:
+            self._failed_attempts.pop(message_id, None)

@@ -8,7 +8,8 @@ INSTALLED := $(VENV)/.installed
 .PHONY: help install demo dev test lint format bench lock clean
 
 help:
-	@echo "make demo   run the real pipeline on an emulated AWS on this machine (main job)"
+	@echo "make demo   the real pipeline on an emulated AWS and GCP on this machine (main job);"
+	@echo "            CLOUD=aws or CLOUD=gcp runs one"
 	@echo "make dev    keep the local pipeline running (Ctrl-C stops it)"
 	@echo "make test   every test: core, functions on emulators, infrastructure under Pulumi mocks"
 	@echo "make bench  benchmarks, printed as ratios against baselines measured in the same run"
@@ -25,8 +26,9 @@ $(INSTALLED): pyproject.toml requirements.lock
 
 install: $(INSTALLED)
 
+CLOUD ?= both
 demo: install
-	$(BIN)/python -m functions.local.demo
+	$(BIN)/python -m functions.local.demo --cloud $(CLOUD)
 
 dev: install
 	$(BIN)/imagepipe dev

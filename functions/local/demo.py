@@ -1,22 +1,33 @@
-"""`make demo`: the real pipeline, end to end, on an emulated AWS on this machine.
+"""`make demo`: the real pipeline, end to end, on an emulated AWS and an emulated GCP.
 
-Starts the dev pipeline in this process (moto on 127.0.0.1, the real Lambda
-handler, the CDN stand-in), uploads sample images the project generates —
-plus a broken file and a duplicate — through the same code as `imagepipe
-upload`, prints the outcomes, fetches one rendition over HTTP, and stops.
-Exit 0 when every outcome is the expected one.
+For each cloud it starts the dev pipeline (AWS: moto and the real Lambda handler;
+GCP: the Firestore, Pub/Sub and GCS emulators and the real function served by
+functions-framework behind an Eventarc stand-in), uploads the same samples the
+project generates, plus a broken file and a duplicate, through the same code as
+`imagepipe upload`, prints one table per cloud, fetches every rendition over the
+CDN stand-in, and stops it. Then one line says whether both clouds wrote the same
+rendition bytes. Where gcloud or Java is missing, the GCP half says in one line
+what to install and the AWS half still runs. Exit 0 when every outcome is the
+expected one.
+
+    python -m functions.local.demo [--cloud aws|gcp|both]
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 import tempfile
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from functions.local.dev import DevPipeline, resolve_stack_config
+from functions.local.dev import DevPipeline, GcpDevPipeline, resolve_stack_config
+from functions.local.emulated_gcp import missing_tools
 from functions.local.samples import Sample, write_samples
+from functions.local.stack_config import LocalStackConfig
 from functions.local.target import PipelineTarget
 from functions.local.upload import Upload, UploadResult, print_results, upload_and_wait
 
@@ -24,6 +35,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 CORPUS_PHOTOS = PROJECT_ROOT.parent / "shared" / "corpus" / "photos"
 # Two real photos when the shared corpus is next to the project (read there, never copied).
 CORPUS_PICKS = ("jpg_orient6_2mp.jpg", "webp_flower.webp")
+EMULATED = {"aws": "an emulated AWS", "gcp": "an emulated GCP"}
 
 
 def corpus_samples() -> list[Sample]:
@@ -66,65 +78,119 @@ def check(samples: list[Sample], results: list[UploadResult]) -> list[str]:
     return problems
 
 
-def fetch(url: str) -> tuple[int, str, str, int]:
+def fetch(url: str) -> tuple[int, str, str, bytes]:
     with urllib.request.urlopen(url, timeout=10) as response:
-        body = response.read()
         return (
             response.status,
             response.headers.get("Content-Type", ""),
             response.headers.get("Cache-Control", ""),
-            len(body),
+            response.read(),
         )
 
 
-def main() -> int:
+@dataclass
+class CloudRun:
+    """What one cloud's emulated pipeline made of the samples."""
+
+    cloud: str
+    results: list[UploadResult]
+    renditions: dict[tuple[str, str], bytes]  # (sample file, rendition name) -> bytes
+    problems: list[str]
+
+
+def dev_pipeline(cloud: str, stack: LocalStackConfig, logs: Path) -> Any:
+    if cloud == "aws":
+        return DevPipeline(port=0, stack=stack, log_level="WARNING")
+    # The function's JSON log lines go to a file, as the Lambda handler's warnings-only do.
+    return GcpDevPipeline(stack=stack, function_log=logs / "gcp-function.log")
+
+
+def run_on(cloud: str, stack: LocalStackConfig, samples: list[Sample], logs: Path) -> CloudRun:
+    """Start the cloud's dev pipeline, upload every sample, print the table, stop."""
+    with dev_pipeline(cloud, stack, logs) as pipeline:
+        outputs = pipeline.outputs()
+        target = PipelineTarget.from_outputs(outputs, f"the emulated {cloud.upper()}")
+        where = outputs.get("endpoint") or outputs.get("storageEndpoint")
+        print(f"\n== {EMULATED[cloud]} at {where}, renditions served at {outputs['cdnUrl']}\n")
+        uploads = [Upload(s.path, f"{target.uploads_prefix}{s.path.name}") for s in samples]
+        results = upload_and_wait(target, uploads, timeout=90)
+        print_results(results, target.url, sys.stdout)
+        problems = [f"{cloud}: {problem}" for problem in check(samples, results)]
+        renditions: dict[tuple[str, str], bytes] = {}
+        for result in results:
+            for rendition in result.record.renditions if result.record else ():
+                status, content_type, _, body = fetch(target.url(rendition.key))
+                if status != 200 or not content_type.startswith("image/"):
+                    problems.append(f"{cloud}: the CDN stand-in answered {status} {content_type}")
+                renditions[(result.upload.path.name, rendition.name)] = body
+    return CloudRun(cloud, results, renditions, problems)
+
+
+def compare(runs: list[CloudRun]) -> tuple[str, list[str]]:
+    """One line on whether both clouds wrote the same rendition bytes, and what differs."""
+    aws, gcp = runs
+    shared = sorted(set(aws.renditions) & set(gcp.renditions))
+    different = [
+        f"{name} {rendition}"
+        for name, rendition in shared
+        if aws.renditions[(name, rendition)] != gcp.renditions[(name, rendition)]
+    ]
+    missing = sorted(set(aws.renditions) ^ set(gcp.renditions))
+    if not different and not missing:
+        return f"renditions byte-identical across the clouds: {len(shared)} of {len(shared)}", []
+    problems = [f"different bytes on the two clouds: {item}" for item in different]
+    problems += [f"made on one cloud only: {name} {rendition}" for name, rendition in missing]
+    return (
+        f"renditions byte-identical across the clouds: {len(shared) - len(different)} of "
+        f"{len(shared)}",
+        problems,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="make demo", description=__doc__.splitlines()[0])
+    parser.add_argument("--cloud", choices=("aws", "gcp", "both"), default="both")
+    args = parser.parse_args(argv)
     started = time.perf_counter()
     stack, source = resolve_stack_config(None)
+    clouds = ["aws", "gcp"] if args.cloud == "both" else [args.cloud]
     print(
-        f"imagepipe demo: the real Lambda handler on an emulated AWS on 127.0.0.1 "
-        f"(settings from {source})"
+        "imagepipe demo: the same uploads through the real functions on "
+        + " and ".join(EMULATED[c] for c in clouds)
+        + f" on 127.0.0.1 (settings from {source})"
     )
+    runs: list[CloudRun] = []
+    problems: list[str] = []
     with tempfile.TemporaryDirectory(prefix="imagepipe-demo-") as tmp:
         samples = write_samples(Path(tmp)) + corpus_samples()
-        with DevPipeline(port=0, stack=stack, log_level="WARNING") as pipeline:
-            outputs = pipeline.outputs()
-            print(
-                f"emulated AWS at {outputs['endpoint']}, renditions served at {outputs['cdnUrl']}\n"
-            )
-            target = PipelineTarget.from_outputs(outputs, "the dev pipeline")
-            uploads = [Upload(s.path, f"{target.uploads_prefix}{s.path.name}") for s in samples]
-            print(
-                f"uploading {len(uploads)} files to s3://{target.uploads_bucket}/"
-                f"{target.uploads_prefix} ...\n"
-            )
-            results = upload_and_wait(target, uploads, timeout=60)
-            print_results(results, target.url, sys.stdout)
-
-            print()
-            for sample in samples:
-                if sample.note:
-                    print(f"  {sample.path.name}: {sample.note}")
-            shown = next((r for r in results if r.record and r.record.renditions), None)
-            problems = check(samples, results)
-            if shown is not None:
-                rendition = shown.record.renditions[-1]  # type: ignore[union-attr]
-                url = target.url(rendition.key)
-                status, content_type, cache_control, size = fetch(url)
-                print(
-                    f"\nGET {url}\n  -> {status}, {content_type}, {size} bytes, "
-                    f"Cache-Control: {cache_control}"
-                )
-                if status != 200 or not content_type.startswith("image/"):
-                    problems.append(f"the CDN stand-in answered {status} {content_type} for {url}")
+        for cloud in clouds:
+            missing = missing_tools() if cloud == "gcp" else None
+            if missing:
+                print(f"\n== {EMULATED[cloud]}: not run, {missing}")
+                if args.cloud == "gcp":
+                    problems.append(f"gcp: {missing}")
+                continue
+            run = run_on(cloud, stack, samples, Path(tmp))
+            runs.append(run)
+            problems += run.problems
+        print()
+        for sample in samples:
+            if sample.note:
+                print(f"  {sample.path.name}: {sample.note}")
+    if len(runs) == 2:
+        line, differences = compare(runs)
+        print(f"\n{line}")
+        problems += differences
     elapsed = time.perf_counter() - started
     if problems:
         print(f"\nimagepipe demo: {len(problems)} unexpected outcome(s):", file=sys.stderr)
         for problem in problems:
             print(f"  {problem}", file=sys.stderr)
         return 1
+    ran = " and ".join(run.cloud.upper() for run in runs)
     print(
-        f"\nimagepipe demo: every outcome as expected (the broken file FAILED on purpose); "
-        f"pipeline stopped; {elapsed:.1f} s"
+        f"\nimagepipe demo: every outcome as expected on {ran} (the broken file FAILED on "
+        f"purpose); every pipeline stopped; {elapsed:.1f} s"
     )
     return 0
 

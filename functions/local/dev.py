@@ -1,33 +1,48 @@
-"""`imagepipe dev`: the whole pipeline on an emulated AWS on 127.0.0.1.
+"""`imagepipe dev`: the whole pipeline on an emulated AWS or GCP on 127.0.0.1.
 
-moto's server plays S3, DynamoDB, SNS and SQS; `lambda_service.AsyncInvoker`
-plays the Lambda service and calls the real handler (`functions.aws.main`)
-in this process, with the environment the component gives the function;
-`cdn.RenditionServer` plays CloudFront. Nothing but the Lambda service is
-stood in for, so what works here is what `pulumi up` deploys.
+AWS (`DevPipeline`): moto's server plays S3, DynamoDB, SNS and SQS;
+`lambda_service.AsyncInvoker` plays the Lambda service and calls the real handler
+(`functions.aws.main`) in this process, with the environment the component gives the
+function; `cdn.RenditionServer` plays CloudFront.
 
-The pipeline heals or says it cannot: a worker outlives any failed call (see
-`lambda_service`), and when the emulator itself ends, everything it held is gone,
-so `imagepipe dev` says so in one line and exits 1 rather than pretend to run.
+GCP (`GcpDevPipeline`): Google's Firestore and Pub/Sub emulators and fake-gcs-server
+(see `emulated_gcp`) play the services; the real entry point (`functions.gcp.main`) is
+served by functions-framework in a process of its own with the environment the
+component gives the function; `eventarc.EventarcTrigger` plays Eventarc, turning the
+bucket's notifications into the CloudEvents the function receives on GCP;
+`cdn.RenditionServer` plays the CDN in front of the renditions bucket.
+
+Nothing but the Lambda service and Eventarc is stood in for, so what works here is
+what `pulumi up` deploys. The pipeline heals or says it cannot: a worker outlives any
+failed call, and when an emulator (or the GCP function's server) ends, everything it
+held is gone, so `imagepipe dev` says so in one line and exits 1 rather than pretend.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import json
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import threading
 import warnings
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from components.args import PipelineArgs
+from components.config import CLOUDS
 from functions.aws import contract
-from functions.core.settings import PipelineSettings
-from functions.local.cdn import RenditionServer
+from functions.core.settings import PipelineSettings, SettingsError
+from functions.gcp import contract as gcp_contract
+from functions.local import stack_config
+from functions.local.cdn import GcsRenditionReader, RenditionServer, S3RenditionReader
 from functions.local.emulated_aws import (
     REGION,
     MotoServer,
@@ -37,12 +52,31 @@ from functions.local.emulated_aws import (
     client_environment,
     create_pipeline_resources,
 )
+from functions.local.emulated_gcp import (
+    ACK_DEADLINE_MARGIN_SECONDS,
+    CloudFunctionServer,
+    GcpEmulators,
+    GcpPipelineResources,
+    ToolMissing,
+    missing_tools,
+    storage_client,
+    subscriber_client,
+)
+from functions.local.emulated_gcp import (
+    create_pipeline_resources as create_gcp_pipeline_resources,
+)
+from functions.local.eventarc import EventarcTrigger, PubSubNotificationSource, RetryPolicy
 from functions.local.lambda_service import DEFAULT_RETRY_DELAYS, AsyncInvoker, Handler
+from functions.local.processes import ServerDidNotStart, how_it_ended
 from functions.local.stack_config import LocalStackConfig, read_stack_config
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 DEFAULT_PORT = 4566
+DEFAULT_GCP_STORAGE_PORT = 4443  # fake-gcs-server's own default
 DEFAULT_STACK_CONFIG = Path("stacks/Pulumi.aws-dev.yaml")
+DEFAULT_STACK_CONFIGS = {"aws": DEFAULT_STACK_CONFIG, "gcp": Path("stacks/Pulumi.gcp-dev.yaml")}
+# The GCP function's timeout when the stack config does not set imagepipe:timeoutSeconds.
+DEFAULT_TIMEOUT_SECONDS: int = PipelineArgs.timeout_seconds
 DEFAULT_OUTPUTS = Path(".imagepipe-dev.json")
 ACCOUNT_ID = "123456789012"  # moto's default account
 HEALTH_CHECK_SECONDS = 0.5  # how often `imagepipe dev` checks the emulator and the workers
@@ -142,9 +176,10 @@ class DevPipeline:
                 max_event_age_seconds=self.stack.max_event_age_seconds,
             )
             self.invoker.start()
-            self._cdn = RenditionServer(
-                boto3_client("s3", self.endpoint), self.resources.renditions_bucket, self._cdn_port
+            reader = S3RenditionReader(
+                boto3_client("s3", self.endpoint), self.resources.renditions_bucket
             )
+            self._cdn = RenditionServer(reader, port=self._cdn_port)
             self._cdn.start()
         except BaseException:
             self.stop()
@@ -178,7 +213,7 @@ class DevPipeline:
         code = self._moto.exit_code()
         if code is not None:
             return (
-                f"the emulated AWS (moto, pid {self._moto.pid}) {_how_it_ended(code)}; "
+                f"the emulated AWS (moto, pid {self._moto.pid}) {how_it_ended(code)}; "
                 "its buckets, tables and queues are gone"
             )
         if self.invoker is not None and self.invoker.workers_alive < self._workers:
@@ -220,6 +255,7 @@ class DevPipeline:
         """The stack outputs (same names as `pulumi stack output`), plus the emulator's address."""
         assert self.resources is not None and self._cdn is not None
         return {
+            "cloud": "aws",
             "uploadsBucket": self.resources.uploads_bucket,
             "uploadsPrefix": self.stack.uploads_prefix,
             "renditionsBucket": self.resources.renditions_bucket,
@@ -249,15 +285,195 @@ class DevPipeline:
         self._saved_environ.clear()
 
 
+class GcpDevPipeline:
+    """The pipeline on an emulated GCP: the same start/stop/failure/outputs shape as DevPipeline.
+
+    Nothing of it is process-wide (the function runs in a process of its own, every client
+    is given its endpoint), so several may run in one process, each on its own ports.
+    `function_environment_overrides` is added to what the component sets: the way to start
+    a function that cannot reach a service, without patching anything.
+    """
+
+    def __init__(
+        self,
+        *,
+        storage_port: int = 0,
+        cdn_port: int = 0,
+        stack: LocalStackConfig | None = None,
+        timeout_seconds: int = DEFAULT_TIMEOUT_SECONDS,
+        name: str = "imagepipe",
+        workers: int = 3,
+        retry: RetryPolicy | None = None,
+        function_log: Path | None = None,
+        function_environment_overrides: Mapping[str, str] | None = None,
+    ) -> None:
+        self.stack = stack or LocalStackConfig()
+        self.settings: PipelineSettings = self.stack.settings
+        self.name = name
+        self.timeout_seconds = timeout_seconds
+        self.resources = GcpPipelineResources.named(name)
+        self._storage_port = storage_port
+        self._cdn_port = cdn_port
+        self._workers = workers
+        self._retry = retry or RetryPolicy(max_event_age_seconds=self.stack.max_event_age_seconds)
+        self._function_log = function_log
+        self._overrides = dict(function_environment_overrides or {})
+        self._log_dir: Path | None = None
+        self.emulators: GcpEmulators | None = None
+        self.function: CloudFunctionServer | None = None
+        self.trigger: EventarcTrigger | None = None
+        self._cdn: RenditionServer | None = None
+        self._storage: Any = None
+        self._subscriber: Any = None
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    def start(self) -> GcpDevPipeline:
+        """Raises `PortInUse`, `ToolMissing` or `ServerDidNotStart`, having stopped what began."""
+        self._log_dir = Path(tempfile.mkdtemp(prefix="imagepipe-dev-gcp-"))
+        self.emulators = GcpEmulators(
+            self.resources, self._log_dir, storage_port=self._storage_port
+        )
+        try:
+            # The two JVMs and the function's imports take seconds each: side by side.
+            self.emulators.launch()
+            self.function = CloudFunctionServer(
+                self.function_environment(), log=self._function_log, concurrency=self._workers
+            )
+            self.function.launch()
+            self.emulators.wait_ready()
+            self._storage = storage_client(self.emulators.storage_endpoint, self.resources.project)
+            self._subscriber = subscriber_client(self.emulators.pubsub_host)
+            create_gcp_pipeline_resources(
+                self.emulators,
+                ack_deadline_seconds=self.timeout_seconds + ACK_DEADLINE_MARGIN_SECONDS,
+                storage=self._storage,
+                subscriber=self._subscriber,
+            )
+            self.function.wait_ready()
+            source = PubSubNotificationSource(self._subscriber, self.resources.trigger_subscription)
+            self.trigger = EventarcTrigger(
+                source,
+                self.function.url,
+                retry=self._retry,
+                timeout_seconds=self.timeout_seconds,
+                workers=self._workers,
+            )
+            self.trigger.start()
+            reader = GcsRenditionReader(self._storage, self.resources.renditions_bucket)
+            self._cdn = RenditionServer(reader, port=self._cdn_port)
+            self._cdn.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self, timeout: float = 30) -> None:
+        """Stop taking events, finish the ones in hand (for up to `timeout` seconds), then end
+        the function's and the emulators' process groups."""
+        if self.trigger is not None:
+            self.trigger.stop(timeout)
+            self.trigger = None
+        if self._cdn is not None:
+            self._cdn.stop()
+            self._cdn = None
+        if self.function is not None:
+            self.function.stop()
+            self.function = None
+        if self._subscriber is not None:
+            self._subscriber.close()
+            self._subscriber = None
+        if self._storage is not None:
+            self._storage.close()
+            self._storage = None
+        if self.emulators is not None:
+            self.emulators.stop()
+        if self._log_dir is not None:
+            shutil.rmtree(self._log_dir, ignore_errors=True)
+            self._log_dir = None
+
+    def __enter__(self) -> GcpDevPipeline:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def failure(self) -> str | None:
+        """Why the pipeline cannot go on, in a sentence; None while it can."""
+        for part in (self.emulators, self.function):
+            reason = part.failure() if part is not None else None
+            if reason is not None:
+                return reason
+        if self.trigger is not None and self.trigger.workers_alive < self._workers:
+            return (
+                f"{self._workers - self.trigger.workers_alive} of the {self._workers} Eventarc "
+                "workers stopped; uploads would wait for ever"
+            )
+        return None
+
+    # --- what the stack would tell you --------------------------------------------------------
+
+    @property
+    def function_name(self) -> str:
+        return f"{self.name}-fn"
+
+    def function_environment(self) -> dict[str, str]:
+        """What the component sets on the function, what Cloud Run adds, and the emulators."""
+        assert self.emulators is not None
+        return {
+            **os.environ,
+            **self.emulators.client_environment(),
+            **gcp_contract.to_env(
+                settings=self.settings,
+                renditions_bucket=self.resources.renditions_bucket,
+                records_collection=self.resources.records_collection,
+                events_topic=self.resources.events_topic,
+                max_event_age_seconds=self.stack.max_event_age_seconds,
+                timeout_seconds=self.timeout_seconds,
+                project=self.resources.project,
+                uploads_prefix=self.stack.uploads_prefix,
+                uploads_suffix=self.stack.uploads_suffix,
+            ),
+            gcp_contract.FUNCTION_NAME: self.function_name,  # Cloud Run sets it
+            **self._overrides,
+        }
+
+    def outputs(self) -> dict[str, str]:
+        """The stack outputs (same names as `pulumi stack output`), plus what a client needs
+        to reach the emulators."""
+        assert self.emulators is not None and self._cdn is not None
+        return {
+            "cloud": "gcp",
+            "uploadsBucket": self.resources.uploads_bucket,
+            "uploadsPrefix": self.stack.uploads_prefix,
+            "renditionsBucket": self.resources.renditions_bucket,
+            "cdnUrl": self._cdn.url,
+            "recordsCollection": self.resources.records_collection,
+            "eventsTopic": self.resources.events_topic,
+            "functionName": self.function_name,
+            "storageEndpoint": self.emulators.storage_endpoint,
+            "firestoreEmulatorHost": self.emulators.firestore_host,
+            "pubsubEmulatorHost": self.emulators.pubsub_host,
+            "project": self.resources.project,
+        }
+
+
 # --- the command ------------------------------------------------------------------------------
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
+        "--cloud",
+        choices=CLOUDS,
+        default=None,
+        help="which cloud to emulate (default: the stack config's imagepipe:cloud, else aws)",
+    )
+    parser.add_argument(
         "--port",
         type=int,
-        default=DEFAULT_PORT,
-        help=f"port of the emulated AWS endpoint on 127.0.0.1 (default {DEFAULT_PORT})",
+        default=None,
+        help=f"port on 127.0.0.1 of the emulated AWS endpoint (default {DEFAULT_PORT}) or, on "
+        f"GCP, of the GCS emulator (default {DEFAULT_GCP_STORAGE_PORT})",
     )
     parser.add_argument(
         "--cdn-port",
@@ -269,8 +485,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--stack-config",
         type=Path,
         default=None,
-        help=f"stack config with the imagepipe:* settings (default {DEFAULT_STACK_CONFIG} "
-        "when it exists, else the built-in defaults)",
+        help=f"stack config with the imagepipe:* settings (default {DEFAULT_STACK_CONFIG}, or "
+        f"{DEFAULT_STACK_CONFIGS['gcp']} with --cloud gcp, when it exists, else the built-in "
+        "defaults)",
     )
     parser.add_argument(
         "--outputs",
@@ -290,38 +507,107 @@ def resolve_stack_config(path: Path | None) -> tuple[LocalStackConfig, str]:
     return LocalStackConfig(), "built-in defaults"
 
 
-def _how_it_ended(code: int) -> str:
-    if code >= 0:
-        return f"exited with code {code}"
-    try:
-        return f"was killed by {signal.Signals(-code).name}"
-    except ValueError:
-        return f"was killed by signal {-code}"
+@dataclass(frozen=True)
+class DevStack:
+    """What `imagepipe dev` runs: a cloud, and the stack config it takes its settings from."""
+
+    cloud: str
+    config: LocalStackConfig
+    source: str  # where the settings came from, for the banner
+    timeout_seconds: int = DEFAULT_TIMEOUT_SECONDS
+
+
+def resolve_dev_stack(path: Path | None, cloud: str | None) -> DevStack:
+    """The cloud and settings to run: `--cloud` or the stack config's imagepipe:cloud (aws when
+    neither says); the stack config given, else that cloud's example one, else the defaults.
+    A stack config of the other cloud is a `SettingsError`."""
+    if path is None:
+        example = DEFAULT_STACK_CONFIGS[cloud or "aws"]
+        path = example if example.exists() else None
+    if path is None:
+        return DevStack(cloud or "aws", LocalStackConfig(), "built-in defaults")
+    config = read_stack_config(path)  # every check `pulumi preview` makes, first
+    file_cloud, gcp_args = _stack_file_options(path)
+    if cloud is not None and cloud != file_cloud:
+        raise SettingsError(
+            f"--cloud {cloud} was given, but {path} is a stack config for imagepipe:cloud "
+            f"{file_cloud}; pass a {cloud} stack config (e.g. {DEFAULT_STACK_CONFIGS[cloud]})."
+        )
+    if gcp_args is None:
+        return DevStack(file_cloud, config, str(path))
+    config = dataclasses.replace(
+        config,
+        uploads_prefix=gcp_args.uploads_prefix or "",
+        uploads_suffix=gcp_args.uploads_suffix or "",
+    )
+    return DevStack(file_cloud, config, str(path), gcp_args.timeout_seconds)
+
+
+def _stack_file_options(path: Path) -> tuple[str, Any]:
+    """The cloud of a stack file that read_stack_config accepted, and for GCP the component's
+    args read from it with the same rules (LocalStackConfig carries neither the cloud, the
+    timeout nor, on GCP, the uploads filter)."""
+    from components import config
+
+    texts = {
+        key: stack_config._as_pulumi_hands_it(key, value)
+        for key, value in stack_config._config_mapping(path).items()
+    }
+
+    def lookup(namespace: str) -> Callable[[str], str | None]:
+        return lambda key: texts.get(f"{namespace}:{key}")
+
+    cloud, settings = config.validated(lookup(config.NAMESPACE), texts)
+    if cloud != "gcp":
+        return cloud, None
+    reader = config.ConfigReader(config.NAMESPACE, lookup(config.NAMESPACE))
+    return cloud, config.gcp_args(reader, lookup("gcp")("region"), settings)
 
 
 def run(args: argparse.Namespace) -> int:
     for option, port in (("--port", args.port), ("--cdn-port", args.cdn_port)):
-        if not 0 <= port <= 65535:
+        if port is not None and not 0 <= port <= 65535:
             print(
                 f"imagepipe dev: {option} is {port}; use a port from 1 to 65535.", file=sys.stderr
             )
             return EXIT_USAGE
-    stack, settings_source = resolve_stack_config(args.stack_config)
+    stack = resolve_dev_stack(args.stack_config, args.cloud)
+    pipeline: DevPipeline | GcpDevPipeline
+    if stack.cloud == "gcp":
+        missing = missing_tools()
+        if missing is not None:
+            print(f"imagepipe dev: the emulated GCP cannot start: {missing}.", file=sys.stderr)
+            return EXIT_USAGE
+        pipeline = GcpDevPipeline(
+            storage_port=DEFAULT_GCP_STORAGE_PORT if args.port is None else args.port,
+            cdn_port=args.cdn_port,
+            stack=stack.config,
+            timeout_seconds=stack.timeout_seconds,
+        )
+    else:
+        pipeline = DevPipeline(
+            port=DEFAULT_PORT if args.port is None else args.port,
+            cdn_port=args.cdn_port,
+            stack=stack.config,
+        )
 
     stop_requested = threading.Event()
     previous_sigterm = signal.signal(signal.SIGTERM, lambda *_: stop_requested.set())
-    pipeline = DevPipeline(port=args.port, cdn_port=args.cdn_port, stack=stack)
     outputs: dict[str, str] = {}
     failure: str | None = None
     try:
         try:
             pipeline.start()
-        except PortInUse as error:
+        except (PortInUse, ToolMissing) as error:
             print(f"imagepipe dev: {error}", file=sys.stderr)
             return EXIT_USAGE
+        except ServerDidNotStart as error:
+            print(f"imagepipe dev: {error}", file=sys.stderr)
+            return EXIT_FAILED
         outputs = pipeline.outputs()
         args.outputs.write_text(json.dumps(outputs, indent=2) + "\n", encoding="utf-8")
-        _print_banner(outputs, stack.settings, settings_source, args.outputs)
+        banner = _gcp_banner if stack.cloud == "gcp" else _aws_banner
+        print("\n".join(banner(outputs, stack, args.outputs)), flush=True)
         try:
             while failure is None and not stop_requested.wait(HEALTH_CHECK_SECONDS):
                 failure = pipeline.failure()
@@ -334,7 +620,7 @@ def run(args: argparse.Namespace) -> int:
     finally:
         pipeline.stop(STOP_SECONDS_AFTER_FAILURE if failure is not None else 30)
         if outputs:
-            _remove_outputs(args.outputs, outputs["endpoint"])
+            _remove_outputs(args.outputs, outputs)
         signal.signal(signal.SIGTERM, previous_sigterm)
     if failure is not None:
         return EXIT_FAILED
@@ -342,26 +628,30 @@ def run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _remove_outputs(path: Path, endpoint: str) -> None:
-    """Remove the outputs file if it is still ours: a stale one would point at a dead port."""
+def _remove_outputs(path: Path, outputs: Mapping[str, str]) -> None:
+    """Remove the outputs file if it is still ours: a stale one would point at dead ports."""
     try:
-        if json.loads(path.read_text(encoding="utf-8")).get("endpoint") == endpoint:
+        if json.loads(path.read_text(encoding="utf-8")) == dict(outputs):
             path.unlink()
     except (OSError, ValueError):
         pass
 
 
-def _print_banner(
-    outputs: Mapping[str, Any], settings: PipelineSettings, source: str, outputs_path: Path
-) -> None:
-    renditions = ", ".join(spec.to_compact() for spec in settings.renditions)
+def _banner_head(cloud: str, outputs: Mapping[str, Any], stack: DevStack) -> list[str]:
+    renditions = ", ".join(spec.to_compact() for spec in stack.config.settings.renditions)
     width = max(len(name) for name in outputs)
-    lines = [
-        "imagepipe dev: the pipeline is running on an emulated AWS (Ctrl-C stops it)",
-        f"settings from {source}: {renditions}",
+    return [
+        f"imagepipe dev: the pipeline is running on an emulated {cloud} (Ctrl-C stops it)",
+        f"settings from {stack.source}: {renditions}",
         "",
         *(f"  {name:<{width}}  {value}" for name, value in outputs.items()),
         "",
+    ]
+
+
+def _aws_banner(outputs: Mapping[str, Any], stack: DevStack, outputs_path: Path) -> list[str]:
+    return [
+        *_banner_head("AWS", outputs, stack),
         f"outputs written to {outputs_path}",
         "upload with imagepipe:   imagepipe upload photo.jpg --dev",
         "or with the AWS CLI:     "
@@ -374,4 +664,30 @@ def _print_banner(
         + f" --endpoint-url {outputs['endpoint']}",
         f"then:                    imagepipe status {outputs['uploadsPrefix']}photo.jpg --dev",
     ]
-    print("\n".join(lines), flush=True)
+
+
+def _gcp_banner(outputs: Mapping[str, Any], stack: DevStack, outputs_path: Path) -> list[str]:
+    storage, bucket = outputs["storageEndpoint"], outputs["uploadsBucket"]
+    key = f"{outputs['uploadsPrefix']}photo.jpg"
+    clients = (
+        f"STORAGE_EMULATOR_HOST={storage} FIRESTORE_EMULATOR_HOST="
+        f"{outputs['firestoreEmulatorHost']} PUBSUB_EMULATOR_HOST={outputs['pubsubEmulatorHost']}"
+        f" GOOGLE_CLOUD_PROJECT={outputs['project']}"
+    )
+    how = {
+        "upload with imagepipe:": "imagepipe upload photo.jpg --dev",
+        "or google-cloud-storage:": f'STORAGE_EMULATOR_HOST={storage} python -c "from google'
+        f".cloud import storage; storage.Client(project='{outputs['project']}')"
+        f".bucket('{bucket}').blob('{key}').upload_from_filename('photo.jpg')\"",
+        # gcloud takes an endpoint override, and with credentials disabled wants no login.
+        "or gcloud:": f"CLOUDSDK_API_ENDPOINT_OVERRIDES_STORAGE={storage}/storage/v1/ "
+        f"CLOUDSDK_AUTH_DISABLE_CREDENTIALS=true gcloud storage cp photo.jpg gs://{bucket}/{key}",
+        "then:": f"imagepipe status {key} --dev",
+        "other clients:": clients,
+    }
+    width = max(len(label) for label in how) + 1
+    return [
+        *_banner_head("GCP", outputs, stack),
+        f"outputs written to {outputs_path}",
+        *(f"{label:<{width}}{text}" for label, text in how.items()),
+    ]

@@ -222,7 +222,11 @@ class RenditionServer:
 
     def start(self) -> None:
         self._thread = threading.Thread(
-            target=self._httpd.serve_forever, name="cdn-server", daemon=True
+            # A short poll: stop() waits for the loop to notice, and stopping should be quick.
+            target=self._httpd.serve_forever,
+            kwargs={"poll_interval": 0.1},
+            name="cdn-server",
+            daemon=True,
         )
         self._thread.start()
 

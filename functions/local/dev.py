@@ -67,7 +67,7 @@ from functions.local.emulated_gcp import (
 )
 from functions.local.eventarc import EventarcTrigger, PubSubNotificationSource, RetryPolicy
 from functions.local.lambda_service import DEFAULT_RETRY_DELAYS, AsyncInvoker, Handler
-from functions.local.processes import ServerDidNotStart, how_it_ended
+from functions.local.processes import OrphanGuard, ServerDidNotStart, how_it_ended
 from functions.local.stack_config import LocalStackConfig, read_stack_config
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -319,6 +319,7 @@ class GcpDevPipeline:
         self._function_log = function_log
         self._overrides = dict(function_environment_overrides or {})
         self._log_dir: Path | None = None
+        self._guard: OrphanGuard | None = None
         self.emulators: GcpEmulators | None = None
         self.function: CloudFunctionServer | None = None
         self.trigger: EventarcTrigger | None = None
@@ -331,14 +332,20 @@ class GcpDevPipeline:
     def start(self) -> GcpDevPipeline:
         """Raises `PortInUse`, `ToolMissing` or `ServerDidNotStart`, having stopped what began."""
         self._log_dir = Path(tempfile.mkdtemp(prefix="imagepipe-dev-gcp-"))
+        # Each server leads a process group of its own: should this process be killed
+        # outright, the guard ends them, so no JVM outlives `imagepipe dev`.
+        self._guard = OrphanGuard().start()
         self.emulators = GcpEmulators(
-            self.resources, self._log_dir, storage_port=self._storage_port
+            self.resources, self._log_dir, storage_port=self._storage_port, guard=self._guard
         )
         try:
             # The two JVMs and the function's imports take seconds each: side by side.
             self.emulators.launch()
             self.function = CloudFunctionServer(
-                self.function_environment(), log=self._function_log, concurrency=self._workers
+                self.function_environment(),
+                log=self._function_log,
+                concurrency=self._workers,
+                guard=self._guard,
             )
             self.function.launch()
             self.emulators.wait_ready()
@@ -374,6 +381,10 @@ class GcpDevPipeline:
         if self.trigger is not None:
             self.trigger.stop(timeout)
             self.trigger = None
+        # Every server winds down at once; each is then waited for.
+        for server in (self.function, self.emulators):
+            if server is not None:
+                server.terminate()
         if self._cdn is not None:
             self._cdn.stop()
             self._cdn = None
@@ -388,6 +399,9 @@ class GcpDevPipeline:
             self._storage = None
         if self.emulators is not None:
             self.emulators.stop()
+        if self._guard is not None:
+            self._guard.stop()
+            self._guard = None
         if self._log_dir is not None:
             shutil.rmtree(self._log_dir, ignore_errors=True)
             self._log_dir = None
@@ -592,7 +606,11 @@ def run(args: argparse.Namespace) -> int:
         )
 
     stop_requested = threading.Event()
-    previous_sigterm = signal.signal(signal.SIGTERM, lambda *_: stop_requested.set())
+    # SIGHUP too: a closed terminal must stop the emulators as a Ctrl-C would.
+    previous_handlers = {
+        sig: signal.signal(sig, lambda *_: stop_requested.set())
+        for sig in (signal.SIGTERM, signal.SIGHUP)
+    }
     outputs: dict[str, str] = {}
     failure: str | None = None
     try:
@@ -621,7 +639,8 @@ def run(args: argparse.Namespace) -> int:
         pipeline.stop(STOP_SECONDS_AFTER_FAILURE if failure is not None else 30)
         if outputs:
             _remove_outputs(args.outputs, outputs)
-        signal.signal(signal.SIGTERM, previous_sigterm)
+        for sig, handler in previous_handlers.items():
+            signal.signal(sig, handler)
     if failure is not None:
         return EXIT_FAILED
     print("imagepipe dev: stopped", file=sys.stderr, flush=True)

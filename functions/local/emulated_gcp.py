@@ -36,7 +36,13 @@ from typing import Any
 
 from functions.gcp import contract
 from functions.local.emulated_aws import HOST
-from functions.local.processes import ServerProcess, free_port, how_it_ended, port_or_free
+from functions.local.processes import (
+    OrphanGuard,
+    ServerProcess,
+    free_port,
+    how_it_ended,
+    port_or_free,
+)
 
 DEV_PROJECT = "imagepipe-dev"  # never a real project: nothing here may reach one
 READY_TIMEOUT_SECONDS = 90  # two JVMs side by side on a busy 2-core machine
@@ -157,11 +163,17 @@ class GcpEmulators:
     """
 
     def __init__(
-        self, resources: GcpPipelineResources, log_dir: Path, *, storage_port: int = 0
+        self,
+        resources: GcpPipelineResources,
+        log_dir: Path,
+        *,
+        storage_port: int = 0,
+        guard: OrphanGuard | None = None,
     ) -> None:
         self.resources = resources
         self._log_dir = log_dir
         self._storage_port = storage_port
+        self._guard = guard
         self._servers: dict[str, ServerProcess] = {}
         self.startup_seconds = 0.0
 
@@ -216,7 +228,7 @@ class GcpEmulators:
                 log = self._log_dir / f"{role}-emulator.log"
                 what, tool = EMULATORS[role]
                 self._servers[role] = ServerProcess.launch(
-                    f"{what} ({tool})", command, port, log, env
+                    f"{what} ({tool})", command, port, log, env, guard=self._guard
                 )
         except BaseException:
             self.stop()
@@ -232,8 +244,15 @@ class GcpEmulators:
             raise
         self.startup_seconds = max(server.startup_seconds for server in self._servers.values())
 
+    def terminate(self) -> None:
+        """Ask all three to end at once (`stop()` then waits): JVMs shut down side by side."""
+        for server in self._servers.values():
+            server.terminate()
+
     def stop(self) -> None:
         servers, self._servers = self._servers, {}
+        for server in servers.values():
+            server.terminate()
         for server in servers.values():
             server.stop()
 
@@ -372,11 +391,13 @@ class CloudFunctionServer:
         port: int = 0,
         log: Path | None = None,
         concurrency: int = 3,
+        guard: OrphanGuard | None = None,
     ) -> None:
         self._environment = dict(environment)
         self._port = port
         self._log = log
         self._concurrency = concurrency
+        self._guard = guard
         self._server: ServerProcess | None = None
 
     def start(self) -> CloudFunctionServer:
@@ -403,12 +424,21 @@ class CloudFunctionServer:
             "PYTHONUNBUFFERED": "1",  # each JSON log line as it is written
         }
         self._server = ServerProcess.launch(
-            "the function's server (functions-framework)", command, port, self._log, env
+            "the function's server (functions-framework)",
+            command,
+            port,
+            self._log,
+            env,
+            guard=self._guard,
         )
 
     def wait_ready(self) -> CloudFunctionServer:
         self.server.wait_ready(FUNCTION_READY_TIMEOUT_SECONDS)
         return self
+
+    def terminate(self) -> None:
+        if self._server is not None:
+            self._server.terminate()
 
     def stop(self) -> None:
         server, self._server = self._server, None

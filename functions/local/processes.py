@@ -4,6 +4,10 @@ The gcloud emulator wrappers are a Python launcher, a shell script and a JVM; ki
 the launcher alone leaves Java serving. So every server leads its own process group
 (`start_new_session`), which also keeps Ctrl-C on the terminal from reaching it before
 the parent has decided to stop it, and `stop()` ends the whole group, and only it.
+
+A parent killed outright (SIGKILL, an out-of-memory kill) stops nothing, and groups of
+their own outlive it: an `OrphanGuard` is a small watchdog process that ends the groups
+still registered with it once its parent has gone (its stdin pipe closes).
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ import os
 import signal
 import socket
 import subprocess
+import sys
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -59,11 +65,78 @@ def how_it_ended(code: int) -> str:
         return f"was killed by signal {-code}"
 
 
+# The watchdog: "+PGID" / "-PGID" lines register and forget groups; at end of input (the
+# parent closed the pipe, or died) it ends each group still registered, politely first.
+_GUARD_CODE = """
+import os, signal, sys, time
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+groups = set()
+for line in sys.stdin:
+    sign, pgid = line[:1], int(line[1:])
+    (groups.add if sign == "+" else groups.discard)(pgid)
+for sig in (signal.SIGTERM, signal.SIGKILL):
+    for pgid in groups:
+        try:
+            os.killpg(pgid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+    if groups and sig == signal.SIGTERM:
+        time.sleep(2)
+"""
+
+
+class OrphanGuard:
+    """Ends the process groups `watch`ed and not `forget`-ten if this process dies first."""
+
+    def __init__(self) -> None:
+        self._process: subprocess.Popen[bytes] | None = None
+        self._lock = threading.Lock()
+
+    def start(self) -> OrphanGuard:
+        self._process = subprocess.Popen(
+            [sys.executable, "-P", "-c", _GUARD_CODE],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            start_new_session=True,  # a Ctrl-C or a kill of our group does not reach it
+        )
+        return self
+
+    def watch(self, pgid: int) -> None:
+        self._send(f"+{pgid}")
+
+    def forget(self, pgid: int) -> None:
+        self._send(f"-{pgid}")
+
+    def stop(self) -> None:
+        """Close the pipe: with nothing left registered, the watchdog simply exits."""
+        with self._lock:
+            process, self._process = self._process, None
+        if process is None:
+            return
+        with contextlib.suppress(OSError):
+            assert process.stdin is not None
+            process.stdin.close()
+        try:
+            process.wait(5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+    def _send(self, line: str) -> None:
+        with self._lock:
+            if self._process is None or self._process.stdin is None:
+                return
+            with contextlib.suppress(OSError):  # the watchdog gone: nothing more to guard
+                self._process.stdin.write(f"{line}\n".encode())
+                self._process.stdin.flush()
+
+
 @dataclass
 class ServerProcess:
     """A server we started, leading its own process group; `stop` ends all of it (and only it).
 
     `log` receives the server's stdout and stderr; None leaves them on ours (the terminal).
+    With a `guard`, the group is also ended should this process die without stopping it.
     """
 
     name: str
@@ -72,6 +145,7 @@ class ServerProcess:
     log: Path | None
     launched_at: float = 0.0
     startup_seconds: float = 0.0
+    guard: OrphanGuard | None = None
 
     @classmethod
     def launch(
@@ -83,6 +157,7 @@ class ServerProcess:
         env: Mapping[str, str] | None = None,
         *,
         cwd: Path | None = None,
+        guard: OrphanGuard | None = None,
     ) -> ServerProcess:
         """Start without waiting, so slow starters (two JVMs) boot side by side."""
         with contextlib.ExitStack() as stack:
@@ -96,7 +171,9 @@ class ServerProcess:
                 cwd=cwd,
                 start_new_session=True,
             )
-        return cls(name, process, port, log, launched_at=time.monotonic())
+        if guard is not None:
+            guard.watch(process.pid)  # the group's id is its leader's pid
+        return cls(name, process, port, log, launched_at=time.monotonic(), guard=guard)
 
     @property
     def pid(self) -> int:
@@ -129,6 +206,11 @@ class ServerProcess:
         """None while the group's leader runs; then its return code (it is reaped)."""
         return self.process.poll()
 
+    def terminate(self) -> None:
+        """Ask the group to end (SIGTERM) without waiting: `stop()` then waits for it."""
+        if self.process.poll() is None:
+            _signal_group(self.process.pid, signal.SIGTERM)
+
     def stop(self, grace: float = 5.0) -> None:
         if self.process.poll() is None:
             _signal_group(self.process.pid, signal.SIGTERM)
@@ -138,6 +220,8 @@ class ServerProcess:
         _signal_group(self.process.pid, signal.SIGKILL)
         if self.process.poll() is None:
             self.process.wait(grace)
+        if self.guard is not None:
+            self.guard.forget(self.process.pid)
 
     def _log_tail(self) -> str:
         if self.log is None:

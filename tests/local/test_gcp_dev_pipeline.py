@@ -10,6 +10,7 @@ skipped with the reason, except under CI=true, where they fail.
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import itertools
 import json
@@ -25,6 +26,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -477,8 +479,10 @@ def test_a_broken_file_ends_failed_with_one_failed_event(
     outputs = gcp_pipeline.outputs()
     events = clients.subscribe(outputs["eventsTopic"])
     key = f"{outputs['uploadsPrefix']}broken.jpg"
+    uploaded = time.monotonic()
     blob = upload(clients, outputs, key, b"this is text, not a JPEG\n", "image/jpeg")
     document = wait_for_document(clients, outputs, blob, "FAILED")
+    print(f"\na broken file -> FAILED in {time.monotonic() - uploaded:.2f} s")
     assert document["error"]["code"] == "unsupported_format"
     assert document["renditions"] == []
     [message] = [m for m in clients.messages(events) if json.loads(m.data)["subject"] == key]
@@ -655,25 +659,43 @@ def listening(port: int) -> bool:
         return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
+@dataclass
+class DevProcess:
+    process: subprocess.Popen[str]
+    outputs_file: Path
+    started: dict[int, str] = field(default_factory=dict)  # what it started, once running
+
+    def running(self) -> dict[str, str]:
+        """Wait for the outputs, then note every process `imagepipe dev` started."""
+        outputs = wait_for_outputs(self.outputs_file, self.process)
+        self.started = descendants(self.process.pid)
+        return outputs
+
+
 @pytest.fixture
-def dev_process(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], Path]]:
+def dev_process(tmp_path: Path) -> Iterator[DevProcess]:
     require_gcp_tools()
-    outputs_file = tmp_path / "outputs.json"
-    process = start_dev(outputs_file)
+    dev_run = DevProcess(start_dev(tmp_path / "outputs.json"), tmp_path / "outputs.json")
     try:
-        yield process, outputs_file
+        yield dev_run
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        if dev_run.process.poll() is None:
+            os.killpg(dev_run.process.pid, signal.SIGKILL)
+            dev_run.process.wait()
+        # A failed test must not leave JVMs behind: end the groups of whatever still runs.
+        for pid in dev_run.started:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                group = os.getpgid(pid)
+                if group != os.getpgrp():
+                    os.killpg(group, signal.SIGKILL)
 
 
 @pytest.mark.emulator
 def test_imagepipe_dev_cloud_gcp_writes_its_outputs_and_stops_cleanly_on_sigterm(
-    dev_process: tuple[subprocess.Popen[str], Path],
+    dev_process: DevProcess,
 ) -> None:
-    process, outputs_file = dev_process
-    outputs = wait_for_outputs(outputs_file, process)
+    process, outputs_file = dev_process.process, dev_process.outputs_file
+    outputs = dev_process.running()
     assert set(outputs) == OUTPUT_KEYS
     assert outputs["cloud"] == "gcp"
     assert (outputs["uploadsBucket"], outputs["renditionsBucket"]) == (
@@ -685,7 +707,7 @@ def test_imagepipe_dev_cloud_gcp_writes_its_outputs_and_stops_cleanly_on_sigterm
     assert outputs["functionName"] == "imagepipe-fn"
     assert outputs["uploadsPrefix"] == ""
     assert outputs["storageEndpoint"].startswith("http://127.0.0.1:")
-    started = descendants(process.pid)
+    started = dev_process.started
     for what in (
         "fake-gcs-server",
         "cloud-firestore-emulator",
@@ -720,11 +742,11 @@ def test_imagepipe_dev_cloud_gcp_writes_its_outputs_and_stops_cleanly_on_sigterm
 
 @pytest.mark.emulator
 def test_a_dead_emulator_stops_imagepipe_dev_with_one_line_and_exit_1(
-    dev_process: tuple[subprocess.Popen[str], Path],
+    dev_process: DevProcess,
 ) -> None:
-    process, outputs_file = dev_process
-    outputs = wait_for_outputs(outputs_file, process)
-    started = descendants(process.pid)
+    process, outputs_file = dev_process.process, dev_process.outputs_file
+    outputs = dev_process.running()
+    started = dev_process.started
     [storage] = [pid for pid, command in started.items() if "fake-gcs-server" in command]
     os.kill(storage, signal.SIGKILL)
     killed = time.monotonic()
@@ -740,3 +762,15 @@ def test_a_dead_emulator_stops_imagepipe_dev_with_one_line_and_exit_1(
     assert not outputs_file.exists()
     assert still_running(list(started)) == ""
     assert not listening(port_of(outputs["pubsubEmulatorHost"]))
+
+
+@pytest.mark.emulator
+def test_nothing_outlives_an_imagepipe_dev_killed_outright(dev_process: DevProcess) -> None:
+    outputs = dev_process.running()
+    servers = [pid for pid in dev_process.started if pid != dev_process.process.pid]
+    killed = time.monotonic()
+    dev_process.process.kill()  # SIGKILL: no chance to stop anything itself
+    dev_process.process.communicate(timeout=10)
+    assert wait_for(lambda: still_running(servers) == "", timeout=15), still_running(servers)
+    print(f"\nits servers were ended {time.monotonic() - killed:.1f} s after imagepipe dev")
+    assert not listening(port_of(outputs["firestoreEmulatorHost"]))

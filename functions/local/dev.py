@@ -335,6 +335,7 @@ class GcpDevPipeline:
         # Each server leads a process group of its own: should this process be killed
         # outright, the guard ends them, so no JVM outlives `imagepipe dev`.
         self._guard = OrphanGuard().start()
+        self._guard.remove_at_exit(self._log_dir)
         self.emulators = GcpEmulators(
             self.resources, self._log_dir, storage_port=self._storage_port, guard=self._guard
         )

@@ -65,15 +65,19 @@ def how_it_ended(code: int) -> str:
         return f"was killed by signal {-code}"
 
 
-# The watchdog: "+PGID" / "-PGID" lines register and forget groups; at end of input (the
-# parent closed the pipe, or died) it ends each group still registered, politely first.
+# The watchdog: "+PGID" / "-PGID" lines register and forget groups, "dPATH" a directory
+# to remove; at end of input (the parent closed the pipe, or died) it ends each group
+# still registered, politely first, then removes the directories.
 _GUARD_CODE = """
-import os, signal, sys, time
+import os, shutil, signal, sys, time
 signal.signal(signal.SIGINT, signal.SIG_IGN)
-groups = set()
+groups, directories = set(), set()
 for line in sys.stdin:
-    sign, pgid = line[:1], int(line[1:])
-    (groups.add if sign == "+" else groups.discard)(pgid)
+    kind, value = line[:1], line[1:].rstrip("\\n")
+    if kind == "d":
+        directories.add(value)
+    else:
+        (groups.add if kind == "+" else groups.discard)(int(value))
 for sig in (signal.SIGTERM, signal.SIGKILL):
     for pgid in groups:
         try:
@@ -82,11 +86,14 @@ for sig in (signal.SIGTERM, signal.SIGKILL):
             pass
     if groups and sig == signal.SIGTERM:
         time.sleep(2)
+for directory in directories:
+    shutil.rmtree(directory, ignore_errors=True)
 """
 
 
 class OrphanGuard:
-    """Ends the process groups `watch`ed and not `forget`-ten if this process dies first."""
+    """Ends the process groups `watch`ed and not `forget`-ten if this process dies first, and
+    removes the directories given to `remove_at_exit` (their logs) when it ends."""
 
     def __init__(self) -> None:
         self._process: subprocess.Popen[bytes] | None = None
@@ -106,6 +113,9 @@ class OrphanGuard:
 
     def forget(self, pgid: int) -> None:
         self._send(f"-{pgid}")
+
+    def remove_at_exit(self, directory: Path) -> None:
+        self._send(f"d{directory}")
 
     def stop(self) -> None:
         """Close the pipe: with nothing left registered, the watchdog simply exits."""

@@ -767,10 +767,14 @@ def test_a_dead_emulator_stops_imagepipe_dev_with_one_line_and_exit_1(
 @pytest.mark.emulator
 def test_nothing_outlives_an_imagepipe_dev_killed_outright(dev_process: DevProcess) -> None:
     outputs = dev_process.running()
-    servers = [pid for pid in dev_process.started if pid != dev_process.process.pid]
+    servers = list(dev_process.started)
+    [storage] = [pid for pid, command in dev_process.started.items() if "fake-gcs" in command]
+    logs = Path(os.readlink(f"/proc/{storage}/fd/1")).parent  # where the emulators log
+    assert logs.name.startswith("imagepipe-dev-gcp-")
     killed = time.monotonic()
     dev_process.process.kill()  # SIGKILL: no chance to stop anything itself
     dev_process.process.communicate(timeout=10)
     assert wait_for(lambda: still_running(servers) == "", timeout=15), still_running(servers)
     print(f"\nits servers were ended {time.monotonic() - killed:.1f} s after imagepipe dev")
     assert not listening(port_of(outputs["firestoreEmulatorHost"]))
+    assert wait_for(lambda: not logs.exists(), timeout=5)  # nor are their logs left behind

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from functions.gcp import contract
+from functions.local.emulated_gcp import ToolMissing, fake_gcs_server_binary
 from tests.conftest import require
 from tests.functions.gcp.gcp_emulators import (
     FUNCTION_SOURCE,
@@ -46,9 +47,10 @@ def emulator_env(emulator_logs: Path) -> Iterator[dict[str, str]]:
     for component in ("cloud-firestore-emulator", "pubsub-emulator"):
         missing = gcloud_component_missing(component)
         require(f"GCP emulator tests skipped: {missing}" if missing else None)
-    gcs_executable = VENV_BIN / "gcp-storage-emulator"
-    if not gcs_executable.exists():
-        require(f"GCP emulator tests need gcp-storage-emulator (not found at {gcs_executable})")
+    try:
+        gcs_executable = fake_gcs_server_binary()  # the one the dev pipeline runs
+    except ToolMissing as error:
+        require(f"GCP emulator tests need fake-gcs-server: {error}")
 
     ports = {"firestore": free_port(), "pubsub": free_port(), "gcs": free_port()}
     commands = {
@@ -56,8 +58,9 @@ def emulator_env(emulator_logs: Path) -> Iterator[dict[str, str]]:
                       f"--host-port=127.0.0.1:{ports['firestore']}"],
         "pubsub": ["gcloud", "beta", "emulators", "pubsub", "start",
                    f"--host-port=127.0.0.1:{ports['pubsub']}", f"--project={PROJECT}"],
-        "gcs": [str(gcs_executable), "start", "--host", "127.0.0.1",
-                "--port", str(ports["gcs"]), "--in-memory"],
+        "gcs": [str(gcs_executable), "-scheme", "http", "-host", "127.0.0.1",
+                "-port", str(ports["gcs"]), "-external-url", f"http://127.0.0.1:{ports['gcs']}",
+                "-backend", "memory", "-log-level", "warn"],
     }  # fmt: skip
     servers: list[ServerProcess] = []
     try:

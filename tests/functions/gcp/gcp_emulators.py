@@ -109,7 +109,10 @@ def finalized_event(blob: Any, *, time: str | None = None) -> dict[str, Any]:
             "metageneration": str(blob.metageneration),
             "size": str(blob.size),
             "contentType": blob.content_type,
-            "timeCreated": blob.time_created.isoformat().replace("+00:00", "Z"),
+            # fake-gcs-server leaves timeCreated out of some uploads' answers.
+            "timeCreated": (blob.time_created or datetime.now(UTC))
+            .isoformat()
+            .replace("+00:00", "Z"),
             "metadata": blob.metadata or {},
         },
     }

@@ -11,7 +11,6 @@ from functions.gcp.adapters import (
     PubSubEventPublisher,
     sdk_retry,
 )
-from tests import port_contract
 from tests.functions.gcp.gcp_emulators import PROJECT, free_port, pull_messages
 from tests.port_contract import *  # noqa: F403 - the shared scenarios, collected here
 from tests.port_contract import Ports
@@ -67,12 +66,3 @@ def ports(gcp_clients, gcp_names) -> Ports:
         unreachable=lambda: unreachable_ports(gcp_names.uploads_bucket, gcp_names.topic),
     )
 
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="gcp-storage-emulator ignores ?generation= on downloads; real GCS answers 404 for "
-    "an overwritten generation of an unversioned bucket (strict: passes once an emulator "
-    "honours generations, and then this marker must go)",
-)
-def test_a_version_overwritten_since_is_a_key_error(ports: Ports):
-    port_contract.test_a_version_overwritten_since_is_a_key_error(ports)

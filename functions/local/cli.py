@@ -17,7 +17,10 @@ from functions.local.exits import EXIT_USAGE
 
 SUBCOMMANDS = {
     "process": ("functions.local.process", "run the core on local files and write renditions"),
-    "dev": ("functions.local.dev", "run the whole pipeline on an emulated AWS on 127.0.0.1"),
+    "dev": (
+        "functions.local.dev",
+        "run the whole pipeline on an emulated AWS or GCP on 127.0.0.1",
+    ),
     "upload": ("functions.local.upload", "upload images and wait for their records"),
     "status": (
         "functions.local.status",

@@ -21,7 +21,6 @@ held is gone, so `imagepipe dev` says so in one line and exits 1 rather than pre
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import importlib
 import json
 import os
@@ -41,7 +40,6 @@ from components.config import CLOUDS
 from functions.aws import contract
 from functions.core.settings import PipelineSettings, SettingsError
 from functions.gcp import contract as gcp_contract
-from functions.local import stack_config
 from functions.local.cdn import GcsRenditionReader, RenditionServer, S3RenditionReader
 from functions.local.emulated_aws import (
     REGION,
@@ -66,11 +64,11 @@ from functions.local.emulated_gcp import (
     create_pipeline_resources as create_gcp_pipeline_resources,
 )
 from functions.local.eventarc import EventarcTrigger, PubSubNotificationSource, RetryPolicy
+from functions.local.exits import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from functions.local.lambda_service import DEFAULT_RETRY_DELAYS, AsyncInvoker, Handler
 from functions.local.processes import OrphanGuard, ServerDidNotStart, how_it_ended
 from functions.local.stack_config import LocalStackConfig, read_stack_config
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 DEFAULT_PORT = 4566
 DEFAULT_GCP_STORAGE_PORT = 4443  # fake-gcs-server's own default
 DEFAULT_STACK_CONFIG = Path("stacks/Pulumi.aws-dev.yaml")
@@ -542,41 +540,12 @@ def resolve_dev_stack(path: Path | None, cloud: str | None) -> DevStack:
     if path is None:
         return DevStack(cloud or "aws", LocalStackConfig(), "built-in defaults")
     config = read_stack_config(path)  # every check `pulumi preview` makes, first
-    file_cloud, gcp_args = _stack_file_options(path)
-    if cloud is not None and cloud != file_cloud:
+    if cloud is not None and cloud != config.cloud:
         raise SettingsError(
             f"--cloud {cloud} was given, but {path} is a stack config for imagepipe:cloud "
-            f"{file_cloud}; pass a {cloud} stack config (e.g. {DEFAULT_STACK_CONFIGS[cloud]})."
+            f"{config.cloud}; pass a {cloud} stack config (e.g. {DEFAULT_STACK_CONFIGS[cloud]})."
         )
-    if gcp_args is None:
-        return DevStack(file_cloud, config, str(path))
-    config = dataclasses.replace(
-        config,
-        uploads_prefix=gcp_args.uploads_prefix or "",
-        uploads_suffix=gcp_args.uploads_suffix or "",
-    )
-    return DevStack(file_cloud, config, str(path), gcp_args.timeout_seconds)
-
-
-def _stack_file_options(path: Path) -> tuple[str, Any]:
-    """The cloud of a stack file that read_stack_config accepted, and for GCP the component's
-    args read from it with the same rules (LocalStackConfig carries neither the cloud, the
-    timeout nor, on GCP, the uploads filter)."""
-    from components import config
-
-    texts = {
-        key: stack_config._as_pulumi_hands_it(key, value)
-        for key, value in stack_config._config_mapping(path).items()
-    }
-
-    def lookup(namespace: str) -> Callable[[str], str | None]:
-        return lambda key: texts.get(f"{namespace}:{key}")
-
-    cloud, settings = config.validated(lookup(config.NAMESPACE), texts)
-    if cloud != "gcp":
-        return cloud, None
-    reader = config.ConfigReader(config.NAMESPACE, lookup(config.NAMESPACE))
-    return cloud, config.gcp_args(reader, lookup("gcp")("region"), settings)
+    return DevStack(config.cloud, config, str(path), config.timeout_seconds)
 
 
 def run(args: argparse.Namespace) -> int:

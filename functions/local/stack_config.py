@@ -23,16 +23,21 @@ from functions.core.settings import PipelineSettings, SettingsError, shown
 MAX_EXPANDED_VALUES = 10_000
 
 
+def _default(field_name: str) -> Any:
+    return config.defaults(PipelineArgs)[field_name]
+
+
 @dataclass(frozen=True)
 class LocalStackConfig:
-    """What the local pipeline takes from a stack config: the settings and the trigger's shape."""
+    """What the local pipeline takes from a stack config: the cloud, the settings and the
+    trigger's shape, each defaulting as the components' args do."""
 
     settings: PipelineSettings = field(default_factory=PipelineSettings)
-    uploads_prefix: str = ""  # only keys under it trigger processing, as on the stack
+    uploads_prefix: str = ""  # only keys under it are processed, as on the stack
     uploads_suffix: str = ""
-    max_event_age_seconds: int = field(
-        default_factory=lambda: config.defaults(PipelineArgs)["max_event_age_seconds"]
-    )
+    max_event_age_seconds: int = field(default_factory=lambda: _default("max_event_age_seconds"))
+    timeout_seconds: int = field(default_factory=lambda: _default("timeout_seconds"))
+    cloud: str = "aws"
 
 
 def settings_from_stack_config(path: str | Path) -> PipelineSettings:
@@ -52,18 +57,21 @@ def read_stack_config(path: str | Path) -> LocalStackConfig:
     try:
         cloud, settings = config.validated(lookup(config.NAMESPACE), texts)
         reader = config.ConfigReader(config.NAMESPACE, lookup(config.NAMESPACE))
-        if cloud == "aws":
-            aws = config.aws_args(reader, settings)
-            return LocalStackConfig(
-                settings,
-                aws.uploads_prefix or "",
-                aws.uploads_suffix or "",
-                aws.max_event_age_seconds,
-            )
-        gcp = config.gcp_args(reader, lookup("gcp")("region"), settings)
-        return LocalStackConfig(settings, max_event_age_seconds=gcp.max_event_age_seconds)
+        args = (
+            config.aws_args(reader, settings)
+            if cloud == "aws"
+            else config.gcp_args(reader, lookup("gcp")("region"), settings)
+        )
     except SettingsError as error:
         raise SettingsError(f"stack config {path}: {error}") from None
+    return LocalStackConfig(
+        settings=settings,
+        uploads_prefix=args.uploads_prefix or "",
+        uploads_suffix=args.uploads_suffix or "",
+        max_event_age_seconds=args.max_event_age_seconds,
+        timeout_seconds=args.timeout_seconds,
+        cloud=cloud,
+    )
 
 
 def _config_mapping(path: Path) -> dict[str, Any]:

@@ -38,8 +38,6 @@ from functions.core.records import FINAL_STATUSES, ImageRecord, Status
 
 # The AWS reader, feed and version rule, importable from here as before the clients were
 # per cloud: the AWS dev pipeline's tests and benchmarks use them by these names.
-from functions.local.aws_client import DynamoDbRecordReader as RecordReader  # noqa: F401
-from functions.local.aws_client import SqsEventFeed, object_version  # noqa: F401
 from functions.local.exits import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from functions.local.render import RenditionUrl, Row, print_rows
 from functions.local.target import (

@@ -14,15 +14,13 @@ from urllib.parse import unquote_plus
 
 import pytest
 
-from functions.core.records import Status, record_id
+from functions.core.records import Status
 from functions.local.dev import DevPipeline
 from functions.local.emulated_aws import client_environment, drain_queue
 from functions.local.samples import alpha_png, camera_jpeg, small_png
 from functions.local.target import PipelineTarget
 from functions.local.upload import (
-    RecordReader,
     Upload,
-    object_version,
     upload_and_wait,
     wait_for_records,
 )
@@ -77,11 +75,9 @@ def test_aws_cli_upload_is_processed_and_served_by_the_cdn(
         capture_output=True,
     )
 
-    head = target.client("s3").head_object(Bucket=target.uploads_bucket, Key=key)
-    rid = record_id(target.uploads_bucket, key, object_version(head))
-    records = RecordReader.for_target(target)
+    rid = target.current_record_id(key)
     [result] = wait_for_records(
-        records, [Upload(photo, key)], [rid], timeout=30, poll_interval=0.05
+        target.records, [Upload(photo, key)], [rid], timeout=30, poll_interval=0.05
     )
     record = result.record
     assert record is not None and record.status is Status.COMPLETED, record
@@ -174,10 +170,10 @@ def test_a_failing_handler_is_retried_then_the_event_is_dead_lettered_intact(
         QueueUrl=dev_pipeline.resources.trigger_queue_url,
         MessageBody=json.dumps(dead["requestPayload"]),
     )
-    head = target.client("s3").head_object(Bucket=target.uploads_bucket, Key=key)
-    rid = record_id(target.uploads_bucket, key, object_version(head))
-    records = RecordReader.for_target(target)
-    [result] = wait_for_records(records, [Upload(path, key)], [rid], timeout=20, poll_interval=0.05)
+    rid = target.current_record_id(key)
+    [result] = wait_for_records(
+        target.records, [Upload(path, key)], [rid], timeout=20, poll_interval=0.05
+    )
     assert result.status == "COMPLETED"
 
 

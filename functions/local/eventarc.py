@@ -34,7 +34,7 @@ from time import monotonic
 from typing import Any, Protocol
 
 from functions.gcp.contract import UPLOAD_EVENT_TYPE
-from functions.local.lambda_service import RepeatedFailureLog
+from functions.local.workers import RepeatedFailureLog, WorkerPool
 
 log = logging.getLogger("imagepipe.dev")
 
@@ -201,7 +201,7 @@ class _CallFailed(Exception):
         self.error = error
 
 
-class EventarcTrigger:
+class EventarcTrigger(WorkerPool):
     """A small pool of threads delivering the trigger subscription's events to `function_url`.
 
     `timeout_seconds` is the function's own: a delivery unanswered by then has failed.
@@ -220,12 +220,8 @@ class EventarcTrigger:
         self._url = function_url
         self._retry = retry
         self._timeout = timeout_seconds
-        self._stopping = threading.Event()
+        super().__init__("eventarc-worker", workers)
         self._failures = RepeatedFailureLog(log)
-        self._threads = [
-            threading.Thread(target=self._run, name=f"eventarc-worker-{n}", daemon=True)
-            for n in range(workers)
-        ]
         self._lock = threading.Lock()
         self._failed_attempts: dict[str, int] = {}  # message id -> failed deliveries so far
         # What happened, for tests and the log: deliveries made, and how each ended.
@@ -233,21 +229,6 @@ class EventarcTrigger:
         self.acknowledged = 0
         self.redelivered = 0
         self.expired = 0
-
-    def start(self) -> None:
-        for thread in self._threads:
-            thread.start()
-
-    def stop(self, timeout: float = 30) -> None:
-        """Finish the deliveries in hand, then stop; a message not yet pulled stays queued."""
-        self._stopping.set()
-        deadline = monotonic() + timeout
-        for thread in self._threads:
-            thread.join(max(0.0, deadline - monotonic()))
-
-    @property
-    def workers_alive(self) -> int:
-        return sum(thread.is_alive() for thread in self._threads)
 
     def _run(self) -> None:
         import requests

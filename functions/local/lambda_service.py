@@ -41,6 +41,7 @@ from time import monotonic
 from typing import Any
 
 from functions.aws import contract
+from functions.local.workers import RepeatedFailureLog, WorkerPool
 
 Handler = Callable[[dict[str, Any], Any], Any]
 
@@ -111,69 +112,6 @@ def _about(context: LambdaContext) -> dict[str, str]:
     return {"function_request_id": context.aws_request_id}
 
 
-class RepeatedFailureLog:
-    """One line when a call starts failing, silence while it fails the same way, one line when
-    it works again: a run of identical failures (same call, same error type) is one outage."""
-
-    def __init__(self, logger: logging.Logger) -> None:
-        self._log = logger
-        self._lock = threading.Lock()
-        self._failing: dict[tuple[str, str], _FailureRun] = {}
-
-    def failed(self, call: str, error: BaseException, *, with_traceback: bool = False) -> None:
-        signature = (call, type(error).__name__)
-        with self._lock:
-            run = self._failing.get(signature)
-            if run is not None:
-                run.count += 1
-                return
-            self._failing[signature] = _FailureRun()
-        self._log.error(
-            "%s failed (%s: %s); not logged again until it works",
-            call,
-            type(error).__name__,
-            _first_line(error),
-            exc_info=error if with_traceback else None,
-            stacklevel=2,  # the line names the worker's call site, not this class
-        )
-
-    def succeeded(self, call: str, started: float) -> None:
-        """`call`, begun at `started` (monotonic), worked: that ends the runs of failures it
-        began after. One begun earlier proves nothing: a long poll in flight when the emulator
-        stopped answering can still come back fine."""
-        if not self._failing:  # the usual case, decided without the lock
-            return
-        with self._lock:
-            ended = [
-                (sig, run)
-                for sig, run in self._failing.items()
-                if sig[0] == call and run.since <= started
-            ]
-            for signature, _ in ended:
-                del self._failing[signature]
-        for (_, kind), run in ended:
-            self._log.warning(
-                "%s works again, after %d failure%s (%s) in %.1f s",
-                call,
-                run.count,
-                "" if run.count == 1 else "s",
-                kind,
-                monotonic() - run.since,
-                stacklevel=2,
-            )
-
-
-@dataclass
-class _FailureRun:
-    since: float = field(default_factory=monotonic)
-    count: int = 1
-
-
-def _first_line(error: BaseException, limit: int = 200) -> str:
-    text = str(error).strip().splitlines()
-    return text[0][:limit] if text else ""
-
-
 class _CallFailed(Exception):
     """A queue call of the worker loop failed; `call` says which, in words for the log."""
 
@@ -193,7 +131,7 @@ DELIVER = "delivering a message"  # anything else: a bug here, logged with its t
 BACKOFF_SECONDS = (0.2, 0.5, 1.0, 2.0)
 
 
-class AsyncInvoker:
+class AsyncInvoker(WorkerPool):
     """A small pool of threads that long-poll the trigger queue and invoke `handler`."""
 
     def __init__(
@@ -219,30 +157,10 @@ class AsyncInvoker:
         self._function_arn = function_arn
         self._retry_delays = tuple(retry_delays)
         self._max_event_age_ms = max_event_age_seconds * 1000
-        self._stopping = threading.Event()
+        super().__init__("lambda-worker", workers)
         self._failures = RepeatedFailureLog(log)
-        self._threads = [
-            threading.Thread(target=self._run, name=f"lambda-worker-{n}", daemon=True)
-            for n in range(workers)
-        ]
         self.invocations = 0  # attempts made, for tests and the shutdown summary
         self._count_lock = threading.Lock()
-
-    def start(self) -> None:
-        for thread in self._threads:
-            thread.start()
-
-    def stop(self, timeout: float = 30) -> None:
-        """Finish the attempts in hand, then stop; a message not yet received stays queued."""
-        self._stopping.set()
-        deadline = monotonic() + timeout
-        for thread in self._threads:
-            thread.join(max(0.0, deadline - monotonic()))
-
-    @property
-    def workers_alive(self) -> int:
-        """How many worker threads run: all of them from `start()` to `stop()`."""
-        return sum(thread.is_alive() for thread in self._threads)
 
     def _run(self) -> None:
         failures_in_a_row = 0

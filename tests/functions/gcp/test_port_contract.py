@@ -65,4 +65,3 @@ def ports(gcp_clients, gcp_names) -> Ports:
         put_upload=put_upload,
         unreachable=lambda: unreachable_ports(gcp_names.uploads_bucket, gcp_names.topic),
     )
-

@@ -313,7 +313,9 @@ class GcpDevPipeline:
         self._storage_port = storage_port
         self._cdn_port = cdn_port
         self._workers = workers
-        self._retry = retry or RetryPolicy(max_event_age_seconds=self.stack.max_event_age_seconds)
+        # Eventarc's own retry window, not the stack's maxEventAgeSeconds: the function
+        # enforces that one, recording an event that old FAILED on its next delivery.
+        self._retry = retry or RetryPolicy()
         self._function_log = function_log
         self._overrides = dict(function_environment_overrides or {})
         self._log_dir: Path | None = None

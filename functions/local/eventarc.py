@@ -10,9 +10,10 @@ answer as Eventarc does with `RETRY_POLICY_RETRY`:
 - 2xx: acknowledged (done, a permanent failure recorded FAILED, or a duplicate);
 - anything else (500 for a transient error, 409 while another delivery holds a live
   claim, no answer at all): redelivered with exponential backoff, capped (1 s doubling to
-  10 s here, 10 s to 600 s on GCP), until the event is older than the stack's maximum
-  event age. Then it is acknowledged: a function that answers at all has recorded the
-  image FAILED `expired` itself by then.
+  10 s here, 10 s to 600 s on GCP), for as long as Eventarc retries an event: 24 hours.
+  The function's own limit is the stack's `maxEventAgeSeconds`, shorter: the first
+  delivery past it is answered 200 with the record FAILED `retries_exhausted`, so the
+  24 hours only matter when the function cannot record anything at all.
 
 Redelivery is Pub/Sub's own: a failed message's ack deadline is set to the backoff, so
 the subscription hands it out again when the backoff ends; a worker that died mid-attempt
@@ -48,13 +49,18 @@ DELAY_RETRY = "delaying a redelivery (it comes back after its ack deadline inste
 DELIVER = "delivering an event"  # anything else: a bug here, logged with its traceback once
 
 
+# How long Eventarc retries an undelivered event (RETRY_POLICY_RETRY), whatever the stack's
+# maxEventAgeSeconds says: that one is the function's, which records the event FAILED.
+EVENTARC_RETRY_SECONDS = 24 * 3600
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     """Exponential backoff between deliveries of one event, and how long it is retried."""
 
     initial_seconds: float = 1.0
     maximum_seconds: float = 10.0
-    max_event_age_seconds: float = 3600
+    max_event_age_seconds: float = EVENTARC_RETRY_SECONDS
 
     def delay(self, failed_attempts: int) -> float:
         """The wait after the `failed_attempts`-th failed delivery (1: the first)."""

@@ -25,11 +25,14 @@ UPLOADS_PREFIX = "incoming/"
 
 
 class FaultInjection:
-    """Wraps the real handler: an event naming a key in `failing` raises, as a crash would."""
+    """Wraps the real handler: an event naming a key in `failing` raises, as a crash would;
+    one naming a key in `outages` meets that AWS service unreachable, for that many attempts
+    (the real handler's code, with that service's client pointed at a closed port)."""
 
     def __init__(self) -> None:
         self.failing: set[str] = set()
         self.attempts: dict[str, int] = {}
+        self.outages: dict[str, tuple[str, int]] = {}  # key -> (s3 | dynamodb | sns, attempts)
         self._lock = threading.Lock()
 
     def wrap(self, real: Handler) -> Handler:
@@ -40,9 +43,45 @@ class FaultInjection:
                     with self._lock:
                         self.attempts[key] = self.attempts.get(key, 0) + 1
                     raise RuntimeError(f"injected failure for {key}")
+                if key in self.outages:
+                    service, failing_attempts = self.outages[key]
+                    with self._lock:
+                        self.attempts[key] = self.attempts.get(key, 0) + 1
+                        during_outage = self.attempts[key] <= failing_attempts
+                    if during_outage:
+                        return _with_service_down(service, event, context)
             return real(event, context)
 
         return handler
+
+
+def _with_service_down(service: str, event: dict[str, Any], context: Any) -> Any:
+    """The handler's own event handling, with one service's client unreachable."""
+    import dataclasses
+    import socket
+
+    import boto3
+    from botocore.config import Config
+
+    from functions.aws import main
+    from functions.aws.adapters import DynamoDbRecordStore, S3BlobStore, SnsEventPublisher
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    config = Config(retries={"mode": "standard", "total_max_attempts": 1}, connect_timeout=1)
+    client = boto3.client(service, endpoint_url=closed, config=config)
+    pipeline = main.PIPELINE
+    down = {
+        "s3": lambda: dataclasses.replace(pipeline, blobs=S3BlobStore(client)),
+        "dynamodb": lambda: dataclasses.replace(
+            pipeline, records=DynamoDbRecordStore(client, pipeline.records.table)
+        ),
+        "sns": lambda: dataclasses.replace(
+            pipeline, events=SnsEventPublisher(client, pipeline.events.topic_arn)
+        ),
+    }[service]()
+    return main.handle_event(event, down, main.lease_for(context))
 
 
 @pytest.fixture(scope="package")

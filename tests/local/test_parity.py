@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from functions.core.records import FINAL_STATUSES, ImageRecord
+from functions.gcp import contract as gcp_contract
 from functions.local.dev import DevPipeline, GcpDevPipeline
 from functions.local.emulated_aws import boto3_client
 from functions.local.emulated_gcp import missing_tools, publisher_client
@@ -31,7 +32,8 @@ from functions.local.upload import Upload, upload_and_wait
 from tests.conftest import require
 from tests.core.hostile_files import jpeg_with_app1_segments, png_of_zeros, webp_canvas
 
-from .conftest import UPLOADS_PREFIX
+from .conftest import UPLOADS_PREFIX, FaultInjection
+from .toggle_proxy import ToggleProxy
 
 pytestmark = pytest.mark.emulator
 
@@ -48,16 +50,51 @@ class Cloud:
     duplicates_handled: Any  # (key) -> int: deliveries the function answered as duplicates
 
 
+# The GCP side's retries end by age (Eventarc's maximum event age); short here, so the
+# scenario that exhausts them takes seconds, long enough for every other one to finish.
+GCP_MAX_EVENT_AGE_SECONDS = 20
+# The GCP function's dependencies, each behind a proxy the outage scenarios cut off:
+# service -> the SDK's emulator variable and the outputs key of the real emulator.
+GCP_DEPENDENCIES = {
+    "storage": ("STORAGE_EMULATOR_HOST", "storageEndpoint"),
+    "records": ("FIRESTORE_EMULATOR_HOST", "firestoreEmulatorHost"),
+    "events": ("PUBSUB_EMULATOR_HOST", "pubsubEmulatorHost"),
+}
+AWS_SERVICES = {"storage": "s3", "records": "dynamodb", "events": "sns"}
+
+
 @pytest.fixture(scope="module")
-def gcp_pipeline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GcpDevPipeline]:
+def proxies() -> Iterator[dict[str, ToggleProxy]]:
+    made = {service: ToggleProxy() for service in GCP_DEPENDENCIES}
+    yield made
+    for proxy in made.values():
+        proxy.close()
+
+
+@pytest.fixture(scope="module")
+def gcp_pipeline(
+    tmp_path_factory: pytest.TempPathFactory, proxies: dict[str, ToggleProxy]
+) -> Iterator[GcpDevPipeline]:
     require(missing_tools())
     logs = tmp_path_factory.mktemp("parity-gcp")
+    overrides = {
+        variable: ("http://" if service == "storage" else "") + proxies[service].address
+        for service, (variable, _) in GCP_DEPENDENCIES.items()
+    }
     pipeline = GcpDevPipeline(
-        stack=LocalStackConfig(uploads_prefix=UPLOADS_PREFIX),
+        stack=LocalStackConfig(
+            uploads_prefix=UPLOADS_PREFIX, max_event_age_seconds=GCP_MAX_EVENT_AGE_SECONDS
+        ),
         function_log=logs / "function.log",
+        # An outage is met within a second instead of after the SDK's 20 s of retries.
+        function_environment_overrides={**overrides, gcp_contract.SDK_RETRY_SECONDS: "1"},
     )
     pipeline.function_log_path = logs / "function.log"  # type: ignore[attr-defined]
     with pipeline:
+        outputs = pipeline.outputs()
+        for service, (_, output) in GCP_DEPENDENCIES.items():
+            host, _, port = outputs[output].removeprefix("http://").rpartition(":")
+            proxies[service].target = (host, int(port))
         yield pipeline
 
 
@@ -243,3 +280,119 @@ def test_a_duplicate_delivery_changes_nothing_and_publishes_nothing(
         assert late == [], f"{cloud.name}: a duplicate published {len(late)} event(s)"
         after = cloud.target.records.get_many([before.record.id])[before.record.id]
         assert after == before.stored, cloud.name
+
+
+# --- outages ------------------------------------------------------------------------------
+
+
+def outcome_through_an_outage(
+    cloud: Cloud,
+    path: Path,
+    key: str,
+    begin: Any,
+    end: Any,
+    redelivered: Any,
+    timeout: float,
+) -> tuple[ImageRecord, list[ImageRecord]]:
+    """Upload during an outage (`begin`), end it (`end`) once the platform has had to retry
+    (`redelivered()` true), and wait: the final record, and every event the feed saw."""
+    with cloud.target.follow_events() as feed:
+        assert feed is not None
+        begin()
+        try:
+            record_id = cloud.target.put(path, key)
+            deadline = time.monotonic() + timeout
+            while not redelivered() and time.monotonic() < deadline:
+                time.sleep(0.1)
+        finally:
+            end()
+        events: list[ImageRecord] = []
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not any(e.id == record_id for e in events):
+            events += feed.receive(wait_seconds=1)
+        events += feed.receive(wait_seconds=2)  # a second event would arrive by now
+    stored = stored_when_final(cloud.target, [record_id])[record_id]
+    return stored, [e for e in events if e.id == record_id]
+
+
+@pytest.mark.parametrize("dependency", sorted(GCP_DEPENDENCIES))
+def test_an_outage_of_each_dependency_is_retried_and_then_completes_the_same_way(
+    clouds, corpus_photos, faults: FaultInjection, gcp_pipeline, proxies, dependency
+):
+    photo = corpus_photos / "webp_flower.webp"
+    key = f"{UPLOADS_PREFIX}outage/{dependency}.webp"
+    aws, gcp = clouds
+    trigger = gcp_pipeline.trigger
+    retried_before = trigger.redelivered
+    outcomes = {
+        "aws": outcome_through_an_outage(
+            aws,
+            photo,
+            key,
+            begin=lambda: faults.outages.__setitem__(key, (AWS_SERVICES[dependency], 1)),
+            end=lambda: None,
+            redelivered=lambda: faults.attempts.get(key, 0) >= 1,
+            timeout=30,
+        ),
+        "gcp": outcome_through_an_outage(
+            gcp,
+            photo,
+            key,
+            begin=proxies[dependency].down,
+            end=proxies[dependency].up,
+            redelivered=lambda: trigger.redelivered > retried_before,
+            timeout=30,
+        ),
+    }
+    for cloud, (record, events) in outcomes.items():
+        assert record.status.value == "COMPLETED", f"{cloud}: {record.error}"
+        assert [e.status.value for e in events] == ["COMPLETED"], cloud
+    assert comparable(outcomes["aws"][0]) == comparable(outcomes["gcp"][0])
+
+
+def test_when_retries_run_out_both_end_failed_retryable_with_one_failure_event(
+    clouds, corpus_photos, faults: FaultInjection, gcp_pipeline, proxies
+):
+    photo = corpus_photos / "png_horse_rgba.png"
+    key = f"{UPLOADS_PREFIX}exhausted/horse.png"
+    aws, gcp = clouds
+    outcomes = {
+        # Lambda gives up after its third attempt; the stand-in dead-letters the event.
+        "aws": outcome_through_an_outage(
+            aws,
+            photo,
+            key,
+            begin=lambda: faults.outages.__setitem__(key, ("s3", 3)),
+            end=lambda: None,
+            redelivered=lambda: faults.attempts.get(key, 0) >= 3,
+            timeout=30,
+        ),
+        # Eventarc keeps retrying until the event is older than the maximum event age.
+        "gcp": outcome_through_an_outage(
+            gcp,
+            photo,
+            key,
+            begin=proxies["storage"].down,
+            end=proxies["storage"].up,
+            redelivered=lambda: _failed_for_good(gcp.target, key),
+            timeout=GCP_MAX_EVENT_AGE_SECONDS + 30,
+        ),
+    }
+    for cloud, (record, events) in outcomes.items():
+        assert (record.status.value, record.error.code) == ("FAILED", "retries_exhausted"), cloud
+        assert record.error.retryable, cloud  # a redrive may still finish it
+        assert [e.status.value for e in events] == ["FAILED"], cloud
+        assert events[0] == record, cloud  # the event carries exactly the stored record
+    aws_record, gcp_record = outcomes["aws"][0], outcomes["gcp"][0]
+    # How many attempts and what the message says are the platforms' own: Lambda counts
+    # three, Eventarc retries for as long as the event is young enough.
+    for side in (aws_record, gcp_record):
+        assert side.renditions == () and side.image is None
+    assert comparable(aws_record)["source"] == comparable(gcp_record)["source"]
+
+
+def _failed_for_good(target: PipelineTarget, key: str) -> bool:
+    record_id = target.current_record_id(key)
+    records = target.records.get_many([record_id]) if record_id else {}
+    record = records.get(record_id) if record_id else None
+    return record is not None and record.status.value == "FAILED"

@@ -10,6 +10,7 @@ import pytest
 
 from components.aws import AwsImagePipeline, AwsImagePipelineArgs
 from components.aws.pipeline import TYPE_TOKEN
+from functions.aws import contract
 from functions.core.settings import PipelineSettings, SettingsError
 from tests.infra.aws_fakes import fake_wheel_dirs, offline_lambda_builds  # noqa: F401 - fixtures
 from tests.infra.conftest import (
@@ -272,12 +273,14 @@ def test_function_configuration(deploy):
     assert function["loggingConfig"]["logFormat"] == "JSON"
     assert function["loggingConfig"]["logGroup"] == logs["name"]
     variables = function["environment"]["variables"]
-    assert PipelineSettings.from_json(variables["IMAGEPIPE_SETTINGS"]) == ARGS.settings
-    assert variables["IMAGEPIPE_RENDITIONS_BUCKET"] == outputs["renditionsBucket"]
-    assert variables["IMAGEPIPE_RECORDS_TABLE"] == outputs["recordsTable"]
-    assert variables["IMAGEPIPE_EVENTS_TOPIC_ARN"] == outputs["eventsTopic"]
-    assert variables["POWERTOOLS_SERVICE_NAME"] == "imagepipe"
-    assert variables["POWERTOOLS_METRICS_NAMESPACE"] == "imagepipe"
+    # What the function will read back: the contract's own reader, over what was set.
+    assert contract.from_env(variables) == contract.FunctionEnvironment(
+        settings=ARGS.settings,
+        renditions_bucket=outputs["renditionsBucket"],
+        records_table=outputs["recordsTable"],
+        events_topic_arn=outputs["eventsTopic"],
+    )
+    assert variables["POWERTOOLS_SERVICE_NAME"] == contract.SERVICE_NAME  # Powertools' own
 
 
 def test_function_code_is_the_deterministic_archive(deploy):

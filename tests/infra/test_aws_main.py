@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from components.packaging import PROJECT_ROOT
+from functions.aws import contract
 from tests.infra.aws_fakes import fake_wheel_dirs, offline_lambda_builds  # noqa: F401 - fixtures
 from tests.infra.conftest import AWS_OUTPUT_NAMES, run_program, set_config
 
@@ -49,7 +50,7 @@ def test_example_stack_exports_every_output(mocked):
     # The example's values reached the component, not the defaults.
     function = mocked.one("aws:lambda/function:Function").inputs
     assert function["architectures"] == ["arm64"]
-    settings = function["environment"]["variables"]["IMAGEPIPE_SETTINGS"]
+    settings = function["environment"]["variables"][contract.SETTINGS]
     assert '"allowed_formats":["JPEG","PNG","WEBP","GIF"]' in settings
     assert mocked.one("aws:cloudwatch/logGroup:LogGroup").inputs["retentionInDays"] == 14
     assert mocked.one("aws:iam/role:Role").inputs["tags"] == {"project": "imagepipe", "env": "dev"}

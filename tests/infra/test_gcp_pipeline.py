@@ -476,7 +476,7 @@ def test_main_with_the_gcp_dev_stack_exports_the_outputs(pulumi_mocks):
     assert function.inputs["location"] == config["gcp:region"]
     assert function.inputs["serviceConfig"]["maxInstanceCount"] == config["imagepipe:maxInstances"]
     assert exported["functionName"] == function.state["name"]
-    settings = function.inputs["serviceConfig"]["environmentVariables"]["IMAGEPIPE_SETTINGS"]
+    settings = function.inputs["serviceConfig"]["environmentVariables"][contract.SETTINGS]
     names = [spec.name for spec in PipelineSettings.from_json(settings).renditions]
     assert names == [text.split(":")[0] for text in config["imagepipe:renditions"]]
     assert function.inputs["labels"]["env"] == "dev"

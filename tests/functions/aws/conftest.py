@@ -80,7 +80,7 @@ def aws_env(
         "AWS_CONFIG_FILE": str(no_config),
         "AWS_SHARED_CREDENTIALS_FILE": str(no_config),
         "AWS_EC2_METADATA_DISABLED": "true",
-        "AWS_LAMBDA_FUNCTION_NAME": "imagepipe-test-fn",
+        contract.FUNCTION_NAME: "imagepipe-test-fn",
         **contract.to_env(
             settings=PipelineSettings(),
             renditions_bucket=resources.renditions_bucket,

@@ -18,6 +18,7 @@ import pytest
 from boto3.dynamodb.types import TypeDeserializer
 from PIL import Image
 
+from functions.aws import contract
 from functions.aws.bootstrap import build_pipeline
 from functions.aws.contract import from_env
 from functions.core.records import (
@@ -352,8 +353,8 @@ def test_a_deleted_records_table_raises_a_retryable_error(
 def test_the_handler_module_refuses_to_start_without_its_environment(
     handler_module: ModuleType,
 ) -> None:
-    with pytest.raises(ValueError, match="IMAGEPIPE_RECORDS_TABLE is not set"):
-        from_env({k: v for k, v in os.environ.items() if k != "IMAGEPIPE_RECORDS_TABLE"})
+    with pytest.raises(ValueError, match=f"{contract.RECORDS_TABLE} is not set"):
+        from_env({k: v for k, v in os.environ.items() if k != contract.RECORDS_TABLE})
 
 
 def test_clients_use_botocore_standard_retries(handler_module: ModuleType) -> None:

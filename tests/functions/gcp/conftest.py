@@ -75,7 +75,7 @@ def emulator_env(emulator_logs: Path) -> Iterator[dict[str, str]]:
             "FIRESTORE_EMULATOR_HOST": f"127.0.0.1:{ports['firestore']}",
             "PUBSUB_EMULATOR_HOST": f"127.0.0.1:{ports['pubsub']}",
             "STORAGE_EMULATOR_HOST": f"http://127.0.0.1:{ports['gcs']}",
-            "GOOGLE_CLOUD_PROJECT": PROJECT,
+            contract.PROJECT: PROJECT,
         }
         yield env
     finally:

@@ -15,6 +15,7 @@ import pytest
 
 from functions.core.records import MalformedEvent, ObjectRef
 from functions.core.settings import SettingsError
+from functions.gcp import contract
 from functions.gcp.bootstrap import JsonLogFormatter, build_pipeline
 from functions.gcp.contract import UPLOAD_EVENT_TYPE, from_env
 from functions.gcp.trigger import parse_storage_event
@@ -104,12 +105,12 @@ def test_a_malformed_event_is_refused_with_one_line_saying_what_is_wrong(attribu
 MAIN = Path(__file__).resolve().parents[3] / "functions" / "gcp" / "main.py"
 
 COMPONENT_ENV = {
-    "IMAGEPIPE_SETTINGS": '{"renditions": [{"name": "thumb", "width": 64, "height": 64}]}',
-    "IMAGEPIPE_RENDITIONS_BUCKET": "renditions",
-    "IMAGEPIPE_RECORDS_COLLECTION": "images",
-    "IMAGEPIPE_EVENTS_TOPIC": "projects/demo/topics/events",
-    "IMAGEPIPE_MAX_EVENT_AGE_SECONDS": "3600",
-    "IMAGEPIPE_LEASE_SECONDS": "90",
+    contract.SETTINGS: '{"renditions": [{"name": "thumb", "width": 64, "height": 64}]}',
+    contract.RENDITIONS_BUCKET: "renditions",
+    contract.RECORDS_COLLECTION: "images",
+    contract.EVENTS_TOPIC: "projects/demo/topics/events",
+    contract.MAX_EVENT_AGE_SECONDS: "3600",
+    contract.LEASE_SECONDS: "90",
     # No emulator runs here: the clients are built, never called.
     "FIRESTORE_EMULATOR_HOST": "127.0.0.1:9",
     "PUBSUB_EMULATOR_HOST": "127.0.0.1:9",
@@ -120,7 +121,7 @@ COMPONENT_ENV = {
 def test_the_pipeline_is_built_from_the_variables_the_component_sets(monkeypatch):
     for name in ("FIRESTORE_EMULATOR_HOST", "PUBSUB_EMULATOR_HOST", "STORAGE_EMULATOR_HOST"):
         monkeypatch.setenv(name, COMPONENT_ENV[name])
-    pipeline = build_pipeline(from_env({**COMPONENT_ENV, "IMAGEPIPE_MAX_EVENT_AGE_SECONDS": "600"}))
+    pipeline = build_pipeline(from_env({**COMPONENT_ENV, contract.MAX_EVENT_AGE_SECONDS: "600"}))
     assert [r.name for r in pipeline.settings.renditions] == ["thumb"]
     assert pipeline.renditions_bucket == "renditions"
     assert pipeline.max_event_age.total_seconds() == 600
@@ -131,11 +132,11 @@ def test_the_pipeline_is_built_from_the_variables_the_component_sets(monkeypatch
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
-        ({"IMAGEPIPE_RENDITIONS_BUCKET": ""}, "IMAGEPIPE_RENDITIONS_BUCKET is not set"),
-        ({"IMAGEPIPE_EVENTS_TOPIC": "events"}, "is not projects/<project>/topics/<topic>"),
-        ({"IMAGEPIPE_SETTINGS": "{"}, "IMAGEPIPE_SETTINGS is not valid JSON"),
-        ({"IMAGEPIPE_MAX_EVENT_AGE_SECONDS": "1h"}, "must be a whole number of seconds"),
-        ({"IMAGEPIPE_MAX_EVENT_AGE_SECONDS": "0"}, "must be a whole number of seconds above 0"),
+        ({contract.RENDITIONS_BUCKET: ""}, f"{contract.RENDITIONS_BUCKET} is not set"),
+        ({contract.EVENTS_TOPIC: "events"}, "is not projects/<project>/topics/<topic>"),
+        ({contract.SETTINGS: "{"}, f"{contract.SETTINGS} is not valid JSON"),
+        ({contract.MAX_EVENT_AGE_SECONDS: "1h"}, "must be a whole number of seconds"),
+        ({contract.MAX_EVENT_AGE_SECONDS: "0"}, "must be a whole number of seconds above 0"),
     ],
 )
 def test_a_bad_environment_is_refused_with_one_line_naming_the_variable(changes, message):
@@ -164,7 +165,7 @@ def test_log_lines_are_json_with_severity_and_the_fields_the_metrics_filter_on()
 def test_the_function_refuses_to_start_on_a_bad_environment_with_one_json_line():
     # What an instance does when a deploy sets a bad variable: no traceback, one log line.
     env = {k: v for k, v in os.environ.items() if not k.startswith("IMAGEPIPE_")}
-    env.update({**COMPONENT_ENV, "IMAGEPIPE_EVENTS_TOPIC": "events"})
+    env.update({**COMPONENT_ENV, contract.EVENTS_TOPIC: "events"})
     command = [
         str(Path(sys.executable).parent / "functions-framework"),
         "--target=handle_upload",

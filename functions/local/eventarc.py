@@ -31,17 +31,15 @@ import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from time import monotonic
 from typing import Any, Protocol
 
 from functions.gcp.contract import UPLOAD_EVENT_TYPE
-from functions.local.workers import RepeatedFailureLog, WorkerPool
+from functions.local.workers import WorkerPool
 
 log = logging.getLogger("imagepipe.dev")
 
 POLL_SECONDS = 1.0  # one pull's wait: also how quickly stop() is noticed
 # Pauses after 1, 2, 3 and more failed pulls in a row: brief, growing, bounded.
-PULL_BACKOFF_SECONDS = (0.2, 0.5, 1.0, 2.0)
 FINALIZE = "OBJECT_FINALIZE"  # the notification's eventType for a new object version
 PULL = "pulling from the trigger subscription"
 ACKNOWLEDGE = "acknowledging a delivered event (it comes back after its ack deadline)"
@@ -198,15 +196,6 @@ class Answer:
         return self.text
 
 
-class _CallFailed(Exception):
-    """A subscription call failed; `call` says which, in words for the log."""
-
-    def __init__(self, call: str, error: Exception) -> None:
-        super().__init__(call)
-        self.call = call
-        self.error = error
-
-
 class EventarcTrigger(WorkerPool):
     """A small pool of threads delivering the trigger subscription's events to `function_url`.
 
@@ -226,8 +215,7 @@ class EventarcTrigger(WorkerPool):
         self._url = function_url
         self._retry = retry
         self._timeout = timeout_seconds
-        super().__init__("eventarc-worker", workers)
-        self._failures = RepeatedFailureLog(log)
+        super().__init__("eventarc-worker", workers, log, DELIVER)
         self._lock = threading.Lock()
         self._failed_attempts: dict[str, int] = {}  # message id -> failed deliveries so far
         # What happened, for tests and the log: deliveries made, and how each ended.
@@ -236,39 +224,14 @@ class EventarcTrigger(WorkerPool):
         self.redelivered = 0
         self.expired = 0
 
-    def _run(self) -> None:
+    def _session(self) -> Any:
         import requests
 
-        session = requests.Session()
-        failures_in_a_row = 0
-        try:
-            while not self._stopping.is_set():
-                started = monotonic()
-                try:
-                    for notification in self._call(PULL, self._source.pull, 1, POLL_SECONDS):
-                        self._deliver(session, notification)
-                    self._failures.succeeded(DELIVER, started)
-                    failures_in_a_row = 0
-                    continue
-                except _CallFailed as failure:
-                    if not self._stopping.is_set():
-                        self._failures.failed(failure.call, failure.error)
-                except Exception as error:  # noqa: BLE001 - a bug of ours must not end the worker
-                    self._failures.failed(DELIVER, error, with_traceback=True)
-                failures_in_a_row += 1
-                pause = PULL_BACKOFF_SECONDS[min(failures_in_a_row, len(PULL_BACKOFF_SECONDS)) - 1]
-                self._stopping.wait(pause)
-        finally:
-            session.close()
+        return requests.Session()
 
-    def _call(self, call: str, method: Any, *arguments: Any) -> Any:
-        started = monotonic()
-        try:
-            result = method(*arguments)
-        except Exception as error:  # any failure of the call, named for the log
-            raise _CallFailed(call, error) from error
-        self._failures.succeeded(call, started)
-        return result
+    def _work_once(self, session: Any) -> None:
+        for notification in self._call(PULL, self._source.pull, 1, POLL_SECONDS):
+            self._deliver(session, notification)
 
     def _deliver(self, session: Any, notification: Notification) -> None:
         try:

@@ -41,7 +41,7 @@ from time import monotonic
 from typing import Any
 
 from functions.aws import contract
-from functions.local.workers import RepeatedFailureLog, WorkerPool
+from functions.local.workers import WorkerPool
 
 Handler = Callable[[dict[str, Any], Any], Any]
 
@@ -112,15 +112,6 @@ def _about(context: LambdaContext) -> dict[str, str]:
     return {"function_request_id": context.aws_request_id}
 
 
-class _CallFailed(Exception):
-    """A queue call of the worker loop failed; `call` says which, in words for the log."""
-
-    def __init__(self, call: str, error: Exception) -> None:
-        super().__init__(call)
-        self.call = call
-        self.error = error
-
-
 # What each queue call is, and what its failure means, as the log says it.
 RECEIVE = "receiving from the trigger queue"
 DELETE = "deleting a finished message (it comes back after its visibility timeout)"
@@ -128,7 +119,6 @@ DELAY_RETRY = "delaying a retry (the message comes back after its visibility tim
 DEAD_LETTER = "sending to the dead-letter queue (the message stays on the trigger queue)"
 DELIVER = "delivering a message"  # anything else: a bug here, logged with its traceback once
 # Pauses after 1, 2, 3 and more failed iterations in a row: brief, growing, bounded.
-BACKOFF_SECONDS = (0.2, 0.5, 1.0, 2.0)
 
 
 class AsyncInvoker(WorkerPool):
@@ -157,30 +147,12 @@ class AsyncInvoker(WorkerPool):
         self._function_arn = function_arn
         self._retry_delays = tuple(retry_delays)
         self._max_event_age_ms = max_event_age_seconds * 1000
-        super().__init__("lambda-worker", workers)
-        self._failures = RepeatedFailureLog(log)
+        super().__init__("lambda-worker", workers, log, DELIVER)
         self.invocations = 0  # attempts made, for tests and the shutdown summary
         self._count_lock = threading.Lock()
 
-    def _run(self) -> None:
-        failures_in_a_row = 0
-        while not self._stopping.is_set():
-            started = monotonic()
-            try:
-                self._poll_once()
-                self._failures.succeeded(DELIVER, started)
-                failures_in_a_row = 0
-                continue
-            except _CallFailed as failure:
-                if not self._stopping.is_set():
-                    self._failures.failed(failure.call, failure.error)
-            except Exception as error:  # noqa: BLE001 - a bug of ours must not end the worker
-                self._failures.failed(DELIVER, error, with_traceback=True)
-            failures_in_a_row += 1
-            self._stopping.wait(BACKOFF_SECONDS[min(failures_in_a_row, len(BACKOFF_SECONDS)) - 1])
-
-    def _poll_once(self) -> None:
-        response = self._call(
+    def _work_once(self, session: object) -> None:
+        response = self._sqs_call(
             RECEIVE,
             "receive_message",
             QueueUrl=self._trigger,
@@ -191,15 +163,8 @@ class AsyncInvoker(WorkerPool):
         for message in response.get("Messages", []):
             self._deliver(message)
 
-    def _call(self, call: str, method: str, **arguments: Any) -> Any:
-        """One SQS call; a failure is raised as `_CallFailed(call)`, a success ends an outage."""
-        started = monotonic()
-        try:
-            result = getattr(self._sqs, method)(**arguments)
-        except Exception as error:  # any failure of the call, named for the log
-            raise _CallFailed(call, error) from error
-        self._failures.succeeded(call, started)
-        return result
+    def _sqs_call(self, call: str, method: str, **arguments: Any) -> Any:
+        return self._call(call, getattr(self._sqs, method), **arguments)
 
     def _deliver(self, message: Mapping[str, Any]) -> None:
         attributes = message.get("Attributes", {})
@@ -218,7 +183,7 @@ class AsyncInvoker(WorkerPool):
         if event.get("Event") == "s3:TestEvent":
             # S3 sends it to queues and topics when a notification is set up, never to a
             # Lambda function: it only exists here because of the queue standing in for Lambda.
-            self._call(DELETE, "delete_message", QueueUrl=self._trigger, ReceiptHandle=receipt)
+            self._sqs_call(DELETE, "delete_message", QueueUrl=self._trigger, ReceiptHandle=receipt)
             return
         age_ms = time.time() * 1000 - int(attributes.get("SentTimestamp", time.time() * 1000))
         if attempt > 1 and age_ms > self._max_event_age_ms:
@@ -254,7 +219,7 @@ class AsyncInvoker(WorkerPool):
                     delay,
                     extra=_about(context),
                 )
-                self._call(
+                self._sqs_call(
                     DELAY_RETRY,
                     "change_message_visibility",
                     QueueUrl=self._trigger,
@@ -262,7 +227,7 @@ class AsyncInvoker(WorkerPool):
                     VisibilityTimeout=delay,
                 )
             return
-        self._call(DELETE, "delete_message", QueueUrl=self._trigger, ReceiptHandle=receipt)
+        self._sqs_call(DELETE, "delete_message", QueueUrl=self._trigger, ReceiptHandle=receipt)
 
     def _dead_letter(
         self,
@@ -282,5 +247,7 @@ class AsyncInvoker(WorkerPool):
             function_arn=self._function_arn,
             attempts=attempts,
         )
-        self._call(DEAD_LETTER, "send_message", QueueUrl=self._dlq, MessageBody=json.dumps(record))
-        self._call(DELETE, "delete_message", QueueUrl=self._trigger, ReceiptHandle=receipt)
+        self._sqs_call(
+            DEAD_LETTER, "send_message", QueueUrl=self._dlq, MessageBody=json.dumps(record)
+        )
+        self._sqs_call(DELETE, "delete_message", QueueUrl=self._trigger, ReceiptHandle=receipt)

@@ -9,22 +9,79 @@ import threading
 from dataclasses import dataclass, field
 from time import monotonic
 
+# After a failed round, a worker waits this long, then longer while it keeps failing.
+BACKOFF_SECONDS = (0.2, 0.5, 1.0, 2.0)
+
+
+class CallFailed(Exception):
+    """A call of the worker loop failed; `call` says which, in words for the log."""
+
+    def __init__(self, call: str, error: Exception) -> None:
+        super().__init__(call)
+        self.call = call
+        self.error = error
+
 
 class WorkerPool:
-    """`workers` threads running `_run` until `stop()`; `stop` lets them finish what they hold.
+    """`workers` threads repeating `_work_once` until `stop()`, which lets them finish.
 
-    A subclass's `_run` loops while `not self._stopping.is_set()`.
+    A worker never dies: a failed call (`CallFailed`, from `_call`) is logged once per
+    outage and a bug of ours once with its traceback; either way the worker backs off
+    briefly and goes on. `round_name` names one round in those lines.
     """
 
-    def __init__(self, name: str, workers: int) -> None:
+    def __init__(self, name: str, workers: int, log: logging.Logger, round_name: str) -> None:
         self._stopping = threading.Event()
+        self._failures = RepeatedFailureLog(log)
+        self._round = round_name
         self._threads = [
             threading.Thread(target=self._run, name=f"{name}-{n}", daemon=True)
             for n in range(workers)
         ]
 
-    def _run(self) -> None:
+    def _work_once(self, session: object) -> None:
+        """One round of work: take what is waiting, handle it."""
         raise NotImplementedError
+
+    def _session(self) -> object:
+        """What one worker keeps from round to round (an HTTP session, say); closed at the end."""
+        return None
+
+    def _run(self) -> None:
+        session = self._session()
+        failures_in_a_row = 0
+        try:
+            while not self._stopping.is_set():
+                started = monotonic()
+                try:
+                    self._work_once(session)
+                    self._failures.succeeded(self._round, started)
+                    failures_in_a_row = 0
+                    continue
+                except CallFailed as failure:
+                    if not self._stopping.is_set():
+                        self._failures.failed(failure.call, failure.error)
+                except Exception as error:  # noqa: BLE001 - a bug of ours must not end the worker
+                    self._failures.failed(self._round, error, with_traceback=True)
+                failures_in_a_row += 1
+                self._stopping.wait(
+                    BACKOFF_SECONDS[min(failures_in_a_row, len(BACKOFF_SECONDS)) - 1]
+                )
+        finally:
+            close = getattr(session, "close", None)
+            if close is not None:
+                close()
+
+    def _call(self, call: str, method: object, *arguments: object, **keywords: object) -> object:
+        """One call to the outside; a failure is raised as `CallFailed(call)`, and a success
+        ends that call's outage in the log."""
+        started = monotonic()
+        try:
+            result = method(*arguments, **keywords)  # type: ignore[operator]
+        except Exception as error:  # any failure of the call, named for the log
+            raise CallFailed(call, error) from error
+        self._failures.succeeded(call, started)
+        return result
 
     def start(self) -> None:
         for thread in self._threads:

@@ -402,7 +402,7 @@ class GcpImagePipeline(pulumi.ComponentResource):
                     )
                 ],
                 # Transient errors raise and are retried with backoff; the function records
-                # events older than IMAGEPIPE_MAX_EVENT_AGE_SECONDS as FAILED/expired.
+                # events older than IMAGEPIPE_MAX_EVENT_AGE_SECONDS as FAILED/retries_exhausted.
                 retry_policy="RETRY_POLICY_RETRY",
                 service_account_email=account.email,
             ),

@@ -3,7 +3,7 @@
 The deploy archive puts a copy of this file at its root as `main.py`, so it imports
 only `functions.core` and `functions.gcp`. Clients are built once per instance.
 A transient error is raised: functions-framework answers 500 and Eventarc retries
-with backoff until the core records the event FAILED (`expired`). Permanent failures
+with backoff until the core records the event FAILED (`retries_exhausted`). Permanent failures
 and duplicates answer 200; an image another delivery holds a live claim on answers 409,
 so Eventarc redelivers it until that claim is finished or its lease runs out.
 """

@@ -43,6 +43,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_ROOT))
 
 from bench.local_bench import CORPUS_JPEG, dev_process, percentile  # noqa: E402
+from components import outputs as output_names  # noqa: E402
 from functions.core.records import FINAL_STATUSES, ImageRecord, Status, record_id  # noqa: E402
 from functions.local.aws_client import SqsEventFeed, object_version  # noqa: E402
 from functions.local.samples import small_png, synthetic_photo  # noqa: E402
@@ -127,7 +128,7 @@ def main() -> int:
             wall = run.last_final - started if run.last_final else time.perf_counter() - started
             run.collect_late_events(LATE_EVENTS_SECONDS)
             records = target.records.get_many(list(run.ids.values()))
-            dead = dead_lettered(target, outputs["deadLetterQueue"])
+            dead = dead_lettered(target, outputs[output_names.DEAD_LETTER_QUEUE])
         log_text = (folder / "dev.log").read_text(errors="replace")
     return report(run, images, records, dead, uploaded, wall, log_text)
 

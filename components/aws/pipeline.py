@@ -14,6 +14,7 @@ import re
 import pulumi
 import pulumi_aws as aws
 
+from components import outputs
 from components.aws import policies
 from components.aws.args import AWS_LOG_RETENTION_DAYS, AwsImagePipelineArgs
 from components.aws.lambda_archive import build_lambda_archive
@@ -416,14 +417,14 @@ class AwsImagePipeline(pulumi.ComponentResource):
     def stack_outputs(self) -> dict[str, pulumi.Output]:
         """The stack outputs, camelCase as `pulumi stack output` shows them."""
         return {
-            "uploadsBucket": self.uploads_bucket,
-            "uploadsPrefix": self.uploads_prefix,
-            "renditionsBucket": self.renditions_bucket,
-            "cdnUrl": self.cdn_url,
-            "recordsTable": self.records_table,
-            "eventsTopic": self.events_topic,
-            "functionName": self.function_name,
-            "deadLetterQueue": self.dead_letter_queue,
+            outputs.UPLOADS_BUCKET: self.uploads_bucket,
+            outputs.UPLOADS_PREFIX: self.uploads_prefix,
+            outputs.RENDITIONS_BUCKET: self.renditions_bucket,
+            outputs.CDN_URL: self.cdn_url,
+            outputs.RECORDS_TABLE: self.records_table,
+            outputs.EVENTS_TOPIC: self.events_topic,
+            outputs.FUNCTION_NAME: self.function_name,
+            outputs.DEAD_LETTER_QUEUE: self.dead_letter_queue,
         }
 
 

@@ -14,6 +14,7 @@ import re
 import pulumi
 import pulumi_gcp as gcp
 
+from components import outputs
 from components.gcp.args import GcpImagePipelineArgs
 from components.gcp.function_source import build_function_source
 from functions.core.metrics import (
@@ -572,11 +573,11 @@ class GcpImagePipeline(pulumi.ComponentResource):
     def stack_outputs(self) -> dict[str, pulumi.Output]:
         """What `__main__.py` exports, by the stack output names of the contract."""
         return {
-            "uploadsBucket": self.uploads_bucket,
-            "uploadsPrefix": self.uploads_prefix,
-            "renditionsBucket": self.renditions_bucket,
-            "cdnUrl": self.cdn_url,
-            "recordsCollection": self.records_collection,
-            "eventsTopic": self.events_topic,
-            "functionName": self.function_name,
+            outputs.UPLOADS_BUCKET: self.uploads_bucket,
+            outputs.UPLOADS_PREFIX: self.uploads_prefix,
+            outputs.RENDITIONS_BUCKET: self.renditions_bucket,
+            outputs.CDN_URL: self.cdn_url,
+            outputs.RECORDS_COLLECTION: self.records_collection,
+            outputs.EVENTS_TOPIC: self.events_topic,
+            outputs.FUNCTION_NAME: self.function_name,
         }

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from components import outputs as output_names
 from functions.aws.contract import RECORDS_INDEXES, STATUS_INDEX
 from functions.core.records import ImageRecord, Status, record_id
 from functions.local.target import (
@@ -43,13 +44,18 @@ class AwsPipelineTarget(PipelineTarget):
 
     @classmethod
     def from_outputs(cls, outputs: Mapping[str, Any], origin: str) -> AwsPipelineTarget:
-        required_outputs(outputs, ("uploadsBucket", "recordsTable", "cdnUrl"), origin, "aws")
-        topic = outputs.get("eventsTopic") or None
+        required_outputs(
+            outputs,
+            (output_names.UPLOADS_BUCKET, output_names.RECORDS_TABLE, output_names.CDN_URL),
+            origin,
+            "aws",
+        )
+        topic = outputs.get(output_names.EVENTS_TOPIC) or None
         return cls(
-            uploads_bucket=str(outputs["uploadsBucket"]),
-            records_table=str(outputs["recordsTable"]),
-            cdn_url=str(outputs["cdnUrl"]).rstrip("/"),
-            uploads_prefix=str(outputs.get("uploadsPrefix") or ""),
+            uploads_bucket=str(outputs[output_names.UPLOADS_BUCKET]),
+            records_table=str(outputs[output_names.RECORDS_TABLE]),
+            cdn_url=str(outputs[output_names.CDN_URL]).rstrip("/"),
+            uploads_prefix=str(outputs.get(output_names.UPLOADS_PREFIX) or ""),
             endpoint=outputs.get("endpoint") or None,
             # A deployed stack exports no region; its topic's ARN names the one it lives in.
             region=outputs.get("region") or _arn_region(topic),

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from components import outputs as output_names
 from components.args import PipelineArgs
 from components.config import CLOUDS
 from functions.aws import contract
@@ -254,14 +255,14 @@ class DevPipeline:
         assert self.resources is not None and self._cdn is not None
         return {
             "cloud": "aws",
-            "uploadsBucket": self.resources.uploads_bucket,
-            "uploadsPrefix": self.stack.uploads_prefix,
-            "renditionsBucket": self.resources.renditions_bucket,
-            "cdnUrl": self._cdn.url,
-            "recordsTable": self.resources.records_table,
-            "eventsTopic": self.resources.events_topic_arn,
-            "functionName": self.function_name,
-            "deadLetterQueue": self.resources.dead_letter_queue_url,
+            output_names.UPLOADS_BUCKET: self.resources.uploads_bucket,
+            output_names.UPLOADS_PREFIX: self.stack.uploads_prefix,
+            output_names.RENDITIONS_BUCKET: self.resources.renditions_bucket,
+            output_names.CDN_URL: self._cdn.url,
+            output_names.RECORDS_TABLE: self.resources.records_table,
+            output_names.EVENTS_TOPIC: self.resources.events_topic_arn,
+            output_names.FUNCTION_NAME: self.function_name,
+            output_names.DEAD_LETTER_QUEUE: self.resources.dead_letter_queue_url,
             "eventsQueue": self.resources.events_queue_url,
             "endpoint": self.endpoint,
             "region": REGION,
@@ -459,13 +460,13 @@ class GcpDevPipeline:
         assert self.emulators is not None and self._cdn is not None
         return {
             "cloud": "gcp",
-            "uploadsBucket": self.resources.uploads_bucket,
-            "uploadsPrefix": self.stack.uploads_prefix,
-            "renditionsBucket": self.resources.renditions_bucket,
-            "cdnUrl": self._cdn.url,
-            "recordsCollection": self.resources.records_collection,
-            "eventsTopic": self.resources.events_topic,
-            "functionName": self.function_name,
+            output_names.UPLOADS_BUCKET: self.resources.uploads_bucket,
+            output_names.UPLOADS_PREFIX: self.stack.uploads_prefix,
+            output_names.RENDITIONS_BUCKET: self.resources.renditions_bucket,
+            output_names.CDN_URL: self._cdn.url,
+            output_names.RECORDS_COLLECTION: self.resources.records_collection,
+            output_names.EVENTS_TOPIC: self.resources.events_topic,
+            output_names.FUNCTION_NAME: self.function_name,
             "storageEndpoint": self.emulators.storage_endpoint,
             "firestoreEmulatorHost": self.emulators.firestore_host,
             "pubsubEmulatorHost": self.emulators.pubsub_host,
@@ -658,7 +659,7 @@ def _aws_banner(outputs: Mapping[str, Any], stack: DevStack, outputs_path: Path)
 
 
 def _gcp_banner(outputs: Mapping[str, Any], stack: DevStack, outputs_path: Path) -> list[str]:
-    storage, bucket = outputs["storageEndpoint"], outputs["uploadsBucket"]
+    storage, bucket = outputs["storageEndpoint"], outputs[output_names.UPLOADS_BUCKET]
     key = f"{outputs['uploadsPrefix']}photo.jpg"
     clients = (
         f"STORAGE_EMULATOR_HOST={storage} FIRESTORE_EMULATOR_HOST="

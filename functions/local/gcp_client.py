@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from components import outputs as output_names
 from functions.core.records import ImageRecord, Status, record_id
 from functions.gcp.contract import RECORDS_COLLECTION_NAME, RECORDS_INDEXES, STATUS_INDEX
 from functions.local.target import (
@@ -53,7 +54,9 @@ class GcpPipelineTarget(PipelineTarget):
 
     @classmethod
     def from_outputs(cls, outputs: Mapping[str, Any], origin: str) -> GcpPipelineTarget:
-        required_outputs(outputs, ("uploadsBucket", "cdnUrl"), origin, "gcp")
+        required_outputs(
+            outputs, (output_names.UPLOADS_BUCKET, output_names.CDN_URL), origin, "gcp"
+        )
         emulators = {name: outputs.get(name) or None for name in EMULATOR_OUTPUTS}
         if any(emulators.values()) and not all(emulators.values()):
             absent = [name for name, value in emulators.items() if not value]
@@ -61,12 +64,14 @@ class GcpPipelineTarget(PipelineTarget):
                 f"{origin} names some emulators but not {', '.join(absent)}; "
                 "`imagepipe dev` writes all three"
             )
-        topic = outputs.get("eventsTopic") or None
+        topic = outputs.get(output_names.EVENTS_TOPIC) or None
         return cls(
-            uploads_bucket=str(outputs["uploadsBucket"]),
-            records_collection=str(outputs.get("recordsCollection") or RECORDS_COLLECTION_NAME),
-            cdn_url=str(outputs["cdnUrl"]).rstrip("/"),
-            uploads_prefix=str(outputs.get("uploadsPrefix") or ""),
+            uploads_bucket=str(outputs[output_names.UPLOADS_BUCKET]),
+            records_collection=str(
+                outputs.get(output_names.RECORDS_COLLECTION) or RECORDS_COLLECTION_NAME
+            ),
+            cdn_url=str(outputs[output_names.CDN_URL]).rstrip("/"),
+            uploads_prefix=str(outputs.get(output_names.UPLOADS_PREFIX) or ""),
             events_topic=topic,
             # A deployed stack exports no project; its topic's name holds it.
             project=outputs.get("project") or _topic_project(topic),

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
+from components import outputs as output_names
 from components.config import CLOUDS
 from functions.core.records import ImageRecord, Status
 from functions.local.dev import DEFAULT_OUTPUTS
@@ -142,7 +143,9 @@ def cloud_of(outputs: Mapping[str, Any], origin: str) -> str:
     a records collection means GCP and anything else AWS, the only cloud there was."""
     cloud = outputs.get("cloud")
     if cloud is None:
-        only_gcp = outputs.get("recordsCollection") and not outputs.get("recordsTable")
+        only_gcp = outputs.get(output_names.RECORDS_COLLECTION) and not outputs.get(
+            output_names.RECORDS_TABLE
+        )
         return "gcp" if only_gcp else "aws"
     if cloud not in CLOUDS:
         raise TargetError(

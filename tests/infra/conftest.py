@@ -18,19 +18,12 @@ import pulumi
 import pytest
 from pulumi.runtime.mocks import MockMonitor
 
+from components import outputs
+
 # What an AWS stack exports: the names `imagepipe upload --stack` and the README rely on.
-# The stack outputs, the same name for the same thing on both clouds; where the
-# platforms differ: AWS's table and dead-letter queue, GCP's Firestore collection.
-SHARED_OUTPUT_NAMES = {
-    "uploadsBucket",
-    "uploadsPrefix",
-    "renditionsBucket",
-    "cdnUrl",
-    "eventsTopic",
-    "functionName",
-}
-AWS_OUTPUT_NAMES = SHARED_OUTPUT_NAMES | {"recordsTable", "deadLetterQueue"}
-GCP_OUTPUT_NAMES = SHARED_OUTPUT_NAMES | {"recordsCollection"}
+SHARED_OUTPUT_NAMES = set(outputs.SHARED)
+AWS_OUTPUT_NAMES = set(outputs.AWS)
+GCP_OUTPUT_NAMES = set(outputs.GCP)
 
 ACCOUNT_ID = "123456789012"
 AWS_REGION = "eu-west-1"

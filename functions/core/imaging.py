@@ -458,15 +458,13 @@ def render(
     before it starts (`over_memory_budget`).
     """
     image = source.image
-    stored_size = image.size
-    plans = [plan_rendition(stored_size, spec, metadata.orientation) for spec in specs]
-    max_scale = max(plan.scale for plan in plans)
-    margin = JPEG_BOX_HALVING_MARGIN if image.format in ("JPEG", "MPO") else BOX_HALVING_MARGIN
     icc = image.info.get("icc_profile") or None
-    scale = _choose_decode_scale(image, max_scale)
+    decode = _plan_decode(source, metadata, specs)
     if memory_budget is not None:
-        _check_memory_budget(source, stored_size, plans, memory_budget)
-    base = _halved_while_sharp(_decode(image, stored_size, scale), max_scale, margin)
+        _check_memory_budget(source, decode, memory_budget)
+    margin = JPEG_BOX_HALVING_MARGIN if image.format in ("JPEG", "MPO") else BOX_HALVING_MARGIN
+    plans, max_scale = decode.plans, decode.max_scale
+    base = _halved_while_sharp(_decode(image, decode.stored_size, decode.scale), max_scale, margin)
     made: list[_Picture] = []
     results: dict[str, Image.Image] = {}
     # Largest first, so smaller renditions can be cut from larger ones.
@@ -476,6 +474,25 @@ def render(
         made.append(picture)
         results[plan.spec.name] = _finish(picture.image, metadata, plan.spec, icc)
     return [(spec, results[spec.name]) for spec in specs]
+
+
+@dataclass(frozen=True)
+class _DecodePlan:
+    """What the renditions need from the one decode, decided before any pixel is decoded."""
+
+    stored_size: tuple[int, int]
+    plans: list[_Plan]
+    max_scale: float
+    scale: tuple[float, float]  # decoded pixels per stored pixel (a reduced JPEG decode)
+
+
+def _plan_decode(
+    source: SourceImage, metadata: ImageMetadata, specs: tuple[RenditionSpec, ...]
+) -> _DecodePlan:
+    stored_size = source.image.size
+    plans = [plan_rendition(stored_size, spec, metadata.orientation) for spec in specs]
+    max_scale = max(plan.scale for plan in plans)
+    return _DecodePlan(stored_size, plans, max_scale, _choose_decode_scale(source.image, max_scale))
 
 
 def _choose_decode_scale(image: Image.Image, max_scale: float) -> tuple[float, float]:
@@ -506,12 +523,10 @@ def _choose_decode_scale(image: Image.Image, max_scale: float) -> tuple[float, f
     return box[2] / width, box[3] / height
 
 
-def _check_memory_budget(
-    source: SourceImage, stored_size: tuple[int, int], plans: list[_Plan], budget: int
-) -> None:
-    estimate = estimate_peak_bytes(_decode_shape(source, stored_size, plans))
+def _check_memory_budget(source: SourceImage, decode: _DecodePlan, budget: int) -> None:
+    estimate = estimate_peak_bytes(_decode_shape(source, decode))
     if estimate > budget:
-        width, height = stored_size
+        width, height = decode.stored_size
         raise PermanentError(
             "over_memory_budget",
             f"decoding this {width}x{height} {source.format} would hold about "
@@ -520,20 +535,18 @@ def _check_memory_budget(
         )
 
 
-def _decode_shape(
-    source: SourceImage, stored_size: tuple[int, int], plans: list[_Plan]
-) -> DecodeShape:
+def _decode_shape(source: SourceImage, decode: _DecodePlan) -> DecodeShape:
     """What the decode will allocate, from the header and the plans (after `draft`)."""
     image = source.image
     progressive = bool(image.info.get("progressive")) and image.format in ("JPEG", "MPO")
     layers = (getattr(image, "layer", None) or ()) if progressive else ()
     return DecodeShape(
         format=source.format,
-        canvas=stored_size,
+        canvas=decode.stored_size,
         decoded=image.size,
         mode=image.mode,
         working_mode=_working_mode(image),
-        outputs=tuple(plan.size for plan in plans),
+        outputs=tuple(plan.size for plan in decode.plans),
         input_bytes=source.input_bytes,
         progressive_sampling=tuple((layer[1], layer[2]) for layer in layers),
     )
@@ -548,11 +561,8 @@ def estimate_render_bytes(data: bytes, settings: PipelineSettings) -> int:
     if detected is None:
         raise PermanentError("unsupported_format", "unrecognised content")
     source = open_checked(data, detected, settings.limits)
-    metadata = inspect(source)
-    stored_size = source.image.size
-    plans = [plan_rendition(stored_size, s, metadata.orientation) for s in settings.renditions]
-    _choose_decode_scale(source.image, max(plan.scale for plan in plans))
-    return estimate_peak_bytes(_decode_shape(source, stored_size, plans))
+    decode = _plan_decode(source, inspect(source), settings.renditions)
+    return estimate_peak_bytes(_decode_shape(source, decode))
 
 
 def _decode(

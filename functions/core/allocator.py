@@ -15,8 +15,6 @@ A no-op where there is no /proc or no glibc (macOS, musl).
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -37,10 +35,12 @@ def resident_bytes() -> int | None:
 
 @cache
 def _malloc_trim():  # -> the C function, or None
+    # Imported here, on the first large image: ctypes.util alone is ~15 ms of a cold start.
+    import ctypes
+
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return libc.malloc_trim
-    except (OSError, AttributeError):
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc: nothing to trim
         return None
 
 
@@ -52,7 +52,7 @@ def memory_returned_when_large() -> Iterator[None]:
         yield
     finally:
         after = resident_bytes()
-        trim = _malloc_trim()
         grew = before is not None and after is not None and after - before > RETAIN_LIMIT
-        if grew and trim is not None:
+        trim = _malloc_trim() if grew else None
+        if trim is not None:
             trim(0)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from functions.core.settings import PipelineSettings
+from functions.core.uploads import ApiOptions
 
 
 @dataclass(frozen=True)
@@ -32,3 +33,30 @@ class PipelineArgs:
     """Delete uploads this many days after creation; keep them forever when unset."""
     tags: dict[str, str] = field(default_factory=dict)
     """Tags (AWS) or labels (GCP) on every resource that takes them."""
+    api: bool = False
+    """Stand up the upload API: presigned POSTs to the uploads bucket and the status route."""
+    api_auth: str = "jwt"
+    """`jwt` (tokens from `api_jwt_issuer` for `api_jwt_audience`) or `none` (demos only)."""
+    api_jwt_issuer: str | None = None
+    """The OpenID issuer URL whose keys sign the callers' tokens (its `iss`)."""
+    api_jwt_audience: str | None = None
+    """The audience (`aud`) a token must be issued for."""
+    api_allowed_origins: tuple[str, ...] = ()
+    """Web origins allowed to call the API and to POST to the uploads bucket (no wildcard
+    unless you write one)."""
+    api_upload_expiry_seconds: int = 300
+    """How long a presigned POST stays valid."""
+
+    def api_options(self) -> ApiOptions | None:
+        """What the API function is told; None without the API. `SettingsError` if unusable."""
+        if not self.api:
+            return None
+        options = ApiOptions(
+            upload_expiry_seconds=self.api_upload_expiry_seconds,
+            auth=self.api_auth,
+            jwt_issuer=self.api_jwt_issuer,
+            jwt_audience=self.api_jwt_audience,
+            allowed_origins=self.api_allowed_origins,
+        )
+        options.check()
+        return options

@@ -22,8 +22,11 @@ from functions.core.settings import (
     shown,
     unknown_key_message,
 )
+from functions.core.uploads import API_AUTH_MODES, MAX_UPLOAD_EXPIRY_SECONDS
 
 NAMESPACE = "imagepipe"
+_ORIGIN = re.compile(r"https?://[A-Za-z0-9.-]+(:\d{1,5})?")
+_ISSUER = re.compile(r"(https://[^\s/]+|http://(127\.0\.0\.1|localhost)(:\d{1,5})?)(/\S*)?")
 CLOUDS = ("aws", "gcp")
 PYTHON_VERSIONS = ("3.12", "3.13")
 
@@ -106,6 +109,27 @@ class ConfigReader:
             )
         return tuple(items)
 
+    def origins(self, key: str) -> tuple[str, ...]:
+        """Web origins, each `scheme://host[:port]` with nothing after it, or `*`."""
+        values = self.strings(key)
+        for origin in values:
+            if origin != "*" and not _ORIGIN.fullmatch(origin):
+                raise SettingsError(
+                    f"{self.namespace}:{key} contains {shown(origin)}; write each origin as "
+                    "https://host[:port] (no path, no trailing slash)."
+                )
+        return values
+
+    def issuer(self, key: str) -> str | None:
+        """An OpenID issuer: https, or http on this machine's loopback (local tests)."""
+        value = self.string(key)
+        if value is not None and not _ISSUER.fullmatch(value):
+            raise SettingsError(
+                f"{self.namespace}:{key} is {shown(value)}; use the issuer's https:// URL, "
+                "exactly as its tokens' iss claim spells it."
+            )
+        return value
+
     def key_values(self, key: str) -> dict[str, str]:
         """`["team=media", "env=dev"]` -> {"team": "media", "env": "dev"}."""
         result: dict[str, str] = {}
@@ -152,6 +176,17 @@ def shared_options(reader: ConfigReader, limits: dict[str, int]) -> dict[str, An
         "alarm_email": reader.string("alarmEmail"),
         "uploads_prefix": reader.string("uploadsPrefix"),
         "uploads_suffix": reader.string("uploadsSuffix"),
+        "api": reader.boolean("api", default["api"]),
+        "api_auth": reader.choice("apiAuth", API_AUTH_MODES, default["api_auth"]),
+        "api_jwt_issuer": reader.issuer("apiJwtIssuer"),
+        "api_jwt_audience": reader.string("apiJwtAudience"),
+        "api_allowed_origins": reader.origins("apiAllowedOrigins"),
+        "api_upload_expiry_seconds": reader.integer(
+            "apiUploadExpirySeconds",
+            default["api_upload_expiry_seconds"],
+            1,
+            MAX_UPLOAD_EXPIRY_SECONDS,
+        ),
     }
 
 
@@ -176,6 +211,8 @@ def aws_options(reader: ConfigReader) -> dict[str, Any]:
         "reserved_concurrency": reader.integer("reservedConcurrency", 0, 0, 100_000) or None,
         "cdn_certificate_arn": reader.string("cdnCertificateArn"),
         "cdn_aliases": reader.strings("cdnAliases"),
+        "api_rate_limit": reader.integer("apiRateLimit", default["api_rate_limit"], 1, 100_000),
+        "api_burst_limit": reader.integer("apiBurstLimit", default["api_burst_limit"], 1, 100_000),
     }
 
 
@@ -187,6 +224,9 @@ def gcp_options(reader: ConfigReader) -> dict[str, Any]:
     return {
         "cpu": reader.choice("cpu", GCP_CPUS, default["cpu"]),
         "max_instances": reader.integer("maxInstances", default["max_instances"], 1, 1000),
+        "api_max_instances": reader.integer(
+            "apiMaxInstances", default["api_max_instances"], 1, 1000
+        ),
         "delivery_mode": reader.choice(
             "deliveryMode", GCP_DELIVERY_MODES, default["delivery_mode"]
         ),
@@ -278,24 +318,28 @@ def read_settings(reader: ConfigReader):
 def aws_args(reader: ConfigReader, settings):
     from components.aws.args import AwsImagePipelineArgs
 
-    return AwsImagePipelineArgs(
+    args = AwsImagePipelineArgs(
         settings=settings,
         **shared_options(reader, AWS_LIMITS),
         **aws_options(reader),
         tags=reader.key_values("tags"),
     )
+    args.api_options()  # an API that cannot work stops here, before any resource
+    return args
 
 
 def gcp_args(reader: ConfigReader, region: str | None, settings):
     from components.gcp.args import GcpImagePipelineArgs
 
-    return GcpImagePipelineArgs(
+    args = GcpImagePipelineArgs(
         settings=settings,
         region=region or defaults(GcpImagePipelineArgs)["region"],
         **shared_options(reader, GCP_LIMITS),
         **gcp_options(reader),
         tags=reader.key_values("tags"),
     )
+    args.api_options()  # an API that cannot work stops here, before any resource
+    return args
 
 
 def validated(lookup: Callable[[str], str | None], present: Iterable[str]) -> tuple[str, Any]:

@@ -13,6 +13,7 @@ RENDITIONS_BUCKET = "renditionsBucket"
 CDN_URL = "cdnUrl"
 EVENTS_TOPIC = "eventsTopic"
 FUNCTION_NAME = "functionName"
+API_URL = "apiUrl"  # with imagepipe:api true: the upload API's base URL
 RECORDS_TABLE = "recordsTable"  # AWS: the DynamoDB table
 DEAD_LETTER_QUEUE = "deadLetterQueue"  # AWS: the SQS queue of events that ran out of retries
 RECORDS_COLLECTION = "recordsCollection"  # GCP: the Firestore collection

@@ -34,3 +34,7 @@ class AwsImagePipelineArgs(PipelineArgs):
     """ACM certificate (in us-east-1) CloudFront serves `cdn_aliases` with, at TLSv1.2_2021."""
     cdn_aliases: tuple[str, ...] = ()
     """Domain names the distribution answers to; they need `cdn_certificate_arn`."""
+    api_rate_limit: int = 50
+    """Steady requests per second the API's stage lets through (API Gateway throttling)."""
+    api_burst_limit: int = 100
+    """Requests the API's stage lets through at once, above the steady rate."""

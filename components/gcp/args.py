@@ -23,6 +23,8 @@ class GcpImagePipelineArgs(PipelineArgs):
     """vCPUs of one function instance."""
     max_instances: int = 10
     """Upper bound on concurrent instances (a cost ceiling)."""
+    api_max_instances: int = 10
+    """Upper bound on the API function's instances: its throttle and cost ceiling."""
     delivery_mode: Literal["signed-urls", "public", "cdn"] = "signed-urls"
     """How renditions reach viewers: signed URLs (private bucket), public read, or Cloud CDN
     through a backend bucket and a global load balancer (opt-in: it has a monthly cost)."""

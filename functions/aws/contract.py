@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from functions.core.settings import SETTINGS_ENV, PipelineSettings, SettingsError
+from functions.core.uploads import API_OPTIONS_ENV, ApiOptions
 
 SETTINGS = SETTINGS_ENV
 RENDITIONS_BUCKET = "IMAGEPIPE_RENDITIONS_BUCKET"
@@ -21,6 +22,11 @@ RECORDS_TABLE = "IMAGEPIPE_RECORDS_TABLE"
 EVENTS_TOPIC = "IMAGEPIPE_EVENTS_TOPIC_ARN"
 FUNCTION_NAME = "AWS_LAMBDA_FUNCTION_NAME"  # Lambda's own variable
 SERVICE_NAME = "imagepipe"  # Powertools' service and metrics namespace
+# The API function's own (it also reads SETTINGS and RECORDS_TABLE).
+API_OPTIONS = API_OPTIONS_ENV
+UPLOADS_BUCKET = "IMAGEPIPE_UPLOADS_BUCKET"
+UPLOADS_PREFIX = "IMAGEPIPE_UPLOADS_PREFIX"
+CDN_URL = "IMAGEPIPE_CDN_URL"
 
 # Lambda's asynchronous retries (the component's FunctionEventInvokeConfig and the dev
 # pipeline's stand-in): the first try and this many more, then the dead-letter queue.
@@ -30,6 +36,9 @@ MAX_ATTEMPTS = 1 + RETRY_ATTEMPTS
 # What the component points the function at, and the archive must hold.
 HANDLER = "functions.aws.main.handler"
 HANDLER_FILE = "functions/aws/main.py"
+# The upload API's function: the same archive, its own handler behind API Gateway.
+API_HANDLER = "functions.aws.api.handler"
+API_HANDLER_FILE = "functions/aws/api.py"
 
 # The records table: keyed by record id; `by-status` lists one status, newest first.
 RECORDS_KEY = "id"
@@ -77,6 +86,57 @@ def from_env(environ: Mapping[str, str]) -> FunctionEnvironment:
         records_table=environ[RECORDS_TABLE],
         events_topic_arn=environ[EVENTS_TOPIC],
         function_name=environ.get(FUNCTION_NAME, "local"),
+    )
+
+
+@dataclass(frozen=True)
+class ApiEnvironment:
+    """What the API function is told about the stack it serves."""
+
+    settings: PipelineSettings
+    options: ApiOptions
+    uploads_bucket: str
+    uploads_prefix: str
+    records_table: str
+    cdn_url: str
+
+
+def api_to_env(
+    *,
+    settings: PipelineSettings,
+    options: ApiOptions,
+    uploads_bucket: Any,
+    uploads_prefix: str | None,
+    records_table: Any,
+    cdn_url: Any,
+) -> dict[str, Any]:
+    """The API function's environment variables (values may be Pulumi Inputs)."""
+    return {
+        SETTINGS: settings.to_json(),
+        API_OPTIONS: options.to_json(),
+        UPLOADS_BUCKET: uploads_bucket,
+        UPLOADS_PREFIX: uploads_prefix or "",
+        RECORDS_TABLE: records_table,
+        CDN_URL: cdn_url,
+        "POWERTOOLS_SERVICE_NAME": SERVICE_NAME,
+    }
+
+
+def api_from_env(environ: Mapping[str, str]) -> ApiEnvironment:
+    """The environment `api_to_env` describes; `SettingsError` names the variables missing."""
+    names = (SETTINGS, API_OPTIONS, UPLOADS_BUCKET, RECORDS_TABLE, CDN_URL)
+    missing = [name for name in names if not environ.get(name, "").strip()]
+    if missing:
+        raise SettingsError(
+            f"{', '.join(missing)} is not set; the AwsImagePipeline component sets it."
+        )
+    return ApiEnvironment(
+        settings=PipelineSettings.from_json(environ[SETTINGS]),
+        options=ApiOptions.from_json(environ[API_OPTIONS], API_OPTIONS),
+        uploads_bucket=environ[UPLOADS_BUCKET],
+        uploads_prefix=environ.get(UPLOADS_PREFIX, ""),
+        records_table=environ[RECORDS_TABLE],
+        cdn_url=environ[CDN_URL].rstrip("/"),
     )
 
 

@@ -15,7 +15,7 @@ import hashlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Literal
 
 from functions.core.events import lifecycle_event
@@ -39,7 +39,7 @@ from functions.core.records import (
     Status,
 )
 from functions.core.settings import PipelineSettings
-from functions.core.timing import StageTimer
+from functions.core.timing import StageTimer, isoformat, parse_instant, utc_now
 
 log = logging.getLogger("imagepipe")
 
@@ -98,18 +98,6 @@ class Pipeline:
             max_event_age=self.max_event_age,
             max_attempts=self.max_attempts,
         )
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
-
-
-def isoformat(instant: datetime) -> str:
-    return instant.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def parse_instant(text: str) -> datetime:
-    return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
 def process_object(

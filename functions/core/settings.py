@@ -26,6 +26,17 @@ OUTPUT_FORMATS: tuple[str, ...] = ("jpeg", "webp", "png", "avif", "source")
 # the settings picks from these; anything else is `unsupported_format`.
 INPUT_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "GIF", "WEBP", "AVIF", "BMP", "TIFF")
 DEFAULT_INPUT_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "GIF", "WEBP")
+# The media type a client declares for each input format (the upload API pins it in the
+# presigned POST); the bytes still decide the format.
+INPUT_CONTENT_TYPES: dict[str, str] = {
+    "JPEG": "image/jpeg",
+    "PNG": "image/png",
+    "GIF": "image/gif",
+    "WEBP": "image/webp",
+    "AVIF": "image/avif",
+    "BMP": "image/bmp",
+    "TIFF": "image/tiff",
+}
 
 MAX_RENDITION_SIDE = 8192
 MAX_RENDITIONS = 16

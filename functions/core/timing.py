@@ -1,10 +1,23 @@
-"""Per-stage wall-clock timing, recorded in every image record."""
+"""Instants as records write them, and per-stage wall-clock timing recorded in every record."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from time import perf_counter
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def isoformat(instant: datetime) -> str:
+    return instant.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def parse_instant(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
 class StageTimer:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from functions.core.settings import SETTINGS_ENV, PipelineSettings, SettingsError
+from functions.core.uploads import API_OPTIONS_ENV, ApiOptions
 
 SETTINGS = SETTINGS_ENV
 RENDITIONS_BUCKET = "IMAGEPIPE_RENDITIONS_BUCKET"
@@ -25,12 +26,21 @@ UPLOADS_PREFIX = "IMAGEPIPE_UPLOADS_PREFIX"
 UPLOADS_SUFFIX = "IMAGEPIPE_UPLOADS_SUFFIX"
 LEASE_SECONDS = "IMAGEPIPE_LEASE_SECONDS"
 SDK_RETRY_SECONDS = "IMAGEPIPE_SDK_RETRY_SECONDS"
+# The API function's own (it also reads SETTINGS, RECORDS_COLLECTION and UPLOADS_PREFIX).
+API_OPTIONS = API_OPTIONS_ENV
+UPLOADS_BUCKET = "IMAGEPIPE_UPLOADS_BUCKET"
+CDN_URL = "IMAGEPIPE_CDN_URL"
+# "true" in delivery mode signed-urls: each rendition URL the API answers is signed.
+SIGN_RENDITION_URLS = "IMAGEPIPE_SIGN_RENDITION_URLS"
 PROJECT = "GOOGLE_CLOUD_PROJECT"  # Google's own variable; the SDK clients read it too
 FUNCTION_NAME = "K_SERVICE"  # Cloud Run's own: a gen2 function is a service of its name
 
 # What the component points at the function, and the function expects.
 ENTRY_POINT = "handle_upload"
 UPLOAD_EVENT_TYPE = "google.cloud.storage.object.v1.finalized"
+# The upload API's function: an HTTP function of its own archive, whose main.py is this file.
+API_ENTRY_POINT = "handle_api"
+API_ENTRY_POINT_FILE = "functions/gcp/api.py"
 RECORDS_COLLECTION_NAME = "images"  # in the (default) database
 # Composite indexes of the collection: `by-status` lists one status, newest first.
 STATUS_INDEX = "by-status"
@@ -126,6 +136,70 @@ def from_env(environ: Mapping[str, str]) -> FunctionEnvironment:
         function_name=environ.get(FUNCTION_NAME, "").strip() or "local",
         uploads_prefix=environ.get(UPLOADS_PREFIX, ""),
         uploads_suffix=environ.get(UPLOADS_SUFFIX, ""),
+    )
+
+
+@dataclass(frozen=True)
+class ApiEnvironment:
+    """What the API function is told about the stack it serves."""
+
+    settings: PipelineSettings
+    options: ApiOptions
+    uploads_bucket: str
+    uploads_prefix: str
+    records_collection: str
+    cdn_url: str
+    sign_rendition_urls: bool
+    project: str
+    sdk_retry_seconds: int = DEFAULT_SDK_RETRY_SECONDS
+
+
+def api_to_env(
+    *,
+    settings: PipelineSettings,
+    options: ApiOptions,
+    uploads_bucket: Any,
+    uploads_prefix: str | None,
+    records_collection: Any,
+    cdn_url: Any,
+    sign_rendition_urls: bool,
+    project: Any,
+) -> dict[str, Any]:
+    """The API function's environment variables (values may be Pulumi Inputs)."""
+    return {
+        SETTINGS: settings.to_json(),
+        API_OPTIONS: options.to_json(),
+        UPLOADS_BUCKET: uploads_bucket,
+        UPLOADS_PREFIX: uploads_prefix or "",
+        RECORDS_COLLECTION: records_collection,
+        CDN_URL: cdn_url,
+        SIGN_RENDITION_URLS: "true" if sign_rendition_urls else "false",
+        PROJECT: project,
+    }
+
+
+def api_from_env(environ: Mapping[str, str]) -> ApiEnvironment:
+    """The environment `api_to_env` describes; `SettingsError` names the first bad variable."""
+
+    def required(name: str) -> str:
+        value = environ.get(name, "").strip()
+        if not value:
+            raise SettingsError(f"{name} is not set; the GcpImagePipeline component sets it.")
+        return value
+
+    return ApiEnvironment(
+        settings=PipelineSettings.from_json(required(SETTINGS)),
+        options=ApiOptions.from_json(required(API_OPTIONS), API_OPTIONS),
+        uploads_bucket=required(UPLOADS_BUCKET),
+        uploads_prefix=environ.get(UPLOADS_PREFIX, ""),
+        records_collection=required(RECORDS_COLLECTION),
+        cdn_url=required(CDN_URL).rstrip("/"),
+        sign_rendition_urls=environ.get(SIGN_RENDITION_URLS, "false") == "true",
+        project=required(PROJECT),
+        sdk_retry_seconds=_seconds(
+            environ.get(SDK_RETRY_SECONDS, "").strip() or str(DEFAULT_SDK_RETRY_SECONDS),
+            SDK_RETRY_SECONDS,
+        ),
     )
 
 

@@ -28,7 +28,7 @@ const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 function humanBytes(bytes) {
   if (!Number.isFinite(bytes)) return "? B";
-  if (bytes < 1000) return `${bytes} B`;
+  if (bytes < 1000) return `${bytes}\u00a0B`;
   const units = ["kB", "MB", "GB"];
   let value = bytes;
   let unit = -1;
@@ -36,7 +36,7 @@ function humanBytes(bytes) {
     value /= 1000;
     unit += 1;
   } while (value >= 1000 && unit < units.length - 1);
-  return `${value.toFixed(1)} ${units[unit]}`;
+  return `${value.toFixed(1)}\u00a0${units[unit]}`; // never "72.9" on one line, "kB" on the next
 }
 
 function brief(text, limit = 200) {
@@ -119,7 +119,7 @@ class Card {
     this.error.hidden = true;
     this.renditions = el("div", "renditions");
     this.root.append(head, this.source, this.image, this.note, this.error, this.renditions);
-    this.setStatus("REQUESTING");
+    this.setStatus("REQUESTING", LABELS.REQUESTING);
   }
 
   setStatus(status, note) {
@@ -127,12 +127,20 @@ class Card {
     this.root.setAttribute("data-status", status);
     this.badge.textContent = status;
     this.badge.title = LABELS[status] || status;
-    this.note.textContent = note ?? LABELS[status] ?? "";
+    // The badge says where a finished card ended; the note only follows one in progress.
+    this.note.textContent = note ?? "";
+    this.note.hidden = !this.note.textContent;
+  }
+
+  /** A line about a card still in progress (a retry, the time so far). */
+  progress(text) {
+    this.note.textContent = text;
+    this.note.hidden = false;
   }
 
   /** The card ends here: REJECTED or ERROR, with one line saying why. */
   stop(status, message) {
-    this.setStatus(status, LABELS[status]);
+    this.setStatus(status);
     this.showError(message);
   }
 
@@ -145,7 +153,7 @@ class Card {
   showRecord(view, elapsedMs) {
     const status = String(view.status);
     const seconds = (elapsedMs / 1000).toFixed(1);
-    this.setStatus(status, FINAL.has(status) ? LABELS[status] : `${LABELS[status] || status} · ${seconds} s`);
+    this.setStatus(status, FINAL.has(status) ? "" : `${LABELS[status] || status} · ${seconds} s`);
     const facts = [];
     if (view.image) {
       facts.push(`${view.image.width}x${view.image.height} ${view.image.format}`);
@@ -223,7 +231,7 @@ async function upload(file, card) {
     return card.stop("ERROR", `The upload API answered HTTP ${answer.status}: ${apiError(answer)}`);
   }
 
-  card.setStatus("UPLOADING");
+  card.setStatus("UPLOADING", LABELS.UPLOADING);
   const form = new FormData();
   for (const [name, value] of Object.entries(granted.upload.fields || {})) {
     form.append(name, value);
@@ -249,7 +257,7 @@ async function follow(id, card) {
   const url = apiUrl(`images/${encodeURIComponent(id)}`);
   const started = performance.now();
   let failures = 0;
-  card.setStatus("WAITING");
+  card.setStatus("WAITING", LABELS.WAITING);
   for (;;) {
     const elapsed = performance.now() - started;
     if (elapsed > GIVE_UP_MS) {
@@ -264,7 +272,7 @@ async function follow(id, card) {
       if (failures >= MAX_POLL_FAILURES) {
         return card.stop("ERROR", `Lost the upload API: ${brief(error.message)}`);
       }
-      card.note.textContent = `the API did not answer (${brief(error.message, 80)}); retrying`;
+      card.progress(`the API did not answer (${brief(error.message, 80)}); retrying`);
     }
     if (answer) {
       if (answer.status === 404) {
@@ -281,7 +289,7 @@ async function follow(id, card) {
         if (failures >= MAX_POLL_FAILURES) {
           return card.stop("ERROR", `GET images/${id} answered HTTP ${answer.status}: ${apiError(answer)}`);
         }
-        card.note.textContent = `the API answered HTTP ${answer.status}; retrying`;
+        card.progress(`the API answered HTTP ${answer.status}; retrying`);
       }
     }
     await sleep(POLL_MS);

@@ -1,5 +1,6 @@
 """boto3 adapters for the core's ports: `S3BlobStore`, `DynamoDbRecordStore`,
-`SnsEventPublisher`, and the translation of botocore's outages.
+`SnsEventPublisher`, the upload API's `S3UploadBucket`, and the translation of botocore's
+outages.
 
 Each adapter turns its SDK's outages (no connection, timeouts, throttling and
 5xx answers that survived botocore's own retries) into the core's transient
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -28,6 +30,7 @@ from functions.core.records import (
     StorageUnavailable,
     TransientError,
 )
+from functions.core.uploads import PresignedPost, StoredUpload
 
 # --- Error translation ------------------------------------------------------------------------
 
@@ -142,6 +145,42 @@ class S3BlobStore:
                 CacheControl=cache_control,
                 Metadata=dict(metadata),
             )
+
+
+class S3UploadBucket:
+    """The uploads bucket as the upload API sees it: presigned POSTs and finding an upload.
+
+    The client must sign with SigV4 (`signature_version="s3v4"`): S3 refuses SigV2 POST
+    policies in every region opened since 2014. A presigned POST carries the signer's
+    rights, so the API function's role may put objects under the uploads prefix.
+    """
+
+    def __init__(self, client: Any, bucket: str) -> None:
+        self._s3 = client
+        self.name = bucket
+
+    def presigned_post(
+        self, key: str, *, content_type: str, max_bytes: int, expires_in: timedelta
+    ) -> PresignedPost:
+        # generate_presigned_post adds the bucket and key conditions itself; the key is exact.
+        post = self._s3.generate_presigned_post(
+            Bucket=self.name,
+            Key=key,
+            Fields={"Content-Type": content_type},
+            Conditions=[{"Content-Type": content_type}, ["content-length-range", 1, max_bytes]],
+            ExpiresIn=int(expires_in.total_seconds()),
+        )
+        return PresignedPost(url=post["url"], fields=dict(post["fields"]))
+
+    def find(self, prefix: str) -> StoredUpload | None:
+        with translated_outages(StorageUnavailable, f"listing s3://{self.name}/{prefix}"):
+            listed = self._s3.list_objects_v2(Bucket=self.name, Prefix=prefix, MaxKeys=10)
+        objects = listed.get("Contents") or []
+        if not objects:
+            return None
+        newest = max(objects, key=lambda item: item["LastModified"])
+        # The uploads bucket is not versioned: the trigger's event names the ETag too.
+        return StoredUpload(key=newest["Key"], version=newest["ETag"].strip('"'))
 
 
 # --- DynamoDB ---------------------------------------------------------------------------------

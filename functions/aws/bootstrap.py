@@ -1,4 +1,4 @@
-"""The AWS function's composition root: clients and adapters built once per sandbox,
+"""The AWS functions' composition root: clients and adapters built once per sandbox,
 from the environment the component sets (`functions.aws.contract`).
 
 Endpoints, region and credentials come from boto3's own environment variables
@@ -7,13 +7,21 @@ Endpoints, region and credentials come from boto3's own environment variables
 
 from __future__ import annotations
 
+from urllib.parse import quote
+
 import boto3
 from botocore.config import Config
 
-from functions.aws.adapters import DynamoDbRecordStore, S3BlobStore, SnsEventPublisher
-from functions.aws.contract import MAX_ATTEMPTS, FunctionEnvironment
+from functions.aws.adapters import (
+    DynamoDbRecordStore,
+    S3BlobStore,
+    S3UploadBucket,
+    SnsEventPublisher,
+)
+from functions.aws.contract import MAX_ATTEMPTS, ApiEnvironment, FunctionEnvironment
 from functions.core.events import event_source
 from functions.core.service import Pipeline
+from functions.core.uploads import UploadApi
 
 # Standard mode: jittered exponential backoff and a retry quota shared across calls; its
 # default of 3 attempts holds unless AWS_MAX_ATTEMPTS says otherwise (botocore's own knob,
@@ -33,4 +41,18 @@ def build_pipeline(env: FunctionEnvironment) -> Pipeline:
         event_source=event_source("aws", env.function_name),
         # Lambda's last attempt ends the record FAILED before the event is dead-lettered.
         max_attempts=MAX_ATTEMPTS,
+    )
+
+
+def build_api(env: ApiEnvironment) -> UploadApi:
+    """The upload API bound to this stack's uploads bucket, records table and CDN."""
+    # Presigned POSTs must be SigV4: S3 takes no other signature in newer regions.
+    s3 = boto3.client("s3", config=SDK_CONFIG.merge(Config(signature_version="s3v4")))
+    return UploadApi(
+        settings=env.settings,
+        options=env.options,
+        bucket=S3UploadBucket(s3, env.uploads_bucket),
+        records=DynamoDbRecordStore(boto3.client("dynamodb", config=SDK_CONFIG), env.records_table),
+        rendition_url=lambda key: f"{env.cdn_url}/{quote(key)}",
+        uploads_prefix=env.uploads_prefix,
     )

@@ -24,7 +24,7 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from functions.core.ports import RecordStore
-from functions.core.records import ImageRecord, Status, record_id
+from functions.core.records import ImageRecord, Status, TransientError, record_id
 from functions.core.settings import INPUT_CONTENT_TYPES, PipelineSettings, SettingsError
 from functions.core.timing import isoformat, utc_now
 
@@ -166,6 +166,25 @@ class RequestRejected(Exception):
         return ApiResponse(self.status, {"error": {"field": self.field, "message": self.message}})
 
 
+CORS_METHODS = ("GET", "POST")
+CORS_HEADERS = ("authorization", "content-type")
+CORS_MAX_AGE_SECONDS = 3600
+
+
+def cors_headers(
+    origin: str | None, allowed: tuple[str, ...], *, preflight: bool
+) -> dict[str, str]:
+    """The CORS answer to a request from `origin`: nothing unless the origin is allowed."""
+    if not origin or not (origin in allowed or "*" in allowed):
+        return {"Vary": "Origin"}
+    headers = {"Access-Control-Allow-Origin": origin, "Vary": "Origin"}
+    if preflight:
+        headers["Access-Control-Allow-Methods"] = ", ".join(CORS_METHODS)
+        headers["Access-Control-Allow-Headers"] = ", ".join(CORS_HEADERS)
+        headers["Access-Control-Max-Age"] = str(CORS_MAX_AGE_SECONDS)
+    return headers
+
+
 def caller_segment(subject: str | None) -> str:
     """The key segment of a caller: the token's subject when it is key-safe as it is, else a
     digest of it (two subjects never share a segment, so no caller sees another's images)."""
@@ -224,20 +243,37 @@ class UploadApi:
         self.content_types = {INPUT_CONTENT_TYPES[name]: name for name in settings.allowed_formats}
 
     def handle(self, request: ApiRequest) -> ApiResponse:
+        """The answer to one request; never raises for anything a client or an outage did."""
         try:
-            if request.path == UPLOADS_PATH:
-                if request.method != "POST":
-                    raise RequestRejected(405, "method", "use POST /uploads")
-                return self.create_upload(request)
-            if request.path.startswith(IMAGES_PATH):
-                if request.method != "GET":
-                    raise RequestRejected(405, "method", "use GET /images/{id}")
-                return self.image(request.caller, request.path[len(IMAGES_PATH) :])
-            raise RequestRejected(
-                404, "path", "no such route; the API has POST /uploads and GET /images/{id}"
-            )
+            if self.options.auth == "jwt" and request.caller is None:
+                raise RequestRejected(
+                    401,
+                    "Authorization",
+                    f"send 'Authorization: Bearer <token>' with a token from "
+                    f"{self.options.jwt_issuer} for {self.options.jwt_audience}",
+                )
+            return self._route(request)
         except RequestRejected as rejected:
             return rejected.response()
+        except TransientError as outage:  # the bucket or the records store, for a moment
+            return ApiResponse(
+                503,
+                {"error": {"field": "service", "message": f"{outage.message}; try again"}},
+                {"Retry-After": "1"},
+            )
+
+    def _route(self, request: ApiRequest) -> ApiResponse:
+        if request.path == UPLOADS_PATH:
+            if request.method != "POST":
+                raise RequestRejected(405, "method", "use POST /uploads")
+            return self.create_upload(request)
+        if request.path.startswith(IMAGES_PATH):
+            if request.method != "GET":
+                raise RequestRejected(405, "method", "use GET /images/{id}")
+            return self.image(request.caller, request.path[len(IMAGES_PATH) :])
+        raise RequestRejected(
+            404, "path", "no such route; the API has POST /uploads and GET /images/{id}"
+        )
 
     # --- POST /uploads ------------------------------------------------------------------------
 

@@ -1,5 +1,6 @@
 """google-cloud adapters for the core's ports: `GcsBlobStore`, `FirestoreRecordStore`,
-`PubSubEventPublisher`, and the translation of the SDKs' outages.
+`PubSubEventPublisher`, the upload API's `GcsUploadBucket` and `GcsRenditionUrls`, and the
+translation of the SDKs' outages.
 
 SDK retries are google.api_core `Retry` objects passed to each call; when they run
 out, the error becomes one of the core's transient errors and the function raises,
@@ -8,9 +9,12 @@ so Eventarc retries the event with backoff.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from datetime import timedelta
 from typing import Any
+from urllib.parse import quote
 
 import requests
 from google.api_core import exceptions as api_exceptions
@@ -27,6 +31,7 @@ from functions.core.records import (
     StorageUnavailable,
     TransientError,
 )
+from functions.core.uploads import PresignedPost, StoredUpload
 
 # What "the service is having a bad moment" looks like from each SDK, after its own retries.
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
@@ -107,6 +112,121 @@ class GcsBlobStore:
             blob.upload_from_string(
                 data, content_type=content_type, retry=self._retry, timeout=self._timeout
             )
+
+
+class GcsSigner:
+    """What V4 signing needs from the function's credentials, whichever kind they are.
+
+    A service-account key (local runs; `GOOGLE_APPLICATION_CREDENTIALS`) signs in process.
+    On Cloud Functions the credentials are the metadata server's, with no private key: the
+    library then signs through the IAM credentials API's signBlob, as the account itself,
+    given its e-mail and a fresh access token (the account may sign as itself: the
+    component grants it roles/iam.serviceAccountTokenCreator on itself).
+    """
+
+    def __init__(self, credentials: Any) -> None:
+        self._credentials = credentials
+        self._lock = threading.Lock()
+
+    def arguments(self) -> dict[str, Any]:
+        if hasattr(self._credentials, "sign_bytes") and hasattr(self._credentials, "signer_email"):
+            return {"credentials": self._credentials}
+        with self._lock:
+            if not self._credentials.valid:
+                from google.auth.transport.requests import Request
+
+                with translated_outages(StorageUnavailable, "refreshing the signing token"):
+                    self._credentials.refresh(Request())
+            return {
+                "service_account_email": self._credentials.service_account_email,
+                "access_token": self._credentials.token,
+            }
+
+
+class GcsUploadBucket:
+    """The uploads bucket as the upload API sees it: V4 signed POST policies and finding an
+    upload by listing its id's prefix.
+
+    `endpoint` is where browsers POST: storage.googleapis.com on GCP, the emulator locally.
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        bucket: str,
+        *,
+        signer: GcsSigner,
+        endpoint: str,
+        retry: api_retry.Retry,
+    ) -> None:
+        self._client = client
+        self.name = bucket
+        self._signer = signer
+        self._endpoint = endpoint.rstrip("/")
+        self._retry = retry
+
+    def presigned_post(
+        self, key: str, *, content_type: str, max_bytes: int, expires_in: timedelta
+    ) -> PresignedPost:
+        policy = self._client.generate_signed_post_policy_v4(
+            self.name,
+            key,
+            expiration=expires_in,
+            conditions=[{"Content-Type": content_type}, ["content-length-range", 1, max_bytes]],
+            fields={"Content-Type": content_type},
+            **self._signer.arguments(),
+        )
+        # The XML API takes a form POST at the bucket's path-style URL.
+        return PresignedPost(url=f"{self._endpoint}/{self.name}", fields=dict(policy["fields"]))
+
+    def find(self, prefix: str) -> StoredUpload | None:
+        with translated_outages(StorageUnavailable, f"listing gs://{self.name}/{prefix}"):
+            blobs = list(
+                self._client.list_blobs(
+                    self.name, prefix=prefix, max_results=10, retry=self._retry, timeout=10
+                )
+            )
+        if not blobs:
+            return None
+        newest = max(blobs, key=lambda blob: blob.generation)
+        return StoredUpload(key=newest.name, version=str(newest.generation))
+
+
+class GcsRenditionUrls:
+    """Viewers' URLs of renditions: plain under the CDN (or public bucket) URL, or V4 signed
+    GET URLs (delivery mode signed-urls, where the bucket is private)."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        sign: bool,
+        client: Any = None,
+        bucket: str = "",
+        signer: GcsSigner | None = None,
+        endpoint: str = "",
+        expires_in: timedelta = timedelta(hours=1),
+    ) -> None:
+        self._base_url = base_url.rstrip("/")
+        self._sign = sign
+        self._client = client
+        self._bucket = bucket
+        self._signer = signer
+        self._endpoint = endpoint
+        self._expires_in = expires_in
+
+    def __call__(self, key: str) -> str:
+        if not self._sign:
+            return f"{self._base_url}/{quote(key)}"
+        assert self._signer is not None and self._client is not None
+        blob = self._client.bucket(self._bucket).blob(key)
+        return blob.generate_signed_url(
+            version="v4",
+            expiration=self._expires_in,
+            method="GET",
+            api_access_endpoint=self._endpoint,
+            **self._signer.arguments(),
+        )
 
 
 # --- Firestore ---------------------------------------------------------------------------

@@ -15,13 +15,21 @@ from typing import Any
 from functions.core.events import event_source
 from functions.core.records import ClaimHeld, ObjectRef, PipelineError, Status
 from functions.core.service import Outcome, Pipeline
+from functions.core.uploads import UploadApi
 from functions.gcp.adapters import (
     FirestoreRecordStore,
     GcsBlobStore,
+    GcsRenditionUrls,
+    GcsSigner,
+    GcsUploadBucket,
     PubSubEventPublisher,
     sdk_retry,
 )
-from functions.gcp.contract import FunctionEnvironment
+from functions.gcp.contract import ApiEnvironment, FunctionEnvironment
+
+# Where browsers POST uploads and fetch signed renditions; the SDK's own emulator variable
+# says where it is locally.
+STORAGE_ENDPOINT = "https://storage.googleapis.com"
 
 
 def build_pipeline(env: FunctionEnvironment) -> Pipeline:
@@ -40,6 +48,39 @@ def build_pipeline(env: FunctionEnvironment) -> Pipeline:
         event_source=event_source("gcp", env.function_name),
         max_event_age=timedelta(seconds=env.max_event_age_seconds),
         lease=timedelta(seconds=env.lease_seconds),
+    )
+
+
+def build_api(env: ApiEnvironment) -> UploadApi:
+    """The upload API bound to this stack's uploads bucket, collection and delivery mode."""
+    import os
+
+    import google.auth
+    from google.cloud import firestore, storage
+
+    retry = sdk_retry(env.sdk_retry_seconds)
+    client = storage.Client(project=env.project)
+    # The function's own identity signs: a key file locally, the metadata server on GCP.
+    signer = GcsSigner(google.auth.default()[0])
+    endpoint = os.environ.get("STORAGE_EMULATOR_HOST") or STORAGE_ENDPOINT
+    return UploadApi(
+        settings=env.settings,
+        options=env.options,
+        bucket=GcsUploadBucket(
+            client, env.uploads_bucket, signer=signer, endpoint=endpoint, retry=retry
+        ),
+        records=FirestoreRecordStore(
+            firestore.Client(project=env.project), env.records_collection, retry=retry
+        ),
+        rendition_url=GcsRenditionUrls(
+            env.cdn_url,
+            sign=env.sign_rendition_urls,
+            client=client,
+            bucket=env.renditions_bucket,
+            signer=signer,
+            endpoint=endpoint,
+        ),
+        uploads_prefix=env.uploads_prefix,
     )
 
 

@@ -151,6 +151,7 @@ class ApiEnvironment:
     cdn_url: str
     sign_rendition_urls: bool
     project: str
+    renditions_bucket: str = ""  # what the signed rendition URLs are for
     sdk_retry_seconds: int = DEFAULT_SDK_RETRY_SECONDS
 
 
@@ -164,9 +165,11 @@ def api_to_env(
     cdn_url: Any,
     sign_rendition_urls: bool,
     project: Any,
+    renditions_bucket: Any = None,
 ) -> dict[str, Any]:
     """The API function's environment variables (values may be Pulumi Inputs)."""
     return {
+        **({RENDITIONS_BUCKET: renditions_bucket} if renditions_bucket is not None else {}),
         SETTINGS: settings.to_json(),
         API_OPTIONS: options.to_json(),
         UPLOADS_BUCKET: uploads_bucket,
@@ -187,6 +190,7 @@ def api_from_env(environ: Mapping[str, str]) -> ApiEnvironment:
             raise SettingsError(f"{name} is not set; the GcpImagePipeline component sets it.")
         return value
 
+    sign = environ.get(SIGN_RENDITION_URLS, "false") == "true"
     return ApiEnvironment(
         settings=PipelineSettings.from_json(required(SETTINGS)),
         options=ApiOptions.from_json(required(API_OPTIONS), API_OPTIONS),
@@ -194,8 +198,9 @@ def api_from_env(environ: Mapping[str, str]) -> ApiEnvironment:
         uploads_prefix=environ.get(UPLOADS_PREFIX, ""),
         records_collection=required(RECORDS_COLLECTION),
         cdn_url=required(CDN_URL).rstrip("/"),
-        sign_rendition_urls=environ.get(SIGN_RENDITION_URLS, "false") == "true",
+        sign_rendition_urls=sign,
         project=required(PROJECT),
+        renditions_bucket=required(RENDITIONS_BUCKET) if sign else "",
         sdk_retry_seconds=_seconds(
             environ.get(SDK_RETRY_SECONDS, "").strip() or str(DEFAULT_SDK_RETRY_SECONDS),
             SDK_RETRY_SECONDS,

@@ -40,7 +40,9 @@ from components.args import PipelineArgs
 from components.config import CLOUDS
 from functions.aws import contract
 from functions.core.settings import PipelineSettings, SettingsError
+from functions.core.uploads import CORS_MAX_AGE_SECONDS
 from functions.gcp import contract as gcp_contract
+from functions.local.api_gateway import ApiGateway, FunctionProxy, LambdaProxy
 from functions.local.cdn import GcsRenditionReader, RenditionServer, S3RenditionReader
 from functions.local.emulated_aws import (
     REGION,
@@ -53,6 +55,7 @@ from functions.local.emulated_aws import (
 )
 from functions.local.emulated_gcp import (
     ACK_DEADLINE_MARGIN_SECONDS,
+    API_FUNCTION,
     CloudFunctionServer,
     GcpEmulators,
     GcpPipelineResources,
@@ -60,6 +63,7 @@ from functions.local.emulated_gcp import (
     missing_tools,
     storage_client,
     subscriber_client,
+    write_throwaway_service_account_key,
 )
 from functions.local.emulated_gcp import (
     create_pipeline_resources as create_gcp_pipeline_resources,
@@ -79,21 +83,23 @@ DEFAULT_TIMEOUT_SECONDS: int = PipelineArgs.timeout_seconds
 DEFAULT_OUTPUTS = Path(".imagepipe-dev.json")
 ACCOUNT_ID = "123456789012"  # moto's default account
 HEALTH_CHECK_SECONDS = 0.5  # how often `imagepipe dev` checks the emulator and the workers
+# The API function answers small I/O-bound requests: many at once, as its component allows.
+API_CONCURRENCY = 16
 # Without the emulator an attempt in hand can only fail: wait this long for it, not 30 s.
 STOP_SECONDS_AFTER_FAILURE = 5.0
 
 
-def load_lambda_handler() -> Handler:
-    """Import the real handler as a Lambda cold start would: with the environment already set.
+def load_lambda_handler(handler: str = contract.HANDLER) -> Handler:
+    """Import a real handler as a Lambda cold start would: with the environment already set.
 
     The handler builds its clients at import time from environment variables; a
     module imported earlier (another pipeline, another port) is imported afresh.
     """
-    name = contract.HANDLER.rpartition(".")[0]
+    name = handler.rpartition(".")[0]
     module = importlib.reload(sys.modules[name]) if name in sys.modules else None
     if module is None:
         module = importlib.import_module(name)
-    return module.handler  # type: ignore[no-any-return]
+    return getattr(module, handler.rpartition(".")[2])  # type: ignore[no-any-return]
 
 
 class PipelineAlreadyRunning(RuntimeError):
@@ -119,6 +125,7 @@ class DevPipeline:
         *,
         port: int = DEFAULT_PORT,
         cdn_port: int = 0,
+        api_port: int = 0,
         stack: LocalStackConfig | None = None,
         name: str = "imagepipe",
         log_level: str = "INFO",
@@ -132,11 +139,13 @@ class DevPipeline:
         self._log_level = log_level
         self._moto = MotoServer(port)
         self._cdn_port = cdn_port
+        self._api_port = api_port
         self._workers = workers
         self._retry_delays = retry_delays
         self._wrap_handler = wrap_handler
         self._saved_environ: dict[str, str | None] = {}
         self._cdn: RenditionServer | None = None
+        self._api: ApiGateway | None = None
         self.invoker: AsyncInvoker | None = None
         self.resources: PipelineResources | None = None
 
@@ -180,14 +189,52 @@ class DevPipeline:
             )
             self._cdn = RenditionServer(reader, port=self._cdn_port)
             self._cdn.start()
+            self._api = self._start_api()
         except BaseException:
             self.stop()
             raise
         return self
 
+    def _start_api(self) -> ApiGateway:
+        """The upload API's function behind the API Gateway stand-in, and the page."""
+        assert self.resources is not None and self._cdn is not None
+        options = self.stack.api
+        self._set_environ(self.api_environment())
+        verify = None
+        if options.auth == "jwt" and options.jwt_issuer and options.jwt_audience:
+            from functions.gcp.tokens import JwksTokenVerifier
+
+            verify = JwksTokenVerifier(options.jwt_issuer, options.jwt_audience).subject
+        backend = LambdaProxy(
+            load_lambda_handler(contract.API_HANDLER),
+            function_name=f"{self.name}-api-fn",
+            allowed_origins=options.allowed_origins,
+            verify_subject=verify,
+        )
+        gateway = ApiGateway(backend, port=self._api_port)
+        gateway.start()
+        # The browser POSTs from the page's origin straight to the bucket (as the
+        # component's BucketCorsConfiguration allows the stack's origins).
+        boto3_client("s3", self.endpoint).put_bucket_cors(
+            Bucket=self.resources.uploads_bucket,
+            CORSConfiguration={
+                "CORSRules": [
+                    {
+                        "AllowedOrigins": [gateway.url, *options.allowed_origins],
+                        "AllowedMethods": ["POST"],
+                        "MaxAgeSeconds": CORS_MAX_AGE_SECONDS,
+                    }
+                ]
+            },
+        )
+        return gateway
+
     def stop(self, timeout: float = 30) -> None:
         """Stop taking events, finish the ones in hand (for up to `timeout` seconds), shut the
         servers down, restore the env."""
+        if self._api is not None:
+            self._api.stop()
+            self._api = None
         if self.invoker is not None:
             self.invoker.stop(timeout)
             self.invoker = None
@@ -250,9 +297,24 @@ class DevPipeline:
             "POWERTOOLS_LOG_LEVEL": self._log_level,
         }
 
+    def api_environment(self) -> dict[str, str]:
+        """What the component sets on the API function (it shares this process's environment
+        with the main one: the names they have in common hold the same values)."""
+        assert self.resources is not None and self._cdn is not None
+        return {
+            **contract.api_to_env(
+                settings=self.settings,
+                options=self.stack.api,
+                uploads_bucket=self.resources.uploads_bucket,
+                uploads_prefix=self.stack.uploads_prefix,
+                records_table=self.resources.records_table,
+                cdn_url=self._cdn.url,
+            ),
+        }
+
     def outputs(self) -> dict[str, str]:
         """The stack outputs (same names as `pulumi stack output`), plus the emulator's address."""
-        assert self.resources is not None and self._cdn is not None
+        assert self.resources is not None and self._cdn is not None and self._api is not None
         return {
             "cloud": "aws",
             output_names.UPLOADS_BUCKET: self.resources.uploads_bucket,
@@ -263,6 +325,7 @@ class DevPipeline:
             output_names.EVENTS_TOPIC: self.resources.events_topic_arn,
             output_names.FUNCTION_NAME: self.function_name,
             output_names.DEAD_LETTER_QUEUE: self.resources.dead_letter_queue_url,
+            output_names.API_URL: self._api.url,
             "eventsQueue": self.resources.events_queue_url,
             "endpoint": self.endpoint,
             "region": REGION,
@@ -298,6 +361,7 @@ class GcpDevPipeline:
         *,
         storage_port: int = 0,
         cdn_port: int = 0,
+        api_port: int = 0,
         stack: LocalStackConfig | None = None,
         timeout_seconds: int = DEFAULT_TIMEOUT_SECONDS,
         name: str = "imagepipe",
@@ -313,6 +377,7 @@ class GcpDevPipeline:
         self.resources = GcpPipelineResources.named(name)
         self._storage_port = storage_port
         self._cdn_port = cdn_port
+        self._api_port = api_port
         self._workers = workers
         # Eventarc's own retry window, not the stack's maxEventAgeSeconds: the function
         # enforces that one, recording an event that old FAILED on its next delivery.
@@ -323,6 +388,8 @@ class GcpDevPipeline:
         self._guard: OrphanGuard | None = None
         self.emulators: GcpEmulators | None = None
         self.function: CloudFunctionServer | None = None
+        self.api_function: CloudFunctionServer | None = None
+        self._api: ApiGateway | None = None
         self.trigger: EventarcTrigger | None = None
         self._cdn: RenditionServer | None = None
         self._storage: Any = None
@@ -341,8 +408,12 @@ class GcpDevPipeline:
             self.resources, self._log_dir, storage_port=self._storage_port, guard=self._guard
         )
         try:
-            # The two JVMs and the function's imports take seconds each: side by side.
+            # The two JVMs and the functions' imports take seconds each: side by side.
             self.emulators.launch()
+            self._storage = storage_client(self.emulators.storage_endpoint, self.resources.project)
+            # Bound now (its URL goes into the API function's environment), served later.
+            reader = GcsRenditionReader(self._storage, self.resources.renditions_bucket)
+            self._cdn = RenditionServer(reader, port=self._cdn_port)
             self.function = CloudFunctionServer(
                 self.function_environment(),
                 log=self._function_log,
@@ -350,8 +421,15 @@ class GcpDevPipeline:
                 guard=self._guard,
             )
             self.function.launch()
+            self.api_function = CloudFunctionServer(
+                self.api_function_environment(),
+                log=self._function_log,
+                concurrency=API_CONCURRENCY,
+                guard=self._guard,
+                entry_point=API_FUNCTION,
+            )
+            self.api_function.launch()
             self.emulators.wait_ready()
-            self._storage = storage_client(self.emulators.storage_endpoint, self.resources.project)
             self._subscriber = subscriber_client(self.emulators.pubsub_host)
             create_gcp_pipeline_resources(
                 self.emulators,
@@ -369,9 +447,10 @@ class GcpDevPipeline:
                 workers=self._workers,
             )
             self.trigger.start()
-            reader = GcsRenditionReader(self._storage, self.resources.renditions_bucket)
-            self._cdn = RenditionServer(reader, port=self._cdn_port)
             self._cdn.start()
+            self.api_function.wait_ready()
+            self._api = ApiGateway(FunctionProxy(self.api_function.url), port=self._api_port)
+            self._api.start()
         except BaseException:
             self.stop()
             raise
@@ -380,19 +459,23 @@ class GcpDevPipeline:
     def stop(self, timeout: float = 30) -> None:
         """Stop taking events, finish the ones in hand (for up to `timeout` seconds), then end
         the function's and the emulators' process groups."""
+        if self._api is not None:
+            self._api.stop()
+            self._api = None
         if self.trigger is not None:
             self.trigger.stop(timeout)
             self.trigger = None
         # Every server winds down at once; each is then waited for.
-        for server in (self.function, self.emulators):
+        for server in (self.function, self.api_function, self.emulators):
             if server is not None:
                 server.terminate()
         if self._cdn is not None:
             self._cdn.stop()
             self._cdn = None
-        if self.function is not None:
-            self.function.stop()
-            self.function = None
+        for function in (self.function, self.api_function):
+            if function is not None:
+                function.stop()
+        self.function = self.api_function = None
         if self._subscriber is not None:
             self._subscriber.close()
             self._subscriber = None
@@ -416,7 +499,7 @@ class GcpDevPipeline:
 
     def failure(self) -> str | None:
         """Why the pipeline cannot go on, in a sentence; None while it can."""
-        for part in (self.emulators, self.function):
+        for part in (self.emulators, self.function, self.api_function):
             reason = part.failure() if part is not None else None
             if reason is not None:
                 return reason
@@ -454,10 +537,40 @@ class GcpDevPipeline:
             **self._overrides,
         }
 
+    def api_function_environment(self) -> dict[str, str]:
+        """What the component sets on the API function, with a key of its own to sign with.
+
+        On GCP the function signs through the IAM credentials API as its service account;
+        here a throwaway key stands in for that account (nothing checks the signatures).
+        """
+        assert self.emulators is not None and self._cdn is not None and self._log_dir
+        key_file = write_throwaway_service_account_key(
+            self._log_dir / "api-service-account.json",
+            email=f"{self.name}-api@{self.resources.project}.iam.gserviceaccount.com",
+            project=self.resources.project,
+        )
+        return {
+            **os.environ,
+            **self.emulators.client_environment(),
+            **gcp_contract.api_to_env(
+                settings=self.settings,
+                options=self.stack.api,
+                uploads_bucket=self.resources.uploads_bucket,
+                uploads_prefix=self.stack.uploads_prefix,
+                records_collection=self.resources.records_collection,
+                cdn_url=self._cdn.url,
+                sign_rendition_urls=self.stack.delivery_mode == "signed-urls",
+                project=self.resources.project,
+                renditions_bucket=self.resources.renditions_bucket,
+            ),
+            "GOOGLE_APPLICATION_CREDENTIALS": str(key_file),
+            gcp_contract.FUNCTION_NAME: f"{self.name}-api-fn",
+        }
+
     def outputs(self) -> dict[str, str]:
         """The stack outputs (same names as `pulumi stack output`), plus what a client needs
         to reach the emulators."""
-        assert self.emulators is not None and self._cdn is not None
+        assert self.emulators is not None and self._cdn is not None and self._api is not None
         return {
             "cloud": "gcp",
             output_names.UPLOADS_BUCKET: self.resources.uploads_bucket,
@@ -467,6 +580,7 @@ class GcpDevPipeline:
             output_names.RECORDS_COLLECTION: self.resources.records_collection,
             output_names.EVENTS_TOPIC: self.resources.events_topic,
             output_names.FUNCTION_NAME: self.function_name,
+            output_names.API_URL: self._api.url,
             "storageEndpoint": self.emulators.storage_endpoint,
             "firestoreEmulatorHost": self.emulators.firestore_host,
             "pubsubEmulatorHost": self.emulators.pubsub_host,

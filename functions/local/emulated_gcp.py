@@ -26,6 +26,7 @@ emulator variables, as its whole environment is built here.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 import sys
@@ -197,6 +198,9 @@ class GcpEmulators:
             "-host", HOST,
             "-port", str(storage_port),
             "-external-url", f"http://{HOST}:{storage_port}",
+            # Form POSTs (presigned uploads) and path-style GETs (signed URLs) are served
+            # only for requests addressed to the public host.
+            "-public-host", f"{HOST}:{storage_port}",
             "-backend", "memory",
             "-log-level", "warn",
             # The bucket's notification config, as Eventarc's trigger sets it up on GCP.
@@ -366,13 +370,61 @@ def create_pipeline_resources(
 # --- the function -----------------------------------------------------------------------
 
 FUNCTION_MODULE = "functions.gcp.main"
+API_FUNCTION_MODULE = "functions.gcp.api"
 
 
-def function_source() -> Path:
-    """The entry point's file, found without importing it (importing builds its clients)."""
-    spec = importlib.util.find_spec(FUNCTION_MODULE)
-    assert spec is not None and spec.origin is not None, FUNCTION_MODULE
+def function_source(module: str = FUNCTION_MODULE) -> Path:
+    """An entry point's file, found without importing it (importing builds its clients)."""
+    spec = importlib.util.find_spec(module)
+    assert spec is not None and spec.origin is not None, module
     return Path(spec.origin)
+
+
+def write_throwaway_service_account_key(path: Path, *, email: str, project: str) -> Path:
+    """A service-account key file made up on the spot, for signing against the emulator.
+
+    Its token endpoint is a closed loopback port: a client that tried to trade it for a
+    token would fail here rather than talk to anything outside this machine.
+    """
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+    document = {
+        "type": "service_account",
+        "project_id": project,
+        "private_key_id": "dev",
+        "private_key": pem,
+        "client_email": email,
+        "client_id": "0",
+        "token_uri": f"http://{HOST}:9/token",
+    }
+    path.write_text(json.dumps(document), encoding="utf-8")
+    path.chmod(0o600)
+    return path
+
+
+@dataclass(frozen=True)
+class FunctionEntryPoint:
+    """Which function a `CloudFunctionServer` serves, and how it is named in messages."""
+
+    module: str
+    target: str
+    signature_type: str
+    what: str
+
+
+UPLOAD_FUNCTION = FunctionEntryPoint(
+    FUNCTION_MODULE, contract.ENTRY_POINT, "cloudevent", "the function's server"
+)
+API_FUNCTION = FunctionEntryPoint(
+    API_FUNCTION_MODULE, contract.API_ENTRY_POINT, "http", "the API function's server"
+)
 
 
 class CloudFunctionServer:
@@ -392,7 +444,9 @@ class CloudFunctionServer:
         log: Path | None = None,
         concurrency: int = 3,
         guard: OrphanGuard | None = None,
+        entry_point: FunctionEntryPoint = UPLOAD_FUNCTION,
     ) -> None:
+        self.entry_point = entry_point
         self._environment = dict(environment)
         self._port = port
         self._log = log
@@ -412,9 +466,9 @@ class CloudFunctionServer:
             sys.executable,
             "-m",
             "functions_framework",
-            f"--target={contract.ENTRY_POINT}",
-            f"--source={function_source()}",
-            "--signature-type=cloudevent",
+            f"--target={self.entry_point.target}",
+            f"--source={function_source(self.entry_point.module)}",
+            f"--signature-type={self.entry_point.signature_type}",
             f"--host={HOST}",
             f"--port={port}",
         ]
@@ -424,7 +478,7 @@ class CloudFunctionServer:
             "PYTHONUNBUFFERED": "1",  # each JSON log line as it is written
         }
         self._server = ServerProcess.launch(
-            "the function's server (functions-framework)",
+            f"{self.entry_point.what} (functions-framework)",
             command,
             port,
             self._log,
@@ -461,7 +515,12 @@ class CloudFunctionServer:
         code = self._server.exit_code()
         if code is None:
             return None
+        consequence = (
+            "uploads would wait for ever"
+            if self.entry_point is UPLOAD_FUNCTION
+            else "the upload API cannot answer"
+        )
         return (
-            f"the function's server (functions-framework, pid {self._server.pid}) "
-            f"{how_it_ended(code)}; uploads would wait for ever"
+            f"{self.entry_point.what} (functions-framework, pid {self._server.pid}) "
+            f"{how_it_ended(code)}; {consequence}"
         )

@@ -17,6 +17,7 @@ from typing import Any
 from components import config
 from components.args import PipelineArgs
 from functions.core.settings import PipelineSettings, SettingsError, shown
+from functions.core.uploads import ApiOptions
 
 # A stack config holds a few dozen values; aliases that expand past this are a bomb
 # (nine levels of nine take 6 s and 725 MB to expand).
@@ -25,6 +26,23 @@ MAX_EXPANDED_VALUES = 10_000
 
 def _default(field_name: str) -> Any:
     return config.defaults(PipelineArgs)[field_name]
+
+
+def local_api_options(args: PipelineArgs | None = None) -> ApiOptions:
+    """The upload API `imagepipe dev` serves: with no auth, unless the stack turns the API
+    on with apiAuth jwt (then tokens are checked locally as they would be deployed)."""
+    options = args.api_options() if args is not None else None
+    if options is not None and options.auth == "jwt":
+        return options
+    return ApiOptions(
+        upload_expiry_seconds=(
+            args.api_upload_expiry_seconds
+            if args is not None
+            else _default("api_upload_expiry_seconds")
+        ),
+        auth="none",
+        allowed_origins=args.api_allowed_origins if args is not None else (),
+    )
 
 
 @dataclass(frozen=True)
@@ -38,6 +56,9 @@ class LocalStackConfig:
     max_event_age_seconds: int = field(default_factory=lambda: _default("max_event_age_seconds"))
     timeout_seconds: int = field(default_factory=lambda: _default("timeout_seconds"))
     cloud: str = "aws"
+    api: ApiOptions = field(default_factory=local_api_options)
+    # GCP's imagepipe:deliveryMode: in signed-urls the API answers signed rendition URLs.
+    delivery_mode: str | None = None
 
 
 def settings_from_stack_config(path: str | Path) -> PipelineSettings:
@@ -71,6 +92,8 @@ def read_stack_config(path: str | Path) -> LocalStackConfig:
         max_event_age_seconds=args.max_event_age_seconds,
         timeout_seconds=args.timeout_seconds,
         cloud=cloud,
+        api=local_api_options(args),
+        delivery_mode=getattr(args, "delivery_mode", None),
     )
 
 

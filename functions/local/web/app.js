@@ -81,10 +81,12 @@ async function requestJson(url, options = {}) {
   return { status: response.status, body, text };
 }
 
-/** What an API error answer says: {error: {field, message}}, else the raw text. */
+/** What an API error answer says: the API's {error: {field, message}}, the {message} of
+ * what stands in front of it (API Gateway, Cloud Run), else the raw text. */
 function apiError(answer) {
-  const error = answer.body && answer.body.error;
-  if (error && typeof error.message === "string") return error.message;
+  const body = answer.body || {};
+  if (body.error && typeof body.error.message === "string") return body.error.message;
+  if (typeof body.message === "string") return body.message;
   return brief(answer.text) || `HTTP ${answer.status}`;
 }
 

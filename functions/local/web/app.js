@@ -186,14 +186,18 @@ class Card {
         img.height = rendition.height;
       }
       const caption = el("figcaption");
-      caption.append(
-        el("strong", null, String(rendition.name)),
-        el(
-          "span",
-          "facts",
-          `${rendition.width}x${rendition.height} · ${String(rendition.format).toUpperCase()} · ${humanBytes(rendition.bytes)}`,
-        ),
-      );
+      // Each fact stays on one line; a narrow card wraps between them.
+      const facts = el("span", "facts");
+      const parts = [
+        `${rendition.width}x${rendition.height}`,
+        String(rendition.format).toUpperCase(),
+        humanBytes(rendition.bytes),
+      ];
+      parts.forEach((part, index) => {
+        if (index > 0) facts.append(" · ");
+        facts.append(el("span", "fact", part));
+      });
+      caption.append(el("strong", null, String(rendition.name)), facts);
       img.addEventListener("error", () => {
         figure.append(el("p", "error", `The CDN did not serve this rendition (${brief(rendition.url, 120)}).`));
       });

@@ -6,9 +6,11 @@ can be told to fail, so tests reach the transient paths without patching.
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 from functions.core.records import (
@@ -18,6 +20,7 @@ from functions.core.records import (
     Status,
     StorageUnavailable,
 )
+from functions.core.uploads import PresignedPost, StoredUpload
 
 
 @dataclass(frozen=True)
@@ -121,3 +124,37 @@ class InMemoryEventPublisher:
         if self.unavailable:
             raise PublisherUnavailable("the event publisher is unavailable")
         self.events.append(dict(event))
+
+
+@dataclass
+class InMemoryUploadBucket:
+    """The upload API's view of one bucket of an `InMemoryBlobStore`.
+
+    Its POST "policy" is the conditions as JSON, so a test can read what was pinned.
+    """
+
+    blobs: InMemoryBlobStore
+    name: str = "uploads"
+    unavailable: bool = False
+
+    def presigned_post(
+        self, key: str, *, content_type: str, max_bytes: int, expires_in: timedelta
+    ) -> PresignedPost:
+        conditions = {
+            "key": key,
+            "Content-Type": content_type,
+            "content-length-range": [1, max_bytes],
+            "expires_in_seconds": int(expires_in.total_seconds()),
+        }
+        return PresignedPost(
+            url=f"memory://{self.name}",
+            fields={"key": key, "Content-Type": content_type, "policy": json.dumps(conditions)},
+        )
+
+    def find(self, prefix: str) -> StoredUpload | None:
+        if self.unavailable:
+            raise StorageUnavailable(f"storage is unavailable (listing {self.name}/{prefix})")
+        for (bucket, key), stored in self.blobs.objects.items():
+            if bucket == self.name and key.startswith(prefix):
+                return StoredUpload(key=key, version=stored.version)
+        return None

@@ -213,8 +213,12 @@ def sanitised_filename(filename: Any) -> str:
             "filename",
             f"filename must be at most {MAX_FILENAME_CHARS} printable characters",
         )
-    cleaned = _SAFE_NAME_CHAR.sub("-", filename.strip()).strip("-.")
-    return cleaned or "upload"
+    stem, dot, extension = filename.strip().rpartition(".")
+    if not dot:
+        stem, extension = extension, ""
+    stem = _SAFE_NAME_CHAR.sub("-", stem).strip("-.") or "upload"
+    extension = _SAFE_NAME_CHAR.sub("", extension)
+    return f"{stem}.{extension}" if extension else stem
 
 
 class UploadApi:

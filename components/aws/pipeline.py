@@ -16,6 +16,7 @@ import pulumi_aws as aws
 
 from components import outputs
 from components.aws import policies
+from components.aws.api import create_upload_api
 from components.aws.args import AWS_LOG_RETENTION_DAYS, AwsImagePipelineArgs
 from components.aws.lambda_archive import build_lambda_archive
 from functions.aws import contract
@@ -61,6 +62,8 @@ class AwsImagePipeline(pulumi.ComponentResource):
     """URL of the SQS queue of events that failed every retry."""
     uploads_prefix: pulumi.Output[str]
     """Only keys under this prefix are processed ("" for all); clients upload under it."""
+    api_url: pulumi.Output[str] | None
+    """Base URL of the upload API (`POST /uploads`, `GET /images/{id}`); None without it."""
 
     def __init__(
         self,
@@ -70,6 +73,7 @@ class AwsImagePipeline(pulumi.ComponentResource):
     ) -> None:
         super().__init__(TYPE_TOKEN, name, {}, opts)
         _check_args(args)
+        api_options = args.api_options()  # an unusable API stops before any resource exists
         tags = dict(args.tags)
         child = pulumi.ResourceOptions(parent=self)
         invoke = pulumi.InvokeOutputOptions(parent=self)
@@ -386,27 +390,37 @@ class AwsImagePipeline(pulumi.ComponentResource):
             ),
         )
         for role_word, namespace, metric, statistic, dimensions in alarms:
-            aws.cloudwatch.MetricAlarm(
+            self.alarm(
                 f"{name}-alarm-{role_word}",
-                alarm_description=f"imagepipe {metric} above zero ({function_physical_name}).",
                 namespace=namespace,
-                metric_name=metric,
-                dimensions=dimensions,
+                metric=metric,
                 statistic=statistic,
-                period=300,
-                evaluation_periods=1,
-                threshold=0,
-                comparison_operator="GreaterThanThreshold",
-                treat_missing_data="notBreaching",
-                alarm_actions=[ops.arn],
-                ok_actions=[ops.arn],
+                dimensions=dimensions,
+                subject=function_physical_name,
+                topic=ops,
                 tags=tags,
-                opts=child,
+            )
+
+        # --- the upload API, only when asked for ----------------------------------------
+        cdn_url = pulumi.Output.concat("https://", distribution.domain_name)
+        self.api_url = None
+        if api_options is not None:
+            self.api_url = create_upload_api(
+                self,
+                name,
+                args,
+                api_options,
+                function_name=physical_name(f"{name}-api"),
+                archive=archive,
+                uploads=uploads,
+                records=records,
+                ops=ops,
+                cdn_url=cdn_url,
             )
 
         self.uploads_bucket = uploads.bucket
         self.renditions_bucket = renditions.bucket
-        self.cdn_url = pulumi.Output.concat("https://", distribution.domain_name)
+        self.cdn_url = cdn_url
         self.records_table = records.name
         self.events_topic = events.arn
         self.function_name = function.name
@@ -414,8 +428,42 @@ class AwsImagePipeline(pulumi.ComponentResource):
         self.uploads_prefix = pulumi.Output.from_input(args.uploads_prefix or "")
         self.register_outputs(self.stack_outputs())
 
+    def alarm(
+        self,
+        resource_name: str,
+        *,
+        namespace: str,
+        metric: str,
+        statistic: str,
+        dimensions: dict[str, pulumi.Input[str]],
+        subject: str,
+        topic: aws.sns.Topic,
+        tags: dict[str, str],
+    ) -> aws.cloudwatch.MetricAlarm:
+        """An alarm to `topic` when `metric` is above zero in five minutes: the one shape of
+        every alarm of the pipeline and of its upload API."""
+        return aws.cloudwatch.MetricAlarm(
+            resource_name,
+            alarm_description=f"imagepipe {metric} above zero ({subject}).",
+            namespace=namespace,
+            metric_name=metric,
+            dimensions=dimensions,
+            statistic=statistic,
+            period=300,
+            evaluation_periods=1,
+            threshold=0,
+            comparison_operator="GreaterThanThreshold",
+            treat_missing_data="notBreaching",
+            alarm_actions=[topic.arn],
+            ok_actions=[topic.arn],
+            tags=tags,
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+
     def stack_outputs(self) -> dict[str, pulumi.Output]:
-        """The stack outputs, camelCase as `pulumi stack output` shows them."""
+        """The stack outputs, camelCase as `pulumi stack output` shows them; `apiUrl` only
+        with the upload API."""
+        api = {outputs.API_URL: self.api_url} if self.api_url is not None else {}
         return {
             outputs.UPLOADS_BUCKET: self.uploads_bucket,
             outputs.UPLOADS_PREFIX: self.uploads_prefix,
@@ -425,6 +473,7 @@ class AwsImagePipeline(pulumi.ComponentResource):
             outputs.EVENTS_TOPIC: self.events_topic,
             outputs.FUNCTION_NAME: self.function_name,
             outputs.DEAD_LETTER_QUEUE: self.dead_letter_queue,
+            **api,
         }
 
 

@@ -157,3 +157,51 @@ def function_policy(
             }
         )
     return {"Version": VERSION, "Statement": statements}
+
+
+def api_function_policy(
+    *,
+    uploads_bucket_arn: str,
+    records_table_arn: str,
+    log_group_arn: str,
+    uploads_prefix: str | None = None,
+) -> PolicyDocument:
+    """What the upload API's function does and nothing more: sign presigned POSTs for keys under
+    the uploads prefix, find an upload by listing its id's prefix, read its record, write its
+    own logs. It never reads an upload's bytes, writes a record or touches the renditions."""
+    upload_keys = f"{iam_literal(uploads_prefix)}*" if uploads_prefix else "*"
+    return {
+        "Version": VERSION,
+        "Statement": [
+            {
+                # A presigned POST carries the signer's credentials: S3 authorizes the
+                # browser's upload as this role's s3:PutObject on the key the policy pins.
+                "Sid": "SignUploads",
+                "Effect": "Allow",
+                "Action": "s3:PutObject",
+                "Resource": f"{uploads_bucket_arn}/{upload_keys}",
+            },
+            {
+                # GET /images/{id} lists `<prefix><caller>/<id>/` to learn the key and ETag the
+                # record is keyed by. The condition refuses a listing without a prefix, or
+                # outside the uploads prefix, even when that prefix is empty.
+                "Sid": "FindUploads",
+                "Effect": "Allow",
+                "Action": "s3:ListBucket",
+                "Resource": uploads_bucket_arn,
+                "Condition": {"StringLike": {"s3:prefix": upload_keys}},
+            },
+            {
+                "Sid": "ReadRecords",
+                "Effect": "Allow",
+                "Action": "dynamodb:GetItem",
+                "Resource": records_table_arn,
+            },
+            {
+                "Sid": "WriteOwnLogs",
+                "Effect": "Allow",
+                "Action": ["logs:CreateLogStream", "logs:PutLogEvents"],
+                "Resource": f"{log_group_arn}:*",
+            },
+        ],
+    }

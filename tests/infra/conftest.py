@@ -30,6 +30,7 @@ AWS_REGION = "eu-west-1"
 GCP_PROJECT = "imagepipe-test"
 GCP_PROJECT_NUMBER = "987654321098"
 GCS_SERVICE_AGENT = f"service-{GCP_PROJECT_NUMBER}@gs-project-accounts.iam.gserviceaccount.com"
+API_ID = "a1b2c3d4e5"  # an HTTP API's id, as API Gateway makes them
 CACHING_OPTIMIZED_POLICY_ID = "658327ea-f89d-4fab-a63d-7e88639e58f6"
 
 DATA_SOURCES: dict[str, dict[str, Any]] = {
@@ -110,6 +111,12 @@ def _computed_state(typ: str, name: str, inputs: dict[str, Any]) -> dict[str, An
         state |= {
             "arn": f"arn:aws:lambda:{AWS_REGION}:{ACCOUNT_ID}:function:{physical}",
             "invokeArn": f"arn:aws:apigateway:{AWS_REGION}:lambda:path/functions/{physical}",
+        }
+    elif typ == "aws:apigatewayv2/api:Api":
+        state |= {
+            "id": API_ID,
+            "apiEndpoint": f"https://{API_ID}.execute-api.{AWS_REGION}.amazonaws.com",
+            "executionArn": f"arn:aws:execute-api:{AWS_REGION}:{ACCOUNT_ID}:{API_ID}",
         }
     elif typ == "aws:iam/role:Role":
         state["arn"] = f"arn:aws:iam::{ACCOUNT_ID}:role/{physical}"

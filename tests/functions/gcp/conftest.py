@@ -60,6 +60,8 @@ def emulator_env(emulator_logs: Path) -> Iterator[dict[str, str]]:
                    f"--host-port=127.0.0.1:{ports['pubsub']}", f"--project={PROJECT}"],
         "gcs": [str(gcs_executable), "-scheme", "http", "-host", "127.0.0.1",
                 "-port", str(ports["gcs"]), "-external-url", f"http://127.0.0.1:{ports['gcs']}",
+                # Form POSTs and signed URLs are served for the public host only.
+                "-public-host", f"127.0.0.1:{ports['gcs']}",
                 "-backend", "memory", "-log-level", "warn"],
     }  # fmt: skip
     servers: list[ServerProcess] = []

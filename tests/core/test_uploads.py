@@ -173,7 +173,7 @@ def test_a_completed_image_shows_metadata_and_cdn_urls_but_nothing_internal():
         key,
         image=ImageMetadata("JPEG", 400, 300, "RGB", False, 1, False),
         renditions=(RenditionRecord("thumb", "abc/thumb.jpg", 200, 150, "jpeg", 1234),),
-        stage_ms={"decode": 10.25, "encode": 5.0},
+        stage_ms={"claim": 900.0, "render": 10.25, "encode": 5.0},
         lease_expires_at="2026-12-01T12:01:00.000Z",
         attempts=2,
     )

@@ -102,6 +102,13 @@ def load_lambda_handler(handler: str = contract.HANDLER) -> Handler:
     return getattr(module, handler.rpartition(".")[2])  # type: ignore[no-any-return]
 
 
+def inherited_environment() -> dict[str, str]:
+    """This process's environment minus every IMAGEPIPE_ variable: a function started from
+    here must see only what its component sets (an AWS dev pipeline in the same process
+    sets the same names for its own functions)."""
+    return {name: value for name, value in os.environ.items() if not name.startswith("IMAGEPIPE_")}
+
+
 class PipelineAlreadyRunning(RuntimeError):
     pass
 
@@ -520,7 +527,7 @@ class GcpDevPipeline:
         """What the component sets on the function, what Cloud Run adds, and the emulators."""
         assert self.emulators is not None
         return {
-            **os.environ,
+            **inherited_environment(),
             **self.emulators.client_environment(),
             **gcp_contract.to_env(
                 settings=self.settings,
@@ -550,7 +557,7 @@ class GcpDevPipeline:
             project=self.resources.project,
         )
         return {
-            **os.environ,
+            **inherited_environment(),
             **self.emulators.client_environment(),
             **gcp_contract.api_to_env(
                 settings=self.settings,

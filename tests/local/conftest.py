@@ -15,11 +15,13 @@ from urllib.parse import unquote_plus
 
 import pytest
 
-from functions.local.dev import DevPipeline
+from functions.local.dev import DevPipeline, GcpDevPipeline
 from functions.local.emulated_aws import boto3_client
+from functions.local.emulated_gcp import missing_tools
 from functions.local.lambda_service import Handler
 from functions.local.stack_config import LocalStackConfig
 from functions.local.target import PipelineTarget
+from tests.conftest import require
 
 UPLOADS_PREFIX = "incoming/"
 
@@ -99,6 +101,15 @@ def dev_pipeline(faults: FaultInjection) -> Iterator[DevPipeline]:
         log_level="WARNING",
     )
     with pipeline:
+        yield pipeline
+
+
+@pytest.fixture(scope="package")
+def gcp_dev_pipeline() -> Iterator[GcpDevPipeline]:
+    """An emulated GCP pipeline shared by the tests that only use it (the API, the page)."""
+    missing = missing_tools()
+    require(None if missing is None else f"the emulated GCP cannot start here: {missing}")
+    with GcpDevPipeline(stack=LocalStackConfig(uploads_prefix=UPLOADS_PREFIX)) as pipeline:
         yield pipeline
 
 

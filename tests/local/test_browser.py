@@ -28,11 +28,7 @@ import pytest
 
 from components import outputs as output_names
 from functions.local.dev import DevPipeline, GcpDevPipeline
-from functions.local.emulated_gcp import missing_tools
-from functions.local.stack_config import LocalStackConfig
 from tests.conftest import PROJECT_ROOT, require
-
-from .conftest import UPLOADS_PREFIX
 
 pytestmark = [pytest.mark.emulator, pytest.mark.timeout(120)]
 
@@ -120,18 +116,10 @@ def browser() -> Iterator[Any]:
         print(f"\nthe browser's requests beyond 127.0.0.1, all refused: {sinkhole.refused}")
 
 
-@pytest.fixture(scope="module")
-def gcp_page_pipeline() -> Iterator[GcpDevPipeline]:
-    missing = missing_tools()
-    require(None if missing is None else f"the emulated GCP cannot start here: {missing}")
-    with GcpDevPipeline(stack=LocalStackConfig(uploads_prefix=UPLOADS_PREFIX)) as pipeline:
-        yield pipeline
-
-
 @pytest.fixture(params=["aws", "gcp"])
 def cloud(request: pytest.FixtureRequest) -> tuple[str, DevPipeline | GcpDevPipeline]:
-    # The AWS pipeline is the package's (one per process); the GCP one starts only if asked.
-    name = "dev_pipeline" if request.param == "aws" else "gcp_page_pipeline"
+    # Both are the package's; the GCP one starts only if asked.
+    name = "dev_pipeline" if request.param == "aws" else "gcp_dev_pipeline"
     return request.param, request.getfixturevalue(name)
 
 

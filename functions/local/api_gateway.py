@@ -17,6 +17,7 @@ Connections are bounded as the CDN stand-in's are (`cdn.BoundedThreadingHTTPServ
 from __future__ import annotations
 
 import base64
+import errno
 import http.client
 import json
 import logging
@@ -33,7 +34,7 @@ from urllib.parse import urlsplit
 
 from functions.core.uploads import IMAGES_PATH, UPLOADS_PATH, cors_headers
 from functions.local.cdn import IDLE_TIMEOUT_SECONDS, MAX_CONNECTIONS, BoundedThreadingHTTPServer
-from functions.local.emulated_aws import HOST
+from functions.local.emulated_aws import HOST, PortInUse
 from functions.local.lambda_service import LambdaContext
 
 log = logging.getLogger("imagepipe.dev")
@@ -209,11 +210,16 @@ class ApiGateway:
         idle_timeout: float = IDLE_TIMEOUT_SECONDS,
         max_connections: int = MAX_CONNECTIONS,
     ) -> None:
-        self._httpd = BoundedThreadingHTTPServer(
-            (HOST, port),
-            _handler_class(backend, web_root, idle_timeout),
-            max_connections=max_connections,
-        )
+        try:
+            self._httpd = BoundedThreadingHTTPServer(
+                (HOST, port),
+                _handler_class(backend, web_root, idle_timeout),
+                max_connections=max_connections,
+            )
+        except OSError as error:
+            if error.errno == errno.EADDRINUSE:
+                raise PortInUse(port, "--api-port") from None
+            raise
         self._thread: threading.Thread | None = None
 
     @property

@@ -76,6 +76,9 @@ from functions.local.stack_config import LocalStackConfig, read_stack_config
 
 DEFAULT_PORT = 4566
 DEFAULT_GCP_STORAGE_PORT = 4443  # fake-gcs-server's own default
+# Where `imagepipe dev` serves the upload API and its page, on either cloud: a fixed port,
+# so the page's address stays the same from run to run.
+DEFAULT_API_PORT = 8765
 DEFAULT_STACK_CONFIG = Path("stacks/Pulumi.aws-dev.yaml")
 DEFAULT_STACK_CONFIGS = {"aws": DEFAULT_STACK_CONFIG, "gcp": Path("stacks/Pulumi.gcp-dev.yaml")}
 # The GCP function's timeout when the stack config does not set imagepipe:timeoutSeconds.
@@ -619,6 +622,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="port of the renditions server (default: any free port)",
     )
     parser.add_argument(
+        "--api-port",
+        type=int,
+        default=DEFAULT_API_PORT,
+        help=f"port of the upload API and its page (default {DEFAULT_API_PORT}; 0: any free port)",
+    )
+    parser.add_argument(
         "--stack-config",
         type=Path,
         default=None,
@@ -673,7 +682,8 @@ def resolve_dev_stack(path: Path | None, cloud: str | None) -> DevStack:
 
 
 def run(args: argparse.Namespace) -> int:
-    for option, port in (("--port", args.port), ("--cdn-port", args.cdn_port)):
+    ports = (("--port", args.port), ("--cdn-port", args.cdn_port), ("--api-port", args.api_port))
+    for option, port in ports:
         if port is not None and not 0 <= port <= 65535:
             print(
                 f"imagepipe dev: {option} is {port}; use a port from 1 to 65535.", file=sys.stderr
@@ -689,6 +699,7 @@ def run(args: argparse.Namespace) -> int:
         pipeline = GcpDevPipeline(
             storage_port=DEFAULT_GCP_STORAGE_PORT if args.port is None else args.port,
             cdn_port=args.cdn_port,
+            api_port=args.api_port,
             stack=stack.config,
             timeout_seconds=stack.timeout_seconds,
         )
@@ -696,6 +707,7 @@ def run(args: argparse.Namespace) -> int:
         pipeline = DevPipeline(
             port=DEFAULT_PORT if args.port is None else args.port,
             cdn_port=args.cdn_port,
+            api_port=args.api_port,
             stack=stack.config,
         )
 
@@ -753,9 +765,11 @@ def _remove_outputs(path: Path, outputs: Mapping[str, str]) -> None:
 def _banner_head(cloud: str, outputs: Mapping[str, Any], stack: DevStack) -> list[str]:
     renditions = ", ".join(spec.to_compact() for spec in stack.config.settings.renditions)
     width = max(len(name) for name in outputs)
+    auth = stack.config.api.auth
     return [
         f"imagepipe dev: the pipeline is running on an emulated {cloud} (Ctrl-C stops it)",
         f"settings from {stack.source}: {renditions}",
+        f"upload page: {outputs[output_names.API_URL]}/  (the upload API there, auth {auth})",
         "",
         *(f"  {name:<{width}}  {value}" for name, value in outputs.items()),
         "",

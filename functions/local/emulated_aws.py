@@ -36,9 +36,10 @@ TRIGGER_VISIBILITY_SECONDS = 60
 
 
 class PortInUse(OSError):
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, option: str = "--port") -> None:
         super().__init__(
-            f"port {port} on {HOST} is in use (another `imagepipe dev`?); pick another with --port"
+            f"port {port} on {HOST} is in use (another `imagepipe dev`?); pick another with "
+            f"{option}"
         )
         self.port = port
 

@@ -587,7 +587,7 @@ OUTPUT_KEYS = {
 def start_dev(outputs_file: Path) -> subprocess.Popen[str]:
     environment = {k: v for k, v in os.environ.items() if not k.endswith("_EMULATOR_HOST")}
     return subprocess.Popen(
-        [sys.executable, "-c", DEV_COMMAND, "--cloud", "gcp", "--port", "0",
+        [sys.executable, "-c", DEV_COMMAND, "--cloud", "gcp", "--port", "0", "--api-port", "0",
          "--outputs", str(outputs_file)],
         cwd=PROJECT_ROOT,
         env=environment,

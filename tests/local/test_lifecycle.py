@@ -37,6 +37,10 @@ DEV_COMMAND = textwrap.dedent("""
 """)
 
 
+# Free ports for everything: the suite may run beside a `make dev`.
+DEV_PORTS = ("--port", "0", "--api-port", "0")
+
+
 def clean_environment() -> dict[str, str]:
     """This process's environment without the AWS_* the package's pipeline set."""
     return {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "IMAGEPIPE_"))}
@@ -74,7 +78,7 @@ def wait_for_outputs(path: Path, timeout: float = 30) -> dict[str, str]:
 
 def start_dev(outputs_file: Path) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-c", DEV_COMMAND, "--port", "0", "--outputs", str(outputs_file)],
+        [sys.executable, "-c", DEV_COMMAND, *DEV_PORTS, "--outputs", str(outputs_file)],
         cwd=PROJECT_ROOT,
         env=clean_environment(),
         start_new_session=True,
@@ -101,6 +105,24 @@ def test_a_busy_port_gives_one_clear_line_and_exit_2(
         "pick another with --port\n"
     )
     assert not (tmp_path / "out.json").exists()
+
+
+def test_a_busy_api_port_names_its_own_option(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        parser = argparse.ArgumentParser()
+        dev.add_arguments(parser)
+        argv = ["--port", "0", "--api-port", str(port), "--outputs", str(tmp_path / "out.json")]
+        assert dev.run(parser.parse_args(argv)) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"imagepipe dev: port {port} on 127.0.0.1 is in use (another `imagepipe dev`?); "
+        "pick another with --api-port\n"
+    )
 
 
 def test_sigterm_stops_a_running_pipeline_cleanly(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ import pulumi
 import pulumi_gcp as gcp
 
 from components import outputs
+from components.gcp.api import API_REQUIRED_APIS, create_upload_api, uploads_cors
 from components.gcp.args import GcpImagePipelineArgs
 from components.gcp.function_source import build_function_source
 from functions.core.metrics import (
@@ -115,6 +116,8 @@ class GcpImagePipeline(pulumi.ComponentResource):
     """Name of the Cloud Functions gen2 function."""
     uploads_prefix: pulumi.Output[str]
     """Only objects under this prefix are processed ("" for all); clients upload under it."""
+    api_url: pulumi.Output[str] | None
+    """Base URL of the upload API (`POST /uploads`, `GET /images/{id}`); None without it."""
 
     def __init__(
         self,
@@ -123,6 +126,7 @@ class GcpImagePipeline(pulumi.ComponentResource):
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         super().__init__(TYPE_TOKEN, name, {}, opts)
+        api_options = args.api_options()  # an unusable API stops before any resource exists
         labels = {"app": "imagepipe", "imagepipe-component": name, **args.tags}
         project = gcp.organizations.get_project_output()
         project_id = project.project_id
@@ -136,7 +140,7 @@ class GcpImagePipeline(pulumi.ComponentResource):
                 disable_dependent_services=False,
                 opts=pulumi.ResourceOptions(parent=self),
             )
-            for api in REQUIRED_APIS
+            for api in {**REQUIRED_APIS, **(API_REQUIRED_APIS if api_options else {})}
         }
 
         # --- Buckets ------------------------------------------------------------------
@@ -159,6 +163,8 @@ class GcpImagePipeline(pulumi.ComponentResource):
             public_access_prevention="enforced",
             force_destroy=False,
             lifecycle_rules=expiry,
+            # Only with the upload API: browsers POST the files it presigns straight here.
+            cors=uploads_cors(api_options),
             labels=labels,
             opts=pulumi.ResourceOptions(parent=self, depends_on=[apis["storage"]]),
         )
@@ -272,6 +278,13 @@ class GcpImagePipeline(pulumi.ComponentResource):
         )
 
         # --- The function's identity and its grants -----------------------------------
+        # Firestore has no per-collection IAM; the condition keeps a grant to this database.
+        records_condition = gcp.projects.IAMMemberConditionArgs(
+            title="imagepipe records database only",
+            expression=pulumi.Output.all(project_id, database.name).apply(
+                lambda values: database_condition_expression(*values)
+            ),
+        )
         account = gcp.serviceaccount.Account(
             f"{name}-sa",
             account_id=service_account_id(name, pulumi.get_stack()),
@@ -294,18 +307,12 @@ class GcpImagePipeline(pulumi.ComponentResource):
                 member=account.member,
                 opts=pulumi.ResourceOptions(parent=self, depends_on=[apis["storage"]]),
             ),
-            # Firestore has no per-collection IAM; the condition keeps the grant to this database.
             gcp.projects.IAMMember(
                 f"{name}-records-user",
                 project=project_id,
                 role="roles/datastore.user",
                 member=account.member,
-                condition=gcp.projects.IAMMemberConditionArgs(
-                    title="imagepipe records database only",
-                    expression=pulumi.Output.all(project_id, database.name).apply(
-                        lambda values: database_condition_expression(*values)
-                    ),
-                ),
+                condition=records_condition,
                 opts=pulumi.ResourceOptions(parent=self, depends_on=[database]),
             ),
             gcp.pubsub.TopicIAMMember(
@@ -446,28 +453,49 @@ class GcpImagePipeline(pulumi.ComponentResource):
         }
         self._log_metric(name, PROCESSING_MS, function, None, apis)
         errors = self._log_metric(name, FUNCTION_ERRORS, function, None, apis)
-        self._alert(
+        self.alert(
             name,
             role="errors",
             title="imagepipe function errors",
-            metric=errors,
+            condition_filter=errors.name.apply(log_metric_filter),
             documentation="The function logged an error: a transient failure being retried or "
             "a bug. Read the function's logs in Cloud Logging.",
             channels=channels,
             labels=labels,
-            apis=apis,
+            depends_on=[apis["monitoring"], errors],
         )
-        self._alert(
+        self.alert(
             name,
             role="failed-images",
             title="imagepipe FAILED images",
-            metric=counters[IMAGES_FAILED],
+            condition_filter=counters[IMAGES_FAILED].name.apply(log_metric_filter),
             documentation="An upload ended FAILED; the metric's ErrorCode label says why, and "
             f"its Firestore document in '{contract.RECORDS_COLLECTION_NAME}' says more.",
             channels=channels,
             labels=labels,
-            apis=apis,
+            depends_on=[apis["monitoring"], counters[IMAGES_FAILED]],
         )
+
+        # --- The upload API, only when asked for ----------------------------------------
+        self.api_url = None
+        if api_options is not None:
+            self.api_url = create_upload_api(
+                self,
+                name,
+                args,
+                api_options,
+                account_id=service_account_id(f"{name}-api", pulumi.get_stack()),
+                project_id=project_id,
+                apis=apis,
+                uploads=uploads,
+                renditions=renditions,
+                source_bucket=source_bucket,
+                records_condition=records_condition,
+                database=database,
+                cdn_url=cdn_url,
+                labels=labels,
+                channels=channels,
+            )
 
         self.uploads_bucket = uploads.name
         self.renditions_bucket = renditions.name
@@ -527,19 +555,21 @@ class GcpImagePipeline(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self, depends_on=[apis["logging"]]),
         )
 
-    def _alert(
+    def alert(
         self,
         name: str,
         *,
         role: str,
         title: str,
-        metric: gcp.logging.Metric,
+        condition_filter: pulumi.Input[str],
         documentation: str,
         channels: list[pulumi.Output[str]],
         labels: dict[str, str],
-        apis: dict[str, gcp.projects.Service],
+        depends_on: list[pulumi.Resource],
     ) -> None:
-        """An alert when `metric` rises above zero in five minutes, to `channels` if any."""
+        """An alert `<name>-<role>-alert` when the time series `condition_filter` selects rise
+        above zero in five minutes, to `channels` if any: the one shape of every alert of the
+        pipeline and of its upload API."""
         gcp.monitoring.AlertPolicy(
             f"{name}-{role}-alert",
             display_name=title,
@@ -548,7 +578,7 @@ class GcpImagePipeline(pulumi.ComponentResource):
                 gcp.monitoring.AlertPolicyConditionArgs(
                     display_name=f"{title} > 0 in 5 minutes",
                     condition_threshold=gcp.monitoring.AlertPolicyConditionConditionThresholdArgs(
-                        filter=metric.name.apply(log_metric_filter),
+                        filter=condition_filter,
                         comparison="COMPARISON_GT",
                         threshold_value=0,
                         duration="0s",
@@ -567,11 +597,13 @@ class GcpImagePipeline(pulumi.ComponentResource):
                 content=documentation, mime_type="text/markdown"
             ),
             user_labels=labels,
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[apis["monitoring"], metric]),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=depends_on),
         )
 
     def stack_outputs(self) -> dict[str, pulumi.Output]:
-        """What `__main__.py` exports, by the stack output names of the contract."""
+        """What `__main__.py` exports, by the stack output names of the contract; `apiUrl`
+        only with the upload API."""
+        api = {outputs.API_URL: self.api_url} if self.api_url is not None else {}
         return {
             outputs.UPLOADS_BUCKET: self.uploads_bucket,
             outputs.UPLOADS_PREFIX: self.uploads_prefix,
@@ -580,4 +612,5 @@ class GcpImagePipeline(pulumi.ComponentResource):
             outputs.RECORDS_COLLECTION: self.records_collection,
             outputs.EVENTS_TOPIC: self.events_topic,
             outputs.FUNCTION_NAME: self.function_name,
+            **api,
         }

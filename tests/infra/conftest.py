@@ -24,6 +24,7 @@ from components import outputs
 SHARED_OUTPUT_NAMES = set(outputs.SHARED)
 AWS_OUTPUT_NAMES = set(outputs.AWS)
 GCP_OUTPUT_NAMES = set(outputs.GCP)
+WITH_API_OUTPUT_NAMES = set(outputs.WITH_API)  # on both clouds, with imagepipe:api true
 
 ACCOUNT_ID = "123456789012"
 AWS_REGION = "eu-west-1"

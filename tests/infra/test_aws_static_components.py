@@ -1,5 +1,7 @@
 """Static checks over every ComponentResource in components/ (both clouds): the last statement
-of __init__ registers the outputs, and every resource it creates is parented to it."""
+of __init__ registers the outputs, and every resource it creates is parented to it. The
+modules a component hands part of its work to (each cloud's upload API) create resources
+only in functions whose first parameter is the component, and parent every one to it."""
 
 from __future__ import annotations
 
@@ -14,6 +16,12 @@ COMPONENT_FILES = [
     PROJECT_ROOT / "components" / "aws" / "pipeline.py",
     PROJECT_ROOT / "components" / "gcp" / "pipeline.py",
 ]
+# Modules of resources a component creates through them: `f(component, name, args, ...)`.
+PART_FILES = [
+    PROJECT_ROOT / "components" / "aws" / "api.py",
+    PROJECT_ROOT / "components" / "gcp" / "api.py",
+]
+PART_PARENT = "component"
 
 
 def component_classes(tree: ast.Module) -> list[ast.ClassDef]:
@@ -59,7 +67,7 @@ def is_resource_call(call: ast.Call, aliases: set[str]) -> bool:
     )
 
 
-def is_parented_options(node: ast.expr, parented_names: set[str]) -> bool:
+def is_parented_options(node: ast.expr, parented_names: set[str], parent: str = "self") -> bool:
     if isinstance(node, ast.Name):
         return node.id in parented_names
     if not isinstance(node, ast.Call):
@@ -67,27 +75,40 @@ def is_parented_options(node: ast.expr, parented_names: set[str]) -> bool:
     func = node.func
     if isinstance(func, ast.Attribute) and func.attr == "ResourceOptions":
         return any(
-            kw.arg == "parent" and isinstance(kw.value, ast.Name) and kw.value.id == "self"
+            kw.arg == "parent" and isinstance(kw.value, ast.Name) and kw.value.id == parent
             for kw in node.keywords
         )
     if isinstance(func, ast.Attribute) and func.attr == "merge":  # opts.merge(parented)
         candidates = [func.value, *node.args]
-        return any(is_parented_options(arg, parented_names) for arg in candidates)
+        return any(is_parented_options(arg, parented_names, parent) for arg in candidates)
     return False
 
 
-def unparented_resources(method: ast.FunctionDef, aliases: set[str]) -> list[str]:
+def unparented_resources(
+    method: ast.FunctionDef, aliases: set[str], parent: str = "self"
+) -> list[str]:
     parented_names = set()
     for node in ast.walk(method):  # `child = pulumi.ResourceOptions(parent=self)`
-        if isinstance(node, ast.Assign) and is_parented_options(node.value, parented_names):
+        if isinstance(node, ast.Assign) and is_parented_options(node.value, parented_names, parent):
             parented_names.update(t.id for t in node.targets if isinstance(t, ast.Name))
     problems = []
     for node in ast.walk(method):
         if isinstance(node, ast.Call) and is_resource_call(node, aliases):
             opts = next((kw.value for kw in node.keywords if kw.arg == "opts"), None)
-            if opts is None or not is_parented_options(opts, parented_names):
+            if opts is None or not is_parented_options(opts, parented_names, parent):
                 problems.append(f"{ast.unparse(node.func)} at line {node.lineno}")
     return problems
+
+
+def resources_in_lambdas(tree: ast.Module, aliases: set[str]) -> list[str]:
+    """Resource calls inside a lambda: what `.apply(lambda ...)` would create."""
+    return [
+        f"{ast.unparse(node.func)} at line {node.lineno}"
+        for function in ast.walk(tree)
+        if isinstance(function, ast.Lambda)
+        for node in ast.walk(function)
+        if isinstance(node, ast.Call) and is_resource_call(node, aliases)
+    ]
 
 
 @pytest.fixture(params=COMPONENT_FILES, ids=lambda path: path.parent.name)
@@ -128,6 +149,47 @@ def test_no_resource_is_created_outside_a_component_method(component_tree):
         if isinstance(node, ast.Call) and is_resource_call(node, aliases) and id(node) not in inside
     ]
     assert stray == [], f"resources created outside the component: {stray}"
+
+
+@pytest.fixture(params=PART_FILES, ids=lambda path: f"{path.parent.name}-{path.stem}")
+def part_tree(request) -> ast.Module:
+    path: Path = request.param
+    assert path.exists(), f"{path.relative_to(PROJECT_ROOT)} is missing"
+    return ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+
+
+def test_parts_create_resources_only_as_children_of_the_component_they_are_given(part_tree):
+    aliases = provider_aliases(part_tree)
+    assert aliases, "no pulumi_* provider import found"
+    creators = [
+        node
+        for node in part_tree.body
+        if isinstance(node, ast.FunctionDef)
+        and any(isinstance(n, ast.Call) and is_resource_call(n, aliases) for n in ast.walk(node))
+    ]
+    assert creators, "no function creates a resource: the check would be vacuous"
+    for function in creators:
+        first = function.args.args[0].arg if function.args.args else None
+        assert first == PART_PARENT, f"{function.name}: the component comes first"
+        problems = unparented_resources(function, aliases, PART_PARENT)
+        assert problems == [], (
+            f"{function.name}: resources without parent={PART_PARENT}: {problems}"
+        )
+    inside = {id(node) for function in creators for node in ast.walk(function)}
+    stray = [
+        ast.unparse(node.func)
+        for node in ast.walk(part_tree)
+        if isinstance(node, ast.Call) and is_resource_call(node, aliases) and id(node) not in inside
+    ]
+    assert stray == [], f"resources created outside a function given the component: {stray}"
+
+
+@pytest.mark.parametrize(
+    "path", COMPONENT_FILES + PART_FILES, ids=lambda path: f"{path.parent.name}-{path.stem}"
+)
+def test_no_resource_is_created_inside_a_lambda(path):
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    assert resources_in_lambdas(tree, provider_aliases(tree)) == []
 
 
 def test_the_checks_catch_a_missing_parent():

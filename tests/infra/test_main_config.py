@@ -181,3 +181,31 @@ def test_the_declared_defaults_are_the_programs_defaults(mocked, cloud):
     set_config(with_declared_defaults(minimal))
     run_main()
     assert recorded(mocked) == silent
+
+
+@pytest.mark.parametrize(
+    ("options", "args_type"),
+    [
+        (lambda reader: config.shared_options(reader, config.AWS_LIMITS), "PipelineArgs"),
+        (config.aws_options, "AwsImagePipelineArgs"),
+        (config.gcp_options, "GcpImagePipelineArgs"),
+    ],
+    ids=["shared", "aws", "gcp"],
+)
+def test_each_declared_default_is_its_fields_default(options, args_type):
+    """Unset fields (None, ()) are declared as empty values; the rest exactly as the type's."""
+    from components.args import PipelineArgs
+    from components.aws.args import AwsImagePipelineArgs
+    from components.gcp.args import GcpImagePipelineArgs
+
+    types = {t.__name__: t for t in (PipelineArgs, AwsImagePipelineArgs, GcpImagePipelineArgs)}
+    defaults = config.defaults(types[args_type])
+    keys = config._keys_of(options)
+    compared = 0
+    for field, key in keys.items():
+        if defaults.get(field) in (None, ()):
+            continue
+        declared = DECLARED[f"imagepipe:{key}"]["default"]
+        assert str(declared).lower() == str(defaults[field]).lower(), key
+        compared += 1
+    assert compared >= 3

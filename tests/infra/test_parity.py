@@ -16,6 +16,7 @@ from tests.infra.conftest import (
     AWS_OUTPUT_NAMES,
     GCP_OUTPUT_NAMES,
     SHARED_OUTPUT_NAMES,
+    WITH_API_OUTPUT_NAMES,
     RecordingMocks,
     set_config,
 )
@@ -150,3 +151,32 @@ def test_the_same_things_have_the_same_output_names(mocked, cloud, names):
     assert set(outputs) == names
     assert set(outputs) >= SHARED_OUTPUT_NAMES
     assert outputs["uploadsPrefix"] == "incoming/"
+
+
+API_CONFIG = {
+    "imagepipe:api": "true",
+    "imagepipe:apiJwtIssuer": "https://login.example.com/",
+    "imagepipe:apiJwtAudience": "imagepipe-api",
+    "imagepipe:apiAllowedOrigins": '["https://app.example.com"]',
+}
+
+
+def _aws_api(mocks: RecordingMocks, outputs: dict[str, Any]) -> bool:
+    routes = {r.inputs["routeKey"] for r in mocks.of_type("aws:apigatewayv2/route:Route")}
+    cors = mocks.of_type("aws:s3/bucketCorsConfiguration:BucketCorsConfiguration")
+    return routes == {"POST /uploads", "GET /images/{id}"} and len(cors) == 1
+
+
+def _gcp_api(mocks: RecordingMocks, outputs: dict[str, Any]) -> bool:
+    api = mocks.one("gcp:cloudfunctionsv2/function:Function", "imagepipe-api-fn")
+    uploads = mocks.one("gcp:storage/bucket:Bucket", "imagepipe-uploads")
+    return "eventTrigger" not in api.inputs and bool(uploads.inputs.get("cors"))
+
+
+@pytest.mark.parametrize(("cloud", "names"), [("aws", AWS_OUTPUT_NAMES), ("gcp", GCP_OUTPUT_NAMES)])
+def test_with_the_api_both_clouds_serve_it_and_export_its_url(mocked, cloud, names):
+    set_config({**stack(f"{cloud}-dev"), **API_CONFIG})
+    outputs = run_main()
+    assert set(outputs) == names | WITH_API_OUTPUT_NAMES
+    assert outputs["apiUrl"].startswith("https://")
+    assert {"aws": _aws_api, "gcp": _gcp_api}[cloud](mocked, outputs)

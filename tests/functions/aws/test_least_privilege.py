@@ -513,3 +513,60 @@ def test_the_recorder_stops_recording_when_stopped():
         client.publish(TopicArn=EXAMPLE_ARNS.topic, Message="m")
 
     assert watching.calls == []
+
+
+# --- the upload API's role (policies.api_function_policy) ----------------------------------------
+
+API_HANDLER = "the API handler"
+BROWSER = "a browser, with the API's presigned POST"
+
+
+def api_policy(arns: StackArns, uploads_prefix: str | None) -> dict[str, Any]:
+    return policies.api_function_policy(
+        uploads_bucket_arn=arns.uploads,
+        records_table_arn=arns.table,
+        log_group_arn=arns.log_group,
+        uploads_prefix=uploads_prefix,
+    )
+
+
+def api_calls(arns: StackArns, prefix: str = "incoming/") -> list[Call]:
+    """POST /uploads and GET /images/{id} for one caller, as AWS authorizes them."""
+    upload = f"{prefix}alice/0123456789abcdef0123456789abcdef/"
+    stream = f"{arns.log_group}:log-stream:2026/01/01/[$LATEST]0123456789abcdef"
+    return [
+        # S3 authorizes the POST as the signer's PutObject on the key the policy pins.
+        Call("s3:PutObject", f"{arns.uploads}/{upload}cat.jpg", by=BROWSER),
+        Call("s3:ListBucket", arns.uploads, (("s3:prefix", upload),), by=API_HANDLER),
+        Call("dynamodb:GetItem", arns.table, by=API_HANDLER),
+        Call("logs:CreateLogStream", stream, by=LAMBDA),
+        Call("logs:PutLogEvents", stream, by=LAMBDA),
+    ]
+
+
+@pytest.mark.parametrize("uploads_prefix", [None, "incoming/"], ids=["whole-bucket", "prefix"])
+def test_the_api_role_allows_exactly_what_the_api_does(uploads_prefix):
+    calls = api_calls(EXAMPLE_ARNS, uploads_prefix or "")
+    assert least_privilege_problems(api_policy(EXAMPLE_ARNS, uploads_prefix), calls) == []
+
+
+def test_the_api_role_reads_no_upload_writes_no_record_and_lists_nothing_unprefixed():
+    document = api_policy(EXAMPLE_ARNS, "incoming/")
+    uploads = EXAMPLE_ARNS.uploads
+    refused = [
+        Call("s3:GetObject", f"{uploads}/incoming/alice/x/cat.jpg"),
+        Call("s3:PutObject", f"{uploads}/elsewhere/cat.jpg"),
+        Call("s3:PutObject", f"{EXAMPLE_ARNS.renditions}/0f1e/thumb.jpg"),
+        Call("s3:ListBucket", uploads),  # no prefix at all
+        Call("s3:ListBucket", uploads, (("s3:prefix", "elsewhere/"),)),
+        Call("dynamodb:PutItem", EXAMPLE_ARNS.table),
+        Call("sns:Publish", EXAMPLE_ARNS.topic),
+    ]
+    assert [call for call in refused if allows(document, call)] == []
+    assert not allows(api_policy(EXAMPLE_ARNS, None), Call("s3:ListBucket", uploads))
+
+
+def test_iam_wildcards_in_a_prefix_bind_the_api_role_literally():
+    document = api_policy(EXAMPLE_ARNS, "a*b/")
+    assert allows(document, Call("s3:PutObject", f"{EXAMPLE_ARNS.uploads}/a*b/x/y/cat.jpg"))
+    assert not allows(document, Call("s3:PutObject", f"{EXAMPLE_ARNS.uploads}/aXb/x/y/cat.jpg"))

@@ -10,7 +10,8 @@ INSTALLED := $(VENV)/.installed
 help:
 	@echo "make demo   the real pipeline on an emulated AWS and GCP on this machine (main job);"
 	@echo "            CLOUD=aws or CLOUD=gcp runs one"
-	@echo "make dev    keep the local pipeline running (Ctrl-C stops it)"
+	@echo "make dev    keep the local pipeline and its upload page running (Ctrl-C stops it);"
+	@echo "            CLOUD=gcp runs it on the emulated GCP"
 	@echo "make test   every test: core, functions on emulators, infrastructure under Pulumi mocks"
 	@echo "make bench  benchmarks, printed as ratios against baselines measured in the same run"
 	@echo "make lint   ruff check and format check"
@@ -30,8 +31,9 @@ CLOUD ?= both
 demo: install
 	$(BIN)/python -m functions.local.demo --cloud $(CLOUD)
 
+# CLOUD=aws or CLOUD=gcp picks the cloud; else the stack config's (aws by default).
 dev: install
-	$(BIN)/imagepipe dev
+	$(BIN)/imagepipe dev $(if $(filter aws gcp,$(CLOUD)),--cloud $(CLOUD))
 
 test: install
 	$(BIN)/python -m pytest

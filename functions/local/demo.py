@@ -24,11 +24,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from functions.local.dev import DevPipeline, GcpDevPipeline, resolve_stack_config
+from components import outputs as output_names
+from functions.local.dev import DEFAULT_API_PORT, DevPipeline, GcpDevPipeline, resolve_stack_config
+from functions.local.emulated_aws import HOST
 from functions.local.emulated_gcp import missing_tools
 from functions.local.samples import Sample, write_samples
 from functions.local.stack_config import LocalStackConfig
-from functions.local.target import PipelineTarget
+from functions.local.target import PipelineTarget, content_type_of
 from functions.local.upload import Upload, UploadResult, print_results, upload_and_wait
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -116,6 +118,13 @@ def run_on(cloud: str, stack: LocalStackConfig, samples: list[Sample], logs: Pat
         results = upload_and_wait(target, uploads, timeout=90)
         print_results(results, target.url, sys.stdout)
         problems = [f"{cloud}: {problem}" for problem in check(samples, results)]
+        photo = next(s.path for s in samples if s.expected_status == "COMPLETED")
+        through_api = upload_through_api(outputs[output_names.API_URL], photo)
+        print(f"\n  through the upload API, as a browser would: {through_api.summary}")
+        if through_api.status != "COMPLETED":
+            problems.append(
+                f"{cloud}: through the upload API {photo.name} was {through_api.status}"
+            )
         renditions: dict[tuple[str, str], bytes] = {}
         for result in results:
             for rendition in result.record.renditions if result.record else ():
@@ -124,6 +133,46 @@ def run_on(cloud: str, stack: LocalStackConfig, samples: list[Sample], logs: Pat
                     problems.append(f"{cloud}: the CDN stand-in answered {status} {content_type}")
                 renditions[(result.upload.path.name, rendition.name)] = body
     return CloudRun(cloud, results, renditions, problems)
+
+
+@dataclass(frozen=True)
+class ApiUpload:
+    status: str
+    summary: str
+
+
+def upload_through_api(api_url: str, photo: Path, timeout: float = 60) -> ApiUpload:
+    """What the upload page does for one file: ask, post the form to the bucket, follow."""
+    import requests
+
+    data = photo.read_bytes()
+    started = time.perf_counter()
+    asked = requests.post(
+        f"{api_url}/uploads",
+        json={"filename": photo.name, "contentType": content_type_of(photo), "bytes": len(data)},
+        timeout=10,
+    )
+    if asked.status_code != 201:
+        return ApiUpload("REJECTED", f"POST /uploads answered {asked.status_code}: {asked.text}")
+    body = asked.json()
+    form = body["upload"]
+    posted = requests.post(
+        form["url"], data=form["fields"], files={"file": (photo.name, data)}, timeout=30
+    )
+    if not posted.ok:
+        return ApiUpload("ERROR", f"the bucket answered {posted.status_code} to the form POST")
+    deadline = started + timeout
+    while time.perf_counter() < deadline:
+        view = requests.get(f"{api_url}/images/{body['id']}", timeout=10)
+        status = view.json().get("status") if view.status_code == 200 else None
+        if status in ("COMPLETED", "FAILED"):
+            ms = (time.perf_counter() - started) * 1000
+            renditions = ", ".join(
+                f"{r['name']} {r['width']}x{r['height']}" for r in view.json()["renditions"]
+            )
+            return ApiUpload(status, f"{photo.name} {status} in {ms:.0f} ms ({renditions})")
+        time.sleep(0.1)
+    return ApiUpload("PENDING", f"{photo.name} not final after {timeout:.0f} s")
 
 
 def compare(runs: list[CloudRun]) -> tuple[str, list[str]]:
@@ -191,6 +240,10 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"\nimagepipe demo: every outcome as expected on {ran} (the broken file FAILED on "
         f"purpose); every pipeline stopped; {elapsed:.1f} s"
+    )
+    print(
+        f"the upload page: run `make dev` (or `make dev CLOUD=gcp`), then open "
+        f"http://{HOST}:{DEFAULT_API_PORT}/ and drop images on it"
     )
     return 0
 

@@ -303,3 +303,12 @@ def test_the_api_parts_carry_the_tags(deploy):
     ]
     assert {r.type for r in parts} == taggable
     assert [r.name for r in parts if r.inputs.get("tags") != TAGS] == []
+
+
+def test_the_shared_archive_holds_the_api_handler(deploy):
+    import zipfile
+
+    mocks, _ = deploy()
+    with zipfile.ZipFile(api_function(mocks).inputs["code"].path) as archive:
+        names = set(archive.namelist())
+    assert {contract.HANDLER_FILE, contract.API_HANDLER_FILE} <= names

@@ -12,6 +12,12 @@ from dataclasses import dataclass, field
 from functions.core.settings import PipelineSettings
 from functions.core.uploads import ApiOptions
 
+# What `pulumi preview` and `pulumi up` warn with imagepipe:apiAuth none: the apiUrl is open.
+OPEN_API_WARNING = (
+    "imagepipe:apiAuth is none: anyone with the apiUrl can upload to this stack; "
+    "use it for demos only."
+)
+
 
 @dataclass(frozen=True)
 class PipelineArgs:

@@ -18,12 +18,6 @@ RECORDS_TABLE = "recordsTable"  # AWS: the DynamoDB table
 DEAD_LETTER_QUEUE = "deadLetterQueue"  # AWS: the SQS queue of events that ran out of retries
 RECORDS_COLLECTION = "recordsCollection"  # GCP: the Firestore collection
 
-# What `pulumi preview` and `pulumi up` warn with imagepipe:apiAuth none: the apiUrl is open.
-OPEN_API_WARNING = (
-    "imagepipe:apiAuth is none: anyone with the apiUrl can upload to this stack; "
-    "use it for demos only."
-)
-
 SHARED = (UPLOADS_BUCKET, UPLOADS_PREFIX, RENDITIONS_BUCKET, CDN_URL, EVENTS_TOPIC, FUNCTION_NAME)
 AWS = (*SHARED, RECORDS_TABLE, DEAD_LETTER_QUEUE)
 GCP = (*SHARED, RECORDS_COLLECTION)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import pulumi
 import pulumi_aws as aws
 
-from components import outputs
+from components.args import OPEN_API_WARNING
 from components.aws import policies
 from components.aws.args import AwsImagePipelineArgs
 from components.aws.lambda_archive import LambdaArchive
@@ -96,7 +96,7 @@ def create_upload_api(
 ) -> pulumi.Output[str]:
     """Stand the API up as children of `component`; return its base URL."""
     if options.auth == "none":
-        pulumi.log.warn(outputs.OPEN_API_WARNING, resource=component)
+        pulumi.log.warn(OPEN_API_WARNING, resource=component)
     tags = dict(args.tags)
     child = pulumi.ResourceOptions(parent=component)
 

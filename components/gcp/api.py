@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import pulumi
 import pulumi_gcp as gcp
 
-from components import outputs
+from components.args import OPEN_API_WARNING
 from components.gcp.args import GcpImagePipelineArgs
 from components.gcp.function_source import API_FUNCTION, build_function_source
 from functions.core.uploads import CORS_MAX_AGE_SECONDS, ApiOptions
@@ -99,7 +99,7 @@ def create_upload_api(
 ) -> pulumi.Output[str]:
     """Stand the API up as children of `component`; return its base URL."""
     if options.auth == "none":
-        pulumi.log.warn(outputs.OPEN_API_WARNING, resource=component)
+        pulumi.log.warn(OPEN_API_WARNING, resource=component)
     storage_ready = pulumi.ResourceOptions(parent=component, depends_on=[apis["storage"]])
     sign_rendition_urls = args.delivery_mode == "signed-urls"
 

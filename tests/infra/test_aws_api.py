@@ -11,6 +11,7 @@ from dataclasses import replace
 import pytest
 
 from components import outputs
+from components.args import OPEN_API_WARNING
 from components.aws import AwsImagePipeline, AwsImagePipelineArgs
 from components.aws.pipeline import TYPE_TOKEN
 from functions.aws import contract
@@ -130,7 +131,7 @@ def test_auth_none_opens_the_routes_and_warns_once(deploy, caplog):
         assert route["authorizationType"] == "NONE"
         assert "authorizerId" not in route
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert warnings == [outputs.OPEN_API_WARNING]
+    assert warnings == [OPEN_API_WARNING]
     assert "anyone" in warnings[0] and "demo" in warnings[0]
 
 

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from components import outputs
+from components.args import OPEN_API_WARNING
 from components.gcp import GcpImagePipeline, GcpImagePipelineArgs
 from components.gcp.pipeline import service_account_id
 from functions.core.settings import PipelineSettings, SettingsError
@@ -238,7 +239,7 @@ def test_auth_none_warns_once_and_jwt_not_at_all(pulumi_mocks, caplog):
     with caplog.at_level(logging.WARNING):
         deploy(api_auth="none", api_jwt_issuer=None, api_jwt_audience=None)
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert warnings == [outputs.OPEN_API_WARNING]
+    assert warnings == [OPEN_API_WARNING]
     caplog.clear()
     pulumi_mocks.resources.clear()
     with caplog.at_level(logging.WARNING):

@@ -577,6 +577,7 @@ OUTPUT_KEYS = {
     "recordsCollection",
     "eventsTopic",
     "functionName",
+    "apiUrl",
     "storageEndpoint",
     "firestoreEmulatorHost",
     "pubsubEmulatorHost",

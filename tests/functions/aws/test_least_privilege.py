@@ -73,7 +73,13 @@ OPERATIONS = {
     ("dynamodb", "PutItem"): ("dynamodb:PutItem", _table_arn),
     ("dynamodb", "UpdateItem"): ("dynamodb:UpdateItem", _table_arn),
     ("sns", "Publish"): ("sns:Publish", lambda params, _: params["TopicArn"]),
+    ("s3", "ListObjectsV2"): (
+        "s3:ListBucket",
+        lambda params, _: f"arn:aws:s3:::{params['Bucket']}",
+    ),
 }
+# Condition keys a request carries, by operation: a listing's prefix is checked as s3:prefix.
+CONTEXT_KEYS = {("s3", "ListObjectsV2"): (("s3:prefix", "Prefix"),)}
 _PARAMS = "imagepipe.least_privilege.params"
 
 
@@ -105,13 +111,20 @@ class CallRecorder:
         self._hooks.clear()
 
     def _requested(self, params: Mapping[str, Any], model: Any, context: dict, **_: Any) -> None:
+        if context.get("is_presign_request"):
+            # Signed here, sent later by whoever holds it (botocore builds a presigned POST on
+            # CreateBucket's model, for its URL): authorized then, as the call it makes.
+            return
         operation = (model.service_model.service_name, model.name)
         if operation not in OPERATIONS:
             self.unmapped.append(".".join(operation))
             return
         action, resource = OPERATIONS[operation]
         context[_PARAMS] = dict(params)
-        self.calls.append(Call(action, resource(params, self.account)))
+        keys = tuple(
+            (key, str(params.get(name, ""))) for key, name in CONTEXT_KEYS.get(operation, ())
+        )
+        self.calls.append(Call(action, resource(params, self.account), keys))
 
     def _answered(self, http_response: Any, model: Any, context: dict, **_: Any) -> None:
         # S3 answers 404 for a missing key only after checking s3:ListBucket on the bucket,
@@ -479,13 +492,13 @@ def test_the_recorder_names_an_operation_it_cannot_map():
     watching = CallRecorder(account=EXAMPLE_ARNS.account)
     watching.watch(client)
     with Stubber(client) as stub:
-        stub.add_response("list_objects_v2", {"KeyCount": 0}, {"Bucket": "b"})
+        stub.add_response("list_buckets", {"Buckets": []}, {})
         stub.add_response("get_object", {}, {"Bucket": "b", "Key": "k"})
-        client.list_objects_v2(Bucket="b")
+        client.list_buckets()
         client.get_object(Bucket="b", Key="k")
     watching.stop()
 
-    assert watching.unmapped == ["s3.ListObjectsV2"]
+    assert watching.unmapped == ["s3.ListBuckets"]
     assert watching.calls == [Call("s3:GetObject", "arn:aws:s3:::b/k")]
 
 
@@ -542,6 +555,77 @@ def api_calls(arns: StackArns, prefix: str = "incoming/") -> list[Call]:
         Call("logs:CreateLogStream", stream, by=LAMBDA),
         Call("logs:PutLogEvents", stream, by=LAMBDA),
     ]
+
+
+def test_the_api_role_allows_exactly_what_the_real_api_handler_asks_of_aws(
+    stack: EmulatedStack, recorder: CallRecorder, lambda_context: LambdaContext, monkeypatch
+):
+    """The real API function on moto: POST /uploads, the browser's form POST it enables,
+    GET /images/{id} before and after the upload arrives."""
+    import base64
+    import importlib
+    import json
+
+    import requests
+
+    from functions.aws import contract
+    from functions.aws.bootstrap import build_api
+    from functions.core.settings import PipelineSettings
+    from functions.core.uploads import ApiOptions
+
+    variables = contract.api_to_env(
+        settings=PipelineSettings(),
+        options=ApiOptions(60, "jwt", jwt_issuer="https://issuer.example", jwt_audience="app"),
+        uploads_bucket=stack.uploads,
+        uploads_prefix="incoming/",
+        records_table=stack.table,
+        cdn_url="https://cdn.example",
+    )
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    # The entry point builds its own API from the environment at import, as a cold start.
+    handle_request = importlib.reload(importlib.import_module("functions.aws.api")).handle_request
+    env = contract.api_from_env(variables)
+    api = build_api(env)
+    recorder.watch(api.bucket._s3)
+    recorder.watch(api.records._dynamodb)
+
+    def request(method: str, path: str, body: dict | None = None) -> dict:
+        raw = base64.b64encode(json.dumps(body).encode()).decode() if body else None
+        event = {
+            "rawPath": path,
+            "requestContext": {
+                "http": {"method": method},
+                "authorizer": {"jwt": {"claims": {"sub": "alice"}}},
+            },
+            "body": raw,
+            "isBase64Encoded": raw is not None,
+        }
+        answer = handle_request(event, api)
+        return {**json.loads(answer["body"]), "code": answer["statusCode"]}
+
+    created = request(
+        "POST", "/uploads", {"filename": "a.jpg", "contentType": "image/jpeg", "bytes": 3}
+    )
+    assert created["code"] == 201
+    assert request("GET", f"/images/{created['id']}")["code"] == 404
+    form = created["upload"]
+    posted = requests.post(form["url"], data=form["fields"], files={"file": b"abc"}, timeout=10)
+    assert posted.ok
+    assert request("GET", f"/images/{created['id']}")["status"] == "PENDING"  # no record yet
+
+    assert recorder.unmapped == []
+    assert {call.action for call in recorder.calls} == {"s3:ListBucket", "dynamodb:GetItem"}
+    arns = arns_of(stack)
+    stream = f"{arns.log_group}:log-stream:2026/01/01/[$LATEST]0123456789abcdef"
+    calls = [
+        *recorder.calls,
+        # S3 authorizes the browser's POST as the signer's PutObject on the pinned key.
+        Call("s3:PutObject", f"{arns.uploads}/{created['key']}", by=BROWSER),
+        Call("logs:CreateLogStream", stream, by=LAMBDA),
+        Call("logs:PutLogEvents", stream, by=LAMBDA),
+    ]
+    assert least_privilege_problems(api_policy(arns, "incoming/"), calls) == []
 
 
 @pytest.mark.parametrize("uploads_prefix", [None, "incoming/"], ids=["whole-bucket", "prefix"])

@@ -107,22 +107,27 @@ def test_a_busy_port_gives_one_clear_line_and_exit_2(
     assert not (tmp_path / "out.json").exists()
 
 
-def test_a_busy_api_port_names_its_own_option(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_a_busy_api_port_names_its_own_option(tmp_path: Path) -> None:
+    # In a process of its own: this one already runs the package's pipeline.
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        parser = argparse.ArgumentParser()
-        dev.add_arguments(parser)
         argv = ["--port", "0", "--api-port", str(port), "--outputs", str(tmp_path / "out.json")]
-        assert dev.run(parser.parse_args(argv)) == 2
-    err = capsys.readouterr().err
-    assert err == (
+        finished = subprocess.run(
+            [sys.executable, "-c", DEV_COMMAND, *argv],
+            cwd=PROJECT_ROOT,
+            env=clean_environment(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert finished.returncode == 2, finished.stderr
+    assert finished.stderr.splitlines()[-1] == (
         f"imagepipe dev: port {port} on 127.0.0.1 is in use (another `imagepipe dev`?); "
-        "pick another with --api-port\n"
+        "pick another with --api-port"
     )
+    assert not (tmp_path / "out.json").exists()
 
 
 def test_sigterm_stops_a_running_pipeline_cleanly(tmp_path: Path) -> None:

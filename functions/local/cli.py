@@ -1,8 +1,9 @@
 """`imagepipe`: process files locally, run the emulated pipeline, upload, ask for status.
 
 Each subcommand lives in its own module with `add_arguments(parser)` and
-`run(args) -> int`; this file only wires them together. Exit codes: see
-`functions.local.exits`.
+`run(args) -> int`; this file only wires them together, and imports a subcommand's
+module only when that subcommand runs: `imagepipe process` never pays for the dev
+pipeline's emulators, servers and SDKs. Exit codes: see `functions.local.exits`.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from functions.core.settings import SettingsError
 from functions.local.exits import EXIT_USAGE
@@ -29,14 +31,34 @@ SUBCOMMANDS = {
 }
 
 
+class SubcommandParser(argparse.ArgumentParser):
+    """A subcommand's parser that imports the subcommand's module when it is first used.
+
+    argparse hands the command line to exactly one subparser, the one named, through
+    `parse_known_args` (its `-h` included); that is when the module's `add_arguments`
+    and `run` are loaded. The other subcommands stay a name and a summary.
+    """
+
+    def __init__(self, *args: Any, module_name: str | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.module_name = module_name
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        if self.module_name is not None:
+            module = importlib.import_module(self.module_name)
+            self.module_name = None  # loaded: a second parse must not add the arguments twice
+            module.add_arguments(self)
+            self.set_defaults(run=module.run)
+        return super().parse_known_args(args, namespace)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="imagepipe", description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=SubcommandParser
+    )
     for name, (module_name, summary) in SUBCOMMANDS.items():
-        module = importlib.import_module(module_name)
-        sub = commands.add_parser(name, help=summary, description=summary)
-        module.add_arguments(sub)
-        sub.set_defaults(run=module.run)
+        commands.add_parser(name, help=summary, description=summary, module_name=module_name)
     return parser
 
 

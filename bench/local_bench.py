@@ -10,7 +10,7 @@ as by any long-lived consumer of the topic, so its set-up is not counted as pipe
 latency. Baselines, in the same run on the same bytes:
   poll       the same uploads waited for by reading the records store every 10 ms,
              interleaved with the followed ones so machine noise hits both alike
-  core alone `process_object` with in-memory stores: no storage, queue, database or bus
+  core alone `Pipeline.process` with in-memory stores: no storage, queue, database or bus
 
     .venv/bin/python bench/local_bench.py [-n 20] [--cloud aws|gcp|both]
 """
@@ -40,7 +40,7 @@ from functions.core.memory import (  # noqa: E402
     InMemoryRecordStore,
 )
 from functions.core.records import ObjectRef, Status  # noqa: E402
-from functions.core.service import process_object  # noqa: E402
+from functions.core.service import Pipeline  # noqa: E402
 from functions.core.settings import PipelineSettings  # noqa: E402
 from functions.local.samples import small_png  # noqa: E402
 from functions.local.target import EventFeed, PipelineTarget  # noqa: E402
@@ -66,8 +66,7 @@ def core_ms(data: bytes, settings: PipelineSettings, runs: int) -> list[float]:
         blobs = InMemoryBlobStore()
         blobs.put_upload("uploads", f"k{n}", data)
         started = time.perf_counter()
-        outcome = process_object(
-            ObjectRef("uploads", f"k{n}", "v1", len(data)),
+        pipeline = Pipeline(
             settings=settings,
             blobs=blobs,
             records=InMemoryRecordStore(),
@@ -75,6 +74,7 @@ def core_ms(data: bytes, settings: PipelineSettings, runs: int) -> list[float]:
             renditions_bucket="renditions",
             event_source="bench",
         )
+        outcome = pipeline.process(ObjectRef("uploads", f"k{n}", "v1", len(data)))
         timings.append((time.perf_counter() - started) * 1000)
         assert outcome.record.status is Status.COMPLETED
     return timings

@@ -1,7 +1,7 @@
-"""AWS Lambda entry point: S3 ObjectCreated notifications in, `process_object` per record.
+"""AWS Lambda entry point: S3 ObjectCreated notifications in, `Pipeline.process` per record.
 
 Errors: a permanent one (bad image, too large, gone) is already a FAILED record and a
-failure event when `process_object` returns, so the handler returns normally and nothing
+failure event when `Pipeline.process` returns, so the handler returns normally and nothing
 is retried. A transient one (S3, DynamoDB or SNS unavailable, or another invocation's
 live claim on the image) is raised after every record of the event had its turn: Lambda
 retries the event twice, then sends it to the dead-letter queue. Records finished before

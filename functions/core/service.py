@@ -1,4 +1,7 @@
-"""`process_object`: one upload's whole lifecycle, the same on every cloud.
+"""`Pipeline.process`: one upload's whole lifecycle, the same on every cloud.
+
+`Pipeline` is the only way in: a cloud's entry point, `imagepipe process` and the
+tests all build one and hand it each object.
 
 claim (conditional write) -> read -> detect/validate/inspect/render/encode
 -> store renditions -> publish the event -> write the final record.
@@ -79,13 +82,16 @@ class Pipeline:
     # (`retries_exhausted`, retryable) with one failure event instead of leaving it PENDING:
     max_event_age: timedelta | None = None  # GCP: Eventarc retries by age
     max_attempts: int | None = None  # AWS: Lambda makes a fixed number of attempts
+    # Every timestamp, lease and event age is read from here: tests turn time by hand.
+    clock: Callable[[], datetime] = utc_now
 
     def process(
         self, ref: ObjectRef, lease: timedelta | None = None, *, event_time: datetime | None = None
     ) -> Outcome:
-        """`process_object` for one delivery; `lease` overrides the instance's when the
-        platform says how long this delivery may run (Lambda's remaining time)."""
-        return process_object(
+        """Process one delivery of `ref` (see `_process_object`); `lease` overrides the
+        instance's when the platform says how long this delivery may run (Lambda's
+        remaining time)."""
+        return _process_object(
             ref,
             settings=self.settings,
             blobs=self.blobs,
@@ -93,6 +99,7 @@ class Pipeline:
             events=self.events,
             renditions_bucket=self.renditions_bucket,
             event_source=self.event_source,
+            clock=self.clock,
             lease=self.lease if lease is None else lease,
             event_time=event_time,
             max_event_age=self.max_event_age,
@@ -100,7 +107,7 @@ class Pipeline:
         )
 
 
-def process_object(
+def _process_object(
     ref: ObjectRef,
     *,
     settings: PipelineSettings,
@@ -109,11 +116,11 @@ def process_object(
     events: EventPublisher,
     renditions_bucket: str,
     event_source: str,
-    clock: Callable[[], datetime] = utc_now,
-    lease: timedelta = DEFAULT_LEASE,
-    event_time: datetime | None = None,
-    max_event_age: timedelta | None = None,
-    max_attempts: int | None = None,
+    clock: Callable[[], datetime],
+    lease: timedelta,
+    event_time: datetime | None,
+    max_event_age: timedelta | None,
+    max_attempts: int | None,
 ) -> Outcome:
     """Process one uploaded object version exactly once, as far as the outside world can tell.
 

@@ -1,6 +1,6 @@
 """`imagepipe process FILE... --out DIR`: run the core on local files, write renditions under DIR.
 
-The files go through `process_object` itself, the same lifecycle as in the cloud,
+The files go through `Pipeline.process` itself, the same lifecycle as in the cloud,
 on in-memory record and event stores and a `DirectoryBlobStore`: uploads are read
 from the local file system and renditions written under DIR at their
 content-addressed keys (`<sha256>/<name>-<WxH>-<fit>-<digest>.<ext>`). Writing
@@ -23,7 +23,7 @@ from typing import TextIO
 
 from functions.core.memory import InMemoryEventPublisher, InMemoryRecordStore
 from functions.core.records import ImageRecord, ObjectRef, Status, StorageUnavailable
-from functions.core.service import process_object
+from functions.core.service import Pipeline
 from functions.core.settings import PipelineSettings
 from functions.local.exits import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from functions.local.render import Row, print_rows
@@ -104,21 +104,19 @@ def run(args: argparse.Namespace) -> int:
 def process_files(files: list[Path], out: Path, settings: PipelineSettings) -> list[ImageRecord]:
     """Each file's final record, with rendition keys rewritten to the paths written."""
     blobs = DirectoryBlobStore(out)
-    records = InMemoryRecordStore()
-    events = InMemoryEventPublisher()
+    pipeline = Pipeline(
+        settings=settings,
+        blobs=blobs,
+        records=InMemoryRecordStore(),
+        events=InMemoryEventPublisher(),
+        renditions_bucket=str(out),
+        event_source=EVENT_SOURCE,
+    )
     results = []
     for path in files:
         stat = path.stat()
         ref = ObjectRef(LOCAL_BUCKET, str(path), f"{stat.st_mtime_ns}-{stat.st_size}", stat.st_size)
-        outcome = process_object(
-            ref,
-            settings=settings,
-            blobs=blobs,
-            records=records,
-            events=events,
-            renditions_bucket=str(out),
-            event_source=EVENT_SOURCE,
-        )
+        outcome = pipeline.process(ref)
         renditions = tuple(
             rendition.__class__(**{**vars(rendition), "key": str(blobs.path(rendition.key))})
             for rendition in outcome.record.renditions

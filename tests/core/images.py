@@ -1,18 +1,18 @@
-"""Synthetic test images, built with Image.new + ImageDraw, and a fake-backed pipeline."""
+"""Synthetic test images, built with Image.new + ImageDraw, and the real pipeline on fakes."""
 
 from __future__ import annotations
 
 import struct
 import zlib
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from io import BytesIO
 
 from PIL import Image, ImageDraw, ImageStat
 
 from functions.core.memory import InMemoryBlobStore, InMemoryEventPublisher, InMemoryRecordStore
 from functions.core.records import ObjectRef
-from functions.core.service import Outcome, process_object
+from functions.core.service import Outcome, Pipeline
 from functions.core.settings import PipelineSettings
 
 RED, GREEN, BLUE, WHITE = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)
@@ -91,8 +91,13 @@ def jpeg_claiming(width: int, height: int) -> bytes:
 
 
 @dataclass
-class Pipeline:
-    """process_object wired to the in-memory fakes."""
+class FakeStack:
+    """The real `Pipeline`, bound to the in-memory fakes and a clock the test turns by hand.
+
+    `process` builds the `Pipeline` the clouds run (`functions.core.service.Pipeline`)
+    from these fields on each call, so a test can swap a store or a setting, move
+    `now`, or pass one delivery's platform limits (`max_attempts`, `max_event_age`).
+    """
 
     settings: PipelineSettings = field(default_factory=PipelineSettings)
     blobs: InMemoryBlobStore = field(default_factory=InMemoryBlobStore)
@@ -100,11 +105,7 @@ class Pipeline:
     events: InMemoryEventPublisher = field(default_factory=InMemoryEventPublisher)
     now: datetime = datetime(2026, 1, 1, tzinfo=UTC)
 
-    def upload(self, key: str, data: bytes, version: str = "v1") -> ObjectRef:
-        self.blobs.put_upload("uploads", key, data, version)
-        return ObjectRef("uploads", key, version, len(data))
-
-    def process(self, ref: ObjectRef, **overrides) -> Outcome:
+    def pipeline(self, **fields) -> Pipeline:
         options = dict(
             settings=self.settings,
             blobs=self.blobs,
@@ -114,8 +115,21 @@ class Pipeline:
             event_source="test",
             clock=lambda: self.now,
         )
-        options.update(overrides)
-        return process_object(ref, **options)
+        return Pipeline(**{**options, **fields})
+
+    def upload(self, key: str, data: bytes, version: str = "v1") -> ObjectRef:
+        self.blobs.put_upload("uploads", key, data, version)
+        return ObjectRef("uploads", key, version, len(data))
+
+    def process(
+        self,
+        ref: ObjectRef,
+        lease: timedelta | None = None,
+        *,
+        event_time: datetime | None = None,
+        **fields,
+    ) -> Outcome:
+        return self.pipeline(**fields).process(ref, lease, event_time=event_time)
 
     def renditions(self) -> dict[str, bytes]:
         return {

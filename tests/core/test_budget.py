@@ -34,7 +34,7 @@ from tests.core.hostile_files import (
     png_of_zeros,
     webp_canvas,
 )
-from tests.core.images import Pipeline, encoded, quadrants
+from tests.core.images import FakeStack, encoded, quadrants
 
 # The issue's table: what each ends as under the default memoryMb (1024), and at 512.
 AT_1024 = {
@@ -56,7 +56,7 @@ def hostile() -> dict[str, bytes]:
 
 @pytest.mark.parametrize("name", sorted(AT_1024))
 def test_a_decode_that_would_not_fit_is_refused_before_it_starts(hostile, name):
-    pipeline = Pipeline()
+    pipeline = FakeStack()
     started = time.perf_counter()
     outcome = pipeline.process(pipeline.upload(name, hostile[name]))
     elapsed = time.perf_counter() - started
@@ -67,7 +67,7 @@ def test_a_decode_that_would_not_fit_is_refused_before_it_starts(hostile, name):
 
 
 def test_the_refusal_names_the_estimate_and_the_budget(hostile):
-    pipeline = Pipeline()
+    pipeline = FakeStack()
     outcome = pipeline.process(pipeline.upload("a.webp", hostile["webp-10000x10000-canvas-1px"]))
     message = outcome.record.error.message
     budget_mb = -(-memory_budget_bytes(1024) // MIB)
@@ -78,7 +78,7 @@ def test_the_refusal_names_the_estimate_and_the_budget(hostile):
 
 @pytest.mark.parametrize("name", sorted(MEMORY_HOSTILE))
 def test_a_smaller_function_refuses_every_canvas_bomb(hostile, name):
-    pipeline = Pipeline(settings=settings_with(512))
+    pipeline = FakeStack(settings=settings_with(512))
     outcome = pipeline.process(pipeline.upload(name, hostile[name]))
     assert outcome.record.status is Status.FAILED
     assert outcome.record.error.code == AT_512.get(name, "over_memory_budget")
@@ -87,9 +87,9 @@ def test_a_smaller_function_refuses_every_canvas_bomb(hostile, name):
 def test_a_larger_function_decodes_what_a_smaller_one_refuses():
     data = gif_canvas(4000, 4000)  # an 80 MB decode
     assert estimate_render_bytes(data, settings_with(1024)) > memory_budget_bytes(160)
-    small = Pipeline(settings=settings_with(160))
+    small = FakeStack(settings=settings_with(160))
     assert small.process(small.upload("a.gif", data)).record.error.code == "over_memory_budget"
-    large = Pipeline(settings=settings_with(1024))
+    large = FakeStack(settings=settings_with(1024))
     assert large.process(large.upload("a.gif", data)).action == "completed"
 
 
@@ -150,7 +150,7 @@ EXPECTED_HEADER_CODES = {
 
 @pytest.mark.parametrize("name", sorted(SLOW_HEADERS))
 def test_a_header_that_would_take_seconds_to_walk_is_refused_in_milliseconds(slow_headers, name):
-    pipeline = Pipeline()
+    pipeline = FakeStack()
     started = time.perf_counter()
     outcome = pipeline.process(pipeline.upload(name, slow_headers[name]))
     assert time.perf_counter() - started < 0.5
@@ -181,7 +181,7 @@ def test_the_walk_runs_outside_the_header_lock(slow_headers):
 def test_a_gif_cut_into_millions_of_tiny_blocks_is_refused_quickly():
     screen = b"GIF89a" + bytes([1, 0, 1, 0, 0, 0, 0])
     data = screen + b"," + bytes(9) + b"\x02" + b"\x01\x00" * 5_000_000 + b"\x00;"
-    pipeline = Pipeline()
+    pipeline = FakeStack()
     started = time.perf_counter()
     outcome = pipeline.process(pipeline.upload("blocks.gif", data))
     assert time.perf_counter() - started < 0.5
@@ -203,7 +203,7 @@ def test_a_few_exif_segments_still_open():
 
 
 def test_counted_gif_frames_are_the_metadata_frames():
-    pipeline = Pipeline()
+    pipeline = FakeStack()
     outcome = pipeline.process(pipeline.upload("a.gif", gif_canvas(64, 64, frames=7)))
     assert outcome.record.image.frames == 7
 
@@ -250,13 +250,13 @@ def test_after_a_large_image_the_process_returns_near_its_baseline():
 
 def test_a_real_png_of_zeros_decodes():
     """The generator makes real files: a small one renders, so the large ones are real too."""
-    pipeline = Pipeline()
+    pipeline = FakeStack()
     outcome = pipeline.process(pipeline.upload("zeros.png", png_of_zeros(300, 200, rgba=True)))
     assert outcome.action == "completed" and outcome.record.image.has_alpha
 
 
 def test_webp_canvas_files_are_real_animations():
-    pipeline = Pipeline()
+    pipeline = FakeStack()
     outcome = pipeline.process(pipeline.upload("a.webp", webp_canvas(50, 40, frames=3)))
     assert outcome.action == "completed"
     assert (outcome.record.image.width, outcome.record.image.height) == (50, 40)
@@ -264,6 +264,6 @@ def test_webp_canvas_files_are_real_animations():
 
 
 def test_plain_images_still_complete():
-    pipeline = Pipeline(settings=settings_with(256))
+    pipeline = FakeStack(settings=settings_with(256))
     outcome = pipeline.process(pipeline.upload("a.jpg", encoded(quadrants((3000, 2000)))))
     assert outcome.action == "completed"

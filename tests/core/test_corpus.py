@@ -8,7 +8,7 @@ from io import BytesIO
 import pytest
 from PIL import Image
 
-from tests.core.images import Pipeline
+from tests.core.images import FakeStack
 
 
 def _photos(folder):
@@ -50,7 +50,7 @@ def test_marker_walk_sees_metadata_and_ignores_scan_bytes():
 
 
 def test_every_corpus_photo_completes_without_metadata(corpus_photos):
-    pipeline = Pipeline()
+    pipeline = FakeStack()
     for path in _photos(corpus_photos):
         outcome = pipeline.process(pipeline.upload(path.name, path.read_bytes()))
         record = outcome.record
@@ -82,7 +82,7 @@ def test_every_corpus_photo_completes_without_metadata(corpus_photos):
 )
 def test_orientation_matches_a_viewer(corpus_photos, name, shown):
     data = (corpus_photos / name).read_bytes()
-    pipeline = Pipeline()
+    pipeline = FakeStack()
     record = pipeline.process(pipeline.upload(name, data)).record
     large = record.renditions[0]
     stored = Image.open(BytesIO(data)).size

@@ -1,4 +1,4 @@
-"""Hostile uploads, through process_object: each ends FAILED with a permanent code,
+"""Hostile uploads, through Pipeline.process: each ends FAILED with a permanent code,
 nothing is written to the renditions bucket, one failure event goes out, nothing escapes."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from PIL import Image
 from functions.core.records import PERMANENT_CODES, Status
 from functions.core.settings import parse_settings
 from tests.core.images import (
-    Pipeline,
+    FakeStack,
     encoded,
     gif_claiming,
     jpeg_claiming,
@@ -49,7 +49,7 @@ HOSTILE = {
 @pytest.mark.parametrize("name", sorted(HOSTILE))
 def test_hostile_upload_fails_permanently_and_writes_nothing(name):
     data, code = HOSTILE[name]
-    pipeline = Pipeline()
+    pipeline = FakeStack()
     outcome = pipeline.process(pipeline.upload(name, data))
     assert outcome.action == "failed"
     record = pipeline.records.get(outcome.record.id)
@@ -62,7 +62,7 @@ def test_hostile_upload_fails_permanently_and_writes_nothing(name):
 
 
 def test_unsupported_message_names_what_is_allowed():
-    pipeline = Pipeline()
+    pipeline = FakeStack()
     outcome = pipeline.process(pipeline.upload("a.bmp", encoded(quadrants(), "BMP")))
     assert outcome.record.error.message == "BMP; allowed: JPEG, PNG, GIF, WEBP"
     outcome = pipeline.process(pipeline.upload("b.png", b"hello"))
@@ -70,7 +70,7 @@ def test_unsupported_message_names_what_is_allowed():
 
 
 def test_bmp_and_tiff_complete_once_allowed():
-    pipeline = Pipeline(settings=parse_settings({"allowedFormats": "JPEG,BMP,TIFF"}))
+    pipeline = FakeStack(settings=parse_settings({"allowedFormats": "JPEG,BMP,TIFF"}))
     for name, fmt in (("a.bmp", "BMP"), ("a.tiff", "TIFF")):
         outcome = pipeline.process(pipeline.upload(name, encoded(quadrants(), fmt)))
         assert outcome.action == "completed"
@@ -80,13 +80,13 @@ def test_bmp_and_tiff_complete_once_allowed():
 def test_too_many_frames():
     frames = [Image.new("RGB", (8, 8), (i * 40, 0, 0)) for i in range(5)]
     data = encoded(frames[0], "GIF", save_all=True, append_images=frames[1:])
-    pipeline = Pipeline(settings=parse_settings({"maxFrames": 4}))
+    pipeline = FakeStack(settings=parse_settings({"maxFrames": 4}))
     outcome = pipeline.process(pipeline.upload("anim.gif", data))
     assert outcome.record.error.code == "too_many_frames"
 
 
 def test_too_large_is_refused_unread():
-    pipeline = Pipeline(settings=parse_settings({"maxBytes": 100}))
+    pipeline = FakeStack(settings=parse_settings({"maxBytes": 100}))
     outcome = pipeline.process(pipeline.upload("big.jpg", encoded(quadrants())))
     assert outcome.record.error.code == "too_large"
     assert pipeline.renditions() == {}

@@ -1,4 +1,4 @@
-"""process_object's lifecycle: claim, duplicates, leases, transient errors, events."""
+"""Pipeline.process's lifecycle: claim, duplicates, leases, transient errors, events."""
 
 from __future__ import annotations
 
@@ -14,13 +14,13 @@ from functions.core.records import (
     Status,
     StorageUnavailable,
 )
-from functions.core.service import IMMUTABLE_CACHE_CONTROL, is_stale_claim
-from tests.core.images import Pipeline, encoded, quadrants
+from functions.core.service import IMMUTABLE_CACHE_CONTROL, Pipeline, is_stale_claim
+from tests.core.images import FakeStack, encoded, quadrants
 
 
 @pytest.fixture
-def pipeline() -> Pipeline:
-    return Pipeline()
+def pipeline() -> FakeStack:
+    return FakeStack()
 
 
 def test_completes_and_stores_immutable_marked_renditions(pipeline):
@@ -206,13 +206,13 @@ class CountingRecordStore(InMemoryRecordStore):
 
 
 def test_a_first_delivery_costs_one_write_to_claim_and_one_to_finish():
-    pipeline = Pipeline(records=CountingRecordStore())
+    pipeline = FakeStack(records=CountingRecordStore())
     pipeline.process(pipeline.upload("a.jpg", encoded(quadrants())))
     assert pipeline.records.calls == ["create", "replace"]
 
 
 def test_a_duplicate_delivery_reads_the_record_and_writes_nothing_more():
-    pipeline = Pipeline(records=CountingRecordStore())
+    pipeline = FakeStack(records=CountingRecordStore())
     ref = pipeline.upload("a.jpg", encoded(quadrants()))
     pipeline.process(ref)
     pipeline.records.calls.clear()
@@ -228,10 +228,17 @@ class WriteFailingBlobStore(InMemoryBlobStore):
 
 
 def test_a_failed_rendition_write_raises_its_transient_error_and_leaves_the_record_pending():
-    pipeline = Pipeline(blobs=WriteFailingBlobStore())
+    pipeline = FakeStack(blobs=WriteFailingBlobStore())
     ref = pipeline.upload("a.jpg", encoded(quadrants()))
     with pytest.raises(StorageUnavailable):
         pipeline.process(ref)
     record = pipeline.records.get(ref.record_id)
     assert record.status is Status.PENDING and record.error.code == "storage_unavailable"
     assert pipeline.events.events == []
+
+
+def test_the_tests_run_the_pipeline_the_clouds_run_with_its_clock(pipeline):
+    assert type(pipeline.pipeline()) is Pipeline
+    pipeline.now = datetime(2030, 5, 6, 7, 8, 9, tzinfo=UTC)
+    record = pipeline.process(pipeline.upload("a.jpg", encoded(quadrants()))).record
+    assert record.created_at == record.updated_at == "2030-05-06T07:08:09.000Z"

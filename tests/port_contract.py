@@ -109,6 +109,35 @@ def test_replace_of_a_missing_record_is_refused(ports: Ports):
     assert ports.records.get(missing.id) is None
 
 
+def test_the_latest_completed_record_of_the_same_bytes_is_found(ports: Ports):
+    content, other = "c" * 64, "d" * 64
+
+    def finished(number: int, sha256: str, updated_at: str) -> ImageRecord:
+        record = a_finished_record().evolve(id=f"contract-content-{number}", updated_at=updated_at)
+        return record.evolve(source=Source("uploads", f"copy {number}.jpg", "v1", 1234, sha256))
+
+    older = finished(1, content, "2026-01-01T00:00:02.000Z")
+    newer = finished(2, content, "2026-01-01T00:00:05.000Z")
+    # Not reusable: the same bytes still processing, failed, or back to PENDING.
+    unfinished = [
+        finished(3, content, "2026-01-01T00:00:09.000Z").evolve(status=status)
+        for status in (Status.PROCESSING, Status.FAILED, Status.PENDING)
+    ]
+    for number, record in enumerate([older, *unfinished, finished(7, other, "2026-01-02")]):
+        assert ports.records.create(record.evolve(id=f"{record.id}-{number}"))
+    assert ports.records.latest_completed_with_content("e" * 64) is None
+    found = ports.records.latest_completed_with_content(content)
+    assert found == older.evolve(id=f"{older.id}-0")
+
+    # A claim with no hash yet, finished by the conditional replace, is found once finished.
+    claim = a_record().evolve(id=newer.id)
+    assert ports.records.create(claim)
+    assert ports.records.latest_completed_with_content(content) == found
+    assert ports.records.replace(newer, expected_status=Status.PROCESSING, expected_attempts=1)
+    assert ports.records.latest_completed_with_content(content) == newer
+    assert ports.records.get(newer.id) == newer  # the index's key is not part of the record
+
+
 # --- BlobStore ----------------------------------------------------------------------------
 
 
@@ -122,6 +151,22 @@ def test_a_written_blob_reads_back(ports: Ports):
         metadata={"imagepipe-rendition": "true"},
     )
     assert ports.blobs.read(ports.bucket, "contract/thumb.jpg") == b"\xff\xd8 rendition bytes"
+
+
+def test_a_blob_exists_under_exactly_its_key(ports: Ports):
+    for key in ("contract/abc/thumb.jpg", "contract/abc/thumb.jpg.old"):
+        ports.blobs.write(
+            ports.bucket,
+            key,
+            b"rendition bytes",
+            content_type="image/jpeg",
+            cache_control="public, max-age=31536000, immutable",
+            metadata={},
+        )
+    assert ports.blobs.exists(ports.bucket, "contract/abc/thumb.jpg")
+    assert ports.blobs.exists(ports.bucket, "contract/abc/thumb.jpg.old")
+    assert not ports.blobs.exists(ports.bucket, "contract/abc/thumb.jp")  # a prefix of both
+    assert not ports.blobs.exists(ports.bucket, "contract/abc/large.jpg")
 
 
 def test_an_upload_reads_by_its_version_and_a_missing_one_is_a_key_error(ports: Ports):
@@ -163,3 +208,7 @@ def test_every_port_turns_an_outage_into_its_transient_error(ports: Ports):
         down.records.create(a_record())
     with pytest.raises(PublisherUnavailable):
         down.events.publish(lifecycle_event(a_finished_record(), source="urn:test"))
+    with pytest.raises(StorageUnavailable):
+        down.blobs.exists(down.bucket, "a.jpg")
+    with pytest.raises(RecordStoreUnavailable):
+        down.records.latest_completed_with_content("c" * 64)

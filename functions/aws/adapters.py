@@ -20,6 +20,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError, ConnectionError, HTTPClientError
 
+from functions.aws.contract import CONTENT_ATTRIBUTE, CONTENT_INDEX
 from functions.aws.trigger import looks_like_etag
 from functions.core.events import encode_event
 from functions.core.records import (
@@ -146,6 +147,20 @@ class S3BlobStore:
                 Metadata=dict(metadata),
             )
 
+    def exists(self, bucket: str, key: str) -> bool:
+        # HEAD is authorized as s3:GetObject. S3 answers a missing key 404 only to a caller
+        # also allowed s3:ListBucket, else 403; the role may not list renditions (that would
+        # show it every content hash stored), so 403 means "not there to reuse" as well: the
+        # caller then renders and writes the rendition, which the role may do.
+        with translated_outages(StorageUnavailable, f"looking up s3://{bucket}/{key}"):
+            try:
+                self._s3.head_object(Bucket=bucket, Key=key)
+            except ClientError as error:
+                if error_code(error) in _MISSING_OBJECT_CODES or http_status(error) == 403:
+                    return False
+                raise
+        return True
+
 
 class S3UploadBucket:
     """The uploads bucket as the upload API sees it: presigned POSTs and finding an upload.
@@ -260,10 +275,33 @@ class DynamoDbRecordStore:
             },
         )
 
+    def latest_completed_with_content(self, content_sha256: str) -> ImageRecord | None:
+        with translated_outages(
+            RecordStoreUnavailable, f"looking up content in table {self.table}", _NO_TABLE
+        ):
+            response = self._dynamodb.query(
+                TableName=self.table,
+                IndexName=CONTENT_INDEX,
+                KeyConditionExpression="#c = :sha256",
+                ExpressionAttributeNames={"#c": CONTENT_ATTRIBUTE},
+                ExpressionAttributeValues={":sha256": {"S": content_sha256}},
+                ScanIndexForward=False,  # newest first
+                Limit=1,
+            )
+        items = response.get("Items") or []
+        if not items:
+            return None
+        return ImageRecord.from_dict(
+            from_dynamodb({name: self._deserialize(value) for name, value in items[0].items()})
+        )
+
     def _put(self, record: ImageRecord, **condition: Any) -> bool:
         item = {
             name: self._serialize(value) for name, value in to_dynamodb(record.to_dict()).items()
         }
+        if record.status is Status.COMPLETED and record.source.sha256:
+            # Only finished records carry the `by-content` index's key (a sparse index).
+            item[CONTENT_ATTRIBUTE] = {"S": record.source.sha256}
         with translated_outages(
             RecordStoreUnavailable, f"writing record {record.id} to table {self.table}", _NO_TABLE
         ):

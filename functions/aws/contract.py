@@ -40,11 +40,25 @@ HANDLER_FILE = "functions/aws/main.py"
 API_HANDLER = "functions.aws.api.handler"
 API_HANDLER_FILE = "functions/aws/api.py"
 
-# The records table: keyed by record id; `by-status` lists one status, newest first.
+# The records table: keyed by record id; `by-status` lists one status, newest first;
+# `by-content` finds the finished records of the same bytes, newest first. Its key,
+# `completed_sha256`, is the upload's content hash written on COMPLETED records only: a
+# GSI holds just the items that have its key attribute, so the index is sparse and holds
+# exactly the records whose renditions a new upload of those bytes may take.
 RECORDS_KEY = "id"
-RECORDS_ATTRIBUTES: dict[str, str] = {"id": "S", "status": "S", "updated_at": "S"}
+CONTENT_ATTRIBUTE = "completed_sha256"
+RECORDS_ATTRIBUTES: dict[str, str] = {
+    "id": "S",
+    "status": "S",
+    "updated_at": "S",
+    CONTENT_ATTRIBUTE: "S",
+}
 STATUS_INDEX = "by-status"
-RECORDS_INDEXES: dict[str, tuple[str, str]] = {STATUS_INDEX: ("status", "updated_at")}
+CONTENT_INDEX = "by-content"
+RECORDS_INDEXES: dict[str, tuple[str, str]] = {
+    STATUS_INDEX: ("status", "updated_at"),
+    CONTENT_INDEX: (CONTENT_ATTRIBUTE, "updated_at"),
+}
 
 
 @dataclass(frozen=True)

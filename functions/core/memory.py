@@ -74,6 +74,11 @@ class InMemoryBlobStore:
             data, content_type, cache_control, dict(metadata), self._next_version()
         )
 
+    def exists(self, bucket: str, key: str) -> bool:
+        if self.unavailable:
+            raise StorageUnavailable(f"storage is unavailable (looking up {bucket}/{key})")
+        return (bucket, key) in self.objects
+
     def keys(self, bucket: str) -> list[str]:
         return sorted(key for (b, key) in self.objects if b == bucket)
 
@@ -113,6 +118,16 @@ class InMemoryRecordStore:
                 return False
             self.records[record.id] = record
             return True
+
+    def latest_completed_with_content(self, content_sha256: str) -> ImageRecord | None:
+        self._check()
+        with self._lock:
+            found = [
+                record
+                for record in self.records.values()
+                if record.status is Status.COMPLETED and record.source.sha256 == content_sha256
+            ]
+        return max(found, key=lambda record: record.updated_at, default=None)
 
 
 @dataclass

@@ -31,6 +31,11 @@ class BlobStore(Protocol):
         metadata: Mapping[str, str],
     ) -> None: ...
 
+    def exists(self, bucket: str, key: str) -> bool:
+        """Whether an object is stored under exactly `key`, without reading its bytes
+        (a HEAD, or a one-name listing): what reusing a rendition checks first."""
+        ...
+
 
 class RecordStore(Protocol):
     def get(self, record_id: str) -> ImageRecord | None: ...
@@ -49,6 +54,13 @@ class RecordStore(Protocol):
         """Overwrite the stored record only while it still has this status and attempt count.
 
         False when another delivery changed it first (optimistic concurrency).
+        """
+        ...
+
+    def latest_completed_with_content(self, content_sha256: str) -> ImageRecord | None:
+        """The most recently updated COMPLETED record whose upload had these bytes
+        (`source.sha256`), or None. One indexed lookup, possibly eventually consistent: a
+        record finished a moment ago may not be found yet, and the caller renders instead.
         """
         ...
 

@@ -32,6 +32,7 @@ from functions.core.records import (
     TransientError,
 )
 from functions.core.uploads import PresignedPost, StoredUpload
+from functions.gcp.contract import CONTENT_FIELD, CONTENT_INDEX, RECORDS_INDEXES
 
 # What "the service is having a bad moment" looks like from each SDK, after its own retries.
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
@@ -112,6 +113,18 @@ class GcsBlobStore:
             blob.upload_from_string(
                 data, content_type=content_type, retry=self._retry, timeout=self._timeout
             )
+
+    def exists(self, bucket: str, key: str) -> bool:
+        # A one-name listing, not blob.exists(): the function's renditions role
+        # (legacyBucketWriter) may create, delete and list objects but not get one, and a
+        # listing from `key` on starts with `key` itself when it is there.
+        with translated_outages(StorageUnavailable, f"looking up gs://{bucket}/{key}"):
+            listed = list(
+                self._client.list_blobs(
+                    bucket, prefix=key, max_results=1, retry=self._retry, timeout=self._timeout
+                )
+            )
+        return bool(listed) and listed[0].name == key
 
 
 class GcsSigner:
@@ -250,9 +263,22 @@ class FirestoreRecordStore:
             )
         return ImageRecord.from_dict(snapshot.to_dict()) if snapshot.exists else None
 
+    def latest_completed_with_content(self, content_sha256: str) -> ImageRecord | None:
+        from google.cloud.firestore_v1.base_query import FieldFilter
+
+        (content_field, _), (order_field, direction) = RECORDS_INDEXES[CONTENT_INDEX]
+        query = (
+            self._collection.where(filter=FieldFilter(content_field, "==", content_sha256))
+            .order_by(order_field, direction=direction)
+            .limit(1)
+        )
+        with translated_outages(RecordStoreUnavailable, "looking up records by content"):
+            snapshots = list(query.stream(retry=self._retry, timeout=self._timeout))
+        return ImageRecord.from_dict(snapshots[0].to_dict()) if snapshots else None
+
     def create(self, record: ImageRecord) -> bool:
         document = self._collection.document(record.id)
-        data = record.to_dict()
+        data = _document(record)
         with translated_outages(RecordStoreUnavailable, f"creating record {record.id}"):
             try:
                 document.create(data, retry=self._retry, timeout=self._timeout)
@@ -267,7 +293,7 @@ class FirestoreRecordStore:
         self, record: ImageRecord, *, expected_status: Status, expected_attempts: int
     ) -> bool:
         document = self._collection.document(record.id)
-        data = record.to_dict()
+        data = _document(record)
 
         @firestore.transactional
         def replace_if_unchanged(transaction: Any) -> bool:
@@ -284,6 +310,14 @@ class FirestoreRecordStore:
         with translated_outages(RecordStoreUnavailable, f"replacing record {record.id}"):
             # The transaction re-runs on contention (ABORTED) by itself.
             return replace_if_unchanged(self._client.transaction())
+
+
+def _document(record: ImageRecord) -> dict[str, Any]:
+    data = record.to_dict()
+    if record.status is Status.COMPLETED and record.source.sha256:
+        # Only finished records carry the `by-content` index's field.
+        data[CONTENT_FIELD] = record.source.sha256
+    return data
 
 
 # --- Pub/Sub -------------------------------------------------------------------------------

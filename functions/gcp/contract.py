@@ -42,10 +42,19 @@ UPLOAD_EVENT_TYPE = "google.cloud.storage.object.v1.finalized"
 API_ENTRY_POINT = "handle_api"
 API_ENTRY_POINT_FILE = "functions/gcp/api.py"
 RECORDS_COLLECTION_NAME = "images"  # in the (default) database
-# Composite indexes of the collection: `by-status` lists one status, newest first.
+# Composite indexes of the collection: `by-status` lists one status, newest first;
+# `by-content` finds the finished records of the same bytes, newest first. Its field,
+# `completed_sha256`, is the upload's content hash written on COMPLETED documents only (as
+# on AWS, where a sparse index needs it so). An equality filter with an order on another
+# field is a query Firestore serves only from a composite index: the emulator does not
+# check, production refuses it (FAILED_PRECONDITION) until the index exists. Newest first
+# matters after a change of renditions: the record made with the current specs is found.
+CONTENT_FIELD = "completed_sha256"
 STATUS_INDEX = "by-status"
+CONTENT_INDEX = "by-content"
 RECORDS_INDEXES: dict[str, tuple[tuple[str, str], ...]] = {
     STATUS_INDEX: (("status", "ASCENDING"), ("updated_at", "DESCENDING")),
+    CONTENT_INDEX: ((CONTENT_FIELD, "ASCENDING"), ("updated_at", "DESCENDING")),
 }
 
 # How long the SDK retries one call, when the component did not say: well under any

@@ -471,14 +471,23 @@ def test_records_table_matches_the_handler_contract(deploy):
         "id": "S",
         "status": "S",
         "updated_at": "S",
+        "completed_sha256": "S",
     }
-    (index,) = table["globalSecondaryIndexes"]
-    assert index == {
-        "name": "by-status",
-        "hashKey": "status",
-        "rangeKey": "updated_at",
-        "projectionType": "ALL",
-    }
+    assert table["globalSecondaryIndexes"] == [
+        {
+            "name": "by-status",
+            "hashKey": "status",
+            "rangeKey": "updated_at",
+            "projectionType": "ALL",
+        },
+        {
+            # Sparse: only COMPLETED records carry completed_sha256.
+            "name": "by-content",
+            "hashKey": "completed_sha256",
+            "rangeKey": "updated_at",
+            "projectionType": "ALL",
+        },
+    ]
     assert table["pointInTimeRecovery"] == {"enabled": True}
     assert table["serverSideEncryption"] == {"enabled": True}
 

@@ -337,14 +337,21 @@ def test_alarm_email_is_a_notification_channel_on_every_alert(pulumi_mocks):
         assert policy.inputs["notificationChannels"] == [channel.state["name"]]
 
 
-def test_records_have_a_status_index_newest_first(pulumi_mocks):
+def test_records_have_a_status_index_and_a_content_index_newest_first(pulumi_mocks):
     deploy()
 
-    (index,) = pulumi_mocks.of_type("gcp:firestore/index:Index")
-    assert index.inputs["collection"] == "images"
-    assert index.inputs["fields"] == [
-        {"fieldPath": "status", "order": "ASCENDING"},
-        {"fieldPath": "updated_at", "order": "DESCENDING"},
+    indexes = pulumi_mocks.of_type("gcp:firestore/index:Index")
+    assert {index.inputs["collection"] for index in indexes} == {"images"}
+    fields = [index.inputs["fields"] for index in indexes]
+    assert sorted(fields, key=lambda index: index[0]["fieldPath"]) == [
+        [
+            {"fieldPath": "completed_sha256", "order": "ASCENDING"},
+            {"fieldPath": "updated_at", "order": "DESCENDING"},
+        ],
+        [
+            {"fieldPath": "status", "order": "ASCENDING"},
+            {"fieldPath": "updated_at", "order": "DESCENDING"},
+        ],
     ]
 
 

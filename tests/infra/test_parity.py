@@ -36,15 +36,22 @@ def _gcp_trigger(mocks: RecordingMocks, outputs: dict[str, Any]) -> bool:
     return trigger["eventType"] == "google.cloud.storage.object.v1.finalized"
 
 
-def _aws_status_index(mocks: RecordingMocks, outputs: dict[str, Any]) -> bool:
-    (table,) = mocks.of_type("aws:dynamodb/table:Table")
-    (index,) = table.inputs["globalSecondaryIndexes"]
-    return (index["hashKey"], index["rangeKey"]) == ("status", "updated_at")
+def _aws_index(hash_key: str) -> Question:
+    def question(mocks: RecordingMocks, outputs: dict[str, Any]) -> bool:
+        (table,) = mocks.of_type("aws:dynamodb/table:Table")
+        keys = [(i["hashKey"], i["rangeKey"]) for i in table.inputs["globalSecondaryIndexes"]]
+        return (hash_key, "updated_at") in keys
+
+    return question
 
 
-def _gcp_status_index(mocks: RecordingMocks, outputs: dict[str, Any]) -> bool:
-    (index,) = mocks.of_type("gcp:firestore/index:Index")
-    return [f["fieldPath"] for f in index.inputs["fields"]] == ["status", "updated_at"]
+def _gcp_index(field: str) -> Question:
+    def question(mocks: RecordingMocks, outputs: dict[str, Any]) -> bool:
+        indexes = mocks.of_type("gcp:firestore/index:Index")
+        fields = [[f["fieldPath"] for f in index.inputs["fields"]] for index in indexes]
+        return [field, "updated_at"] in fields
+
+    return question
 
 
 def _aws_failure_path(mocks: RecordingMocks, outputs: dict[str, Any]) -> bool:
@@ -99,8 +106,12 @@ ROLES: dict[str, dict[str, Question]] = {
         "gcp": _one("gcp:cloudfunctionsv2/function:Function"),
     },
     "records listed by status, newest first": {
-        "aws": _aws_status_index,
-        "gcp": _gcp_status_index,
+        "aws": _aws_index("status"),
+        "gcp": _gcp_index("status"),
+    },
+    "finished records found by content, newest first": {
+        "aws": _aws_index("completed_sha256"),
+        "gcp": _gcp_index("completed_sha256"),
     },
     "an events topic": {
         "aws": lambda mocks, outputs: outputs["eventsTopic"].startswith("arn:aws:sns:"),

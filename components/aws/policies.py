@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from functions.aws.contract import CONTENT_INDEX
+
 PolicyDocument = dict[str, Any]
 
 VERSION = "2012-10-17"
@@ -82,8 +84,10 @@ def function_policy(
     uploads_prefix: str | None = None,
 ) -> PolicyDocument:
     """What the function does and nothing more: read an upload, write renditions, keep its
-    record (GetItem, and conditional PutItem for every write), publish its event, write its own
-    logs; and what Lambda does with the role: dead-letter the events that failed every retry.
+    record (GetItem, and conditional PutItem for every write), find a finished record of the
+    same bytes (Query on the `by-content` index alone) and check its renditions are still there
+    (HEAD), publish its event, write its own logs; and what Lambda does with the role:
+    dead-letter the events that failed every retry.
 
     With `uploads_prefix` the uploads grants stop at the keys that can trigger the function."""
     upload_keys = f"{iam_literal(uploads_prefix)}*" if uploads_prefix else "*"
@@ -120,10 +124,25 @@ def function_policy(
             "Resource": f"{renditions_bucket_arn}/*",
         },
         {
+            # HEAD is authorized as s3:GetObject; renditions are public through the CDN anyway.
+            # No s3:ListBucket here: a missing rendition then answers 403, which the adapter
+            # takes as "not there" and the function renders it again.
+            "Sid": "CheckRenditions",
+            "Effect": "Allow",
+            "Action": "s3:GetObject",
+            "Resource": f"{renditions_bucket_arn}/*",
+        },
+        {
             "Sid": "KeepRecords",
             "Effect": "Allow",
             "Action": ["dynamodb:GetItem", "dynamodb:PutItem"],
             "Resource": records_table_arn,
+        },
+        {
+            "Sid": "FindRecordsOfTheSameBytes",
+            "Effect": "Allow",
+            "Action": "dynamodb:Query",
+            "Resource": f"{records_table_arn}/index/{CONTENT_INDEX}",
         },
         {
             "Sid": "PublishEvents",

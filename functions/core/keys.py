@@ -16,10 +16,18 @@ RENDER_VERSION = 2  # 2: alpha stays premultiplied between renditions derived fr
 EXTENSIONS = {"jpeg": "jpg", "webp": "webp", "png": "png", "avif": "avif", "gif": "gif"}
 
 
-def rendition_key(content_sha256: str, spec: RenditionSpec, output_format: str) -> str:
-    """`<sha256>/<name>-<WxH>-<fit>-<spec digest>.<ext>`: URL-safe and immutable."""
+def spec_digest(spec: RenditionSpec, output_format: str) -> str:
+    """What the rendering of one spec into one format depends on, besides the content."""
     spec_text = f"v{RENDER_VERSION}:{spec.to_compact()}:{output_format}"
-    spec_digest = hashlib.sha256(spec_text.encode()).hexdigest()[:10]
+    return hashlib.sha256(spec_text.encode()).hexdigest()[:10]
+
+
+def rendition_key(content_sha256: str, spec: RenditionSpec, output_format: str) -> str:
+    """`<sha256>/<name>-<WxH>-<fit>-<spec digest>.<ext>`: URL-safe and immutable.
+
+    A stored rendition whose key equals this one was made from these bytes by this spec,
+    in this format, by this render version: what reusing it checks."""
+    digest = spec_digest(spec, output_format)
     extension = EXTENSIONS[output_format]
     box = f"{spec.width}x{spec.height}"
-    return f"{content_sha256}/{spec.name}-{box}-{spec.fit}-{spec_digest}.{extension}"
+    return f"{content_sha256}/{spec.name}-{box}-{spec.fit}-{digest}.{extension}"

@@ -6,6 +6,11 @@ tests all build one and hand it each object.
 claim (conditional write) -> read -> detect/validate/inspect/render/encode
 -> store renditions -> publish the event -> write the final record.
 
+Bytes already rendered with the same specs are not rendered again: after the read,
+one lookup of the records store by content hash finds a COMPLETED record of the same
+bytes, and when its renditions are still stored under the keys the current specs give,
+the new record takes them (stage `reuse` instead of detect ... store).
+
 The event is published *before* the final record is written: if publishing
 fails, the record is still claimable and the retry publishes; if the final
 write fails after publishing, the retry publishes again with the same event id
@@ -19,7 +24,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from functions.core.events import lifecycle_event
 from functions.core.imaging import render_image
@@ -43,6 +48,9 @@ from functions.core.records import (
 )
 from functions.core.settings import PipelineSettings
 from functions.core.timing import StageTimer, isoformat, parse_instant, utc_now
+
+if TYPE_CHECKING:
+    from functions.core.imaging import RenderResult
 
 log = logging.getLogger("imagepipe")
 
@@ -84,6 +92,8 @@ class Pipeline:
     max_attempts: int | None = None  # AWS: Lambda makes a fixed number of attempts
     # Every timestamp, lease and event age is read from here: tests turn time by hand.
     clock: Callable[[], datetime] = utc_now
+    # Decodes and encodes one upload: tests count the decodes (none for reused renditions).
+    renderer: Callable[[bytes, PipelineSettings, StageTimer], RenderResult] = render_image
 
     def process(
         self, ref: ObjectRef, lease: timedelta | None = None, *, event_time: datetime | None = None
@@ -104,6 +114,7 @@ class Pipeline:
             event_time=event_time,
             max_event_age=self.max_event_age,
             max_attempts=self.max_attempts,
+            renderer=self.renderer,
         )
 
 
@@ -121,6 +132,7 @@ def _process_object(
     event_time: datetime | None,
     max_event_age: timedelta | None,
     max_attempts: int | None,
+    renderer: Callable[[bytes, PipelineSettings, StageTimer], RenderResult],
 ) -> Outcome:
     """Process one uploaded object version exactly once, as far as the outside world can tell.
 
@@ -155,7 +167,7 @@ def _process_object(
                 f"the platform retries{last}"
             )
         source, renditions, image = _render_and_store(
-            ref, settings, blobs, renditions_bucket, timer
+            ref, settings, blobs, records, renditions_bucket, timer, renderer
         )
         final = claimed.evolve(
             status=Status.COMPLETED, source=source, image=image, renditions=renditions, error=None
@@ -241,8 +253,10 @@ def _render_and_store(
     ref: ObjectRef,
     settings: PipelineSettings,
     blobs: BlobStore,
+    records: RecordStore,
     renditions_bucket: str,
     timer: StageTimer,
+    renderer: Callable[[bytes, PipelineSettings, StageTimer], RenderResult],
 ) -> tuple[Source, tuple[RenditionRecord, ...], ImageMetadata]:
     limit = settings.limits.max_bytes
     if ref.size == 0:
@@ -261,7 +275,15 @@ def _render_and_store(
     if len(data) > limit:
         raise PermanentError("too_large", f"the object is {len(data)} bytes; the limit is {limit}")
     content_sha256 = hashlib.sha256(data).hexdigest()
-    result = render_image(data, settings, timer)
+    source = Source(ref.bucket, ref.key, ref.version, len(data), content_sha256, ref.content_type)
+    with timer.stage("lookup"):
+        reusable = _reusable(content_sha256, settings, records, blobs, renditions_bucket)
+    if reusable is not None:
+        timer.ms["reuse"] = timer.ms.pop("lookup")  # the lookup was all the work there was
+        log.info("reused the renditions of record %s for %s", reusable.id, ref.key)
+        assert reusable.image is not None  # checked by _reusable
+        return source, reusable.renditions, reusable.image
+    result = renderer(data, settings, timer)
 
     stored: list[RenditionRecord] = []
     with timer.stage("store"):
@@ -285,8 +307,39 @@ def _render_and_store(
                     len(output.data),
                 )
             )
-    source = Source(ref.bucket, ref.key, ref.version, len(data), content_sha256, ref.content_type)
     return source, tuple(stored), result.metadata
+
+
+def _reusable(
+    content_sha256: str,
+    settings: PipelineSettings,
+    records: RecordStore,
+    blobs: BlobStore,
+    renditions_bucket: str,
+) -> ImageRecord | None:
+    """A COMPLETED record of the same bytes whose renditions are what these settings would
+    make (same names, same keys: the key holds the spec digest) and are all still stored;
+    None when the image must be rendered. The same bytes pass the same content checks, so
+    only the settings' own rules are checked again (a format since disallowed, lower
+    limits); the memory budget guards a decode, and there is none."""
+    found = records.latest_completed_with_content(content_sha256)
+    if found is None or found.image is None:
+        return None
+    image, limits = found.image, settings.limits
+    if (
+        image.format not in settings.allowed_formats
+        or image.width * image.height > limits.max_pixels
+        or image.frames > limits.max_frames
+    ):
+        return None
+    if [r.name for r in found.renditions] != [spec.name for spec in settings.renditions]:
+        return None
+    for rendition, spec in zip(found.renditions, settings.renditions, strict=True):
+        if rendition.key != rendition_key(content_sha256, spec, rendition.format):
+            return None  # made from another spec or by another render version
+    if not all(blobs.exists(renditions_bucket, r.key) for r in found.renditions):
+        return None
+    return found
 
 
 def _give_up(

@@ -340,22 +340,23 @@ def test_role_is_least_privilege_without_tracing(deploy):
     mocks, outputs = deploy()
     document = role_policy_document(mocks)
     assert wildcard_grants(document) == []
-    grants = {
-        action: as_list(statement["Resource"])
-        for statement in document["Statement"]
-        for action in as_list(statement["Action"])
-    }
+    grants: dict[str, list[str]] = {}
+    for statement in document["Statement"]:
+        for action in as_list(statement["Action"]):
+            grants.setdefault(action, []).extend(as_list(statement["Resource"]))
     uploads_arn = f"arn:aws:s3:::{outputs['uploadsBucket']}"
     renditions_arn = f"arn:aws:s3:::{outputs['renditionsBucket']}"
     table_arn = mocks.one("aws:dynamodb/table:Table").state["arn"]
     dlq_arn = mocks.one("aws:sqs/queue:Queue").state["arn"]
     log_group_arn = mocks.one("aws:cloudwatch/logGroup:LogGroup").state["arn"]
     assert grants == {
-        "s3:GetObject": [f"{uploads_arn}/*"],
+        # Uploads are read; renditions only checked with HEAD before they are reused.
+        "s3:GetObject": [f"{uploads_arn}/*", f"{renditions_arn}/*"],
         "s3:ListBucket": [uploads_arn],
         "s3:PutObject": [f"{renditions_arn}/*"],
         "dynamodb:GetItem": [table_arn],
         "dynamodb:PutItem": [table_arn],
+        "dynamodb:Query": [f"{table_arn}/index/by-content"],
         "sns:Publish": [outputs["eventsTopic"]],
         "sqs:SendMessage": [dlq_arn],
         "logs:CreateLogStream": [f"{log_group_arn}:*"],

@@ -64,6 +64,10 @@ def _table_arn(params: Mapping[str, Any], account: str) -> str:
     return f"arn:aws:dynamodb:{REGION}:{account}:table/{params['TableName']}"
 
 
+def _index_arn(params: Mapping[str, Any], account: str) -> str:
+    return f"{_table_arn(params, account)}/index/{params['IndexName']}"
+
+
 # (service, operation) -> (the IAM action AWS checks, the resource it checks it on).
 OPERATIONS = {
     ("s3", "GetObject"): ("s3:GetObject", _object_arn),
@@ -72,6 +76,7 @@ OPERATIONS = {
     ("dynamodb", "GetItem"): ("dynamodb:GetItem", _table_arn),
     ("dynamodb", "PutItem"): ("dynamodb:PutItem", _table_arn),
     ("dynamodb", "UpdateItem"): ("dynamodb:UpdateItem", _table_arn),
+    ("dynamodb", "Query"): ("dynamodb:Query", _index_arn),
     ("sns", "Publish"): ("sns:Publish", lambda params, _: params["TopicArn"]),
     ("s3", "ListObjectsV2"): (
         "s3:ListBucket",
@@ -300,6 +305,9 @@ def example_calls(arns: StackArns, key: str = "incoming/cat.jpg") -> list[Call]:
         Call("s3:ListBucket", arns.uploads, (("s3:prefix", key),), by=S3_NOT_FOUND_CHECK),
         Call("s3:PutObject", f"{arns.renditions}/0f1e/thumb-200x200-cover-abc.jpg"),
         Call("sns:Publish", arns.topic),
+        # The same bytes again: a finished record found, its renditions checked (HEAD).
+        Call("dynamodb:Query", f"{arns.table}/index/by-content"),
+        Call("s3:GetObject", f"{arns.renditions}/0f1e/thumb-200x200-cover-abc.jpg"),
     ]
 
 
@@ -404,8 +412,15 @@ def test_the_role_allows_exactly_what_the_handler_and_aws_do_with_it(
         "s3:PutObject",
         "dynamodb:GetItem",
         "dynamodb:PutItem",
+        "dynamodb:Query",
         "sns:Publish",
     }
+    # The same bytes under later.jpg took photo.jpg's renditions, checked with a HEAD each.
+    assert any(
+        c.resource.startswith(arns_of(stack).renditions)
+        for c in recorder.calls
+        if c.action == "s3:GetObject"
+    )
     arns = arns_of(stack)
     calls = [*recorder.calls, *arns.lambda_calls(tracing=tracing)]
     document = arns.policy(uploads_prefix=uploads_prefix, tracing=tracing)

@@ -164,6 +164,11 @@ class ImageMetadata:
     camera_make: str | None = None
     camera_model: str | None = None
     captured_at: str | None = None  # ISO 8601, as the camera wrote it (no zone)
+    # From the smallest rendition's pixels (functions/core/placeholders.py): a ThumbHash
+    # in base64 and the alpha-weighted mean colour, "#rrggbb" sRGB. None in records
+    # written before they existed, and the colour when no pixel is visible.
+    placeholder: str | None = None
+    dominant_colour: str | None = None
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ Endpoints, region and credentials come from boto3's own environment variables
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 import boto3
@@ -20,8 +21,10 @@ from functions.aws.adapters import (
 )
 from functions.aws.contract import MAX_ATTEMPTS, ApiEnvironment, FunctionEnvironment
 from functions.core.events import event_source
-from functions.core.service import Pipeline
 from functions.core.uploads import UploadApi
+
+if TYPE_CHECKING:
+    from functions.core.service import Pipeline
 
 # Standard mode: jittered exponential backoff and a retry quota shared across calls; its
 # default of 3 attempts holds unless AWS_MAX_ATTEMPTS says otherwise (botocore's own knob,
@@ -32,6 +35,10 @@ SDK_CONFIG = Config(retries={"mode": "standard"}, connect_timeout=3, read_timeou
 
 def build_pipeline(env: FunctionEnvironment) -> Pipeline:
     """The core bound to this stack's buckets, table and topic."""
+    # Imported here: the upload API's function is built from this module too, and it never
+    # renders, so its cold start need not import the core's imaging and Pillow.
+    from functions.core.service import Pipeline
+
     return Pipeline(
         settings=env.settings,
         blobs=S3BlobStore(boto3.client("s3", config=SDK_CONFIG)),

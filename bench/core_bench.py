@@ -59,7 +59,8 @@ def naive_images(data: bytes, colour_managed: bool = False) -> list:
     """
     from PIL import Image, ImageOps
 
-    from functions.core.imaging import plan_rendition, to_srgb
+    from functions.core.imaging.colour import to_srgb
+    from functions.core.imaging.geometry import plan_rendition
     from functions.core.settings import DEFAULT_RENDITIONS
 
     source = Image.open(BytesIO(data))

@@ -22,7 +22,7 @@ from functions.core.budget import (
     estimate_peak_bytes,
     memory_budget_bytes,
 )
-from functions.core.imaging import estimate_render_bytes, open_checked
+from functions.core.imaging import estimate_render_bytes, limits, open_checked
 from functions.core.records import PermanentError, Status
 from functions.core.settings import Limits, PipelineSettings
 from tests.conftest import PROJECT_ROOT
@@ -170,7 +170,7 @@ def test_the_walk_runs_outside_the_header_lock(slow_headers):
             except PermanentError as error:
                 results[name] = error.code
 
-    with imaging._HEADER_LOCK:
+    with limits.HEADER_LOCK:
         worker = threading.Thread(target=judge, daemon=True)
         worker.start()
         worker.join(timeout=5)

@@ -7,14 +7,9 @@ from io import BytesIO
 import pytest
 from PIL import Image, ImageChops, ImageCms, ImageOps
 
-from functions.core.imaging import (
-    detect_format,
-    inspect,
-    open_checked,
-    output_format,
-    plan_rendition,
-    render_image,
-)
+from functions.core.imaging import detect_format, inspect, open_checked, render_image
+from functions.core.imaging.encode import output_format
+from functions.core.imaging.geometry import plan_rendition
 from functions.core.records import PermanentError
 from functions.core.settings import Limits, PipelineSettings, RenditionSpec, parse_settings
 from functions.core.timing import StageTimer

@@ -8,7 +8,8 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from functions.core.imaging import MAX_ASPECT_RATIO, render_image
+from functions.core.imaging import render_image
+from functions.core.imaging.tuning import MAX_ASPECT_RATIO
 from functions.core.settings import PipelineSettings, RenditionSpec
 from functions.core.timing import StageTimer
 from tests.core.images import dominant, encoded, jpeg_with_exif, quadrants

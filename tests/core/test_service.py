@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from functions.core.imaging import render_image
 from functions.core.memory import InMemoryBlobStore, InMemoryRecordStore
 from functions.core.records import (
     ClaimHeld,
@@ -15,6 +16,8 @@ from functions.core.records import (
     StorageUnavailable,
 )
 from functions.core.service import IMMUTABLE_CACHE_CONTROL, Pipeline, is_stale_claim
+from functions.core.settings import PipelineSettings, RenditionSpec
+from functions.core.timing import StageTimer
 from tests.core.images import FakeStack, encoded, quadrants
 
 
@@ -242,3 +245,22 @@ def test_the_tests_run_the_pipeline_the_clouds_run_with_its_clock(pipeline):
     pipeline.now = datetime(2030, 5, 6, 7, 8, 9, tzinfo=UTC)
     record = pipeline.process(pipeline.upload("a.jpg", encoded(quadrants()))).record
     assert record.created_at == record.updated_at == "2030-05-06T07:08:09.000Z"
+
+
+def test_a_bug_in_our_own_arithmetic_is_a_bug_not_a_corrupt_image():
+    """The settings are the seam: a zero-height cover box that `parse_settings` would refuse
+    makes the geometry divide by zero. ZeroDivisionError is one of the errors Pillow raises
+    on hostile bytes, so a `try` around more than Pillow's calls would call a good JPEG
+    corrupt; instead the error surfaces, the record is left PENDING `internal_error` and
+    the platform's retries and dead-letter queue keep the event until the bug is fixed."""
+    broken = PipelineSettings(renditions=(RenditionSpec("thumb", 200, 0, "cover"),))
+    data = encoded(quadrants())
+    with pytest.raises(ZeroDivisionError):
+        render_image(data, broken, StageTimer())
+    pipeline = FakeStack(settings=broken)
+    ref = pipeline.upload("good.jpg", data)
+    with pytest.raises(ZeroDivisionError):
+        pipeline.process(ref)
+    record = pipeline.records.get(ref.record_id)
+    assert record.status is Status.PENDING and record.error.code == "internal_error"
+    assert pipeline.events.events == []

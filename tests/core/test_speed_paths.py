@@ -8,7 +8,8 @@ from io import BytesIO
 import pytest
 from PIL import Image, ImageChops, ImageDraw, ImageFilter
 
-from functions.core.imaging import JPEG_BOX_HALVING_MARGIN, render_image
+from functions.core.imaging import render_image
+from functions.core.imaging.tuning import JPEG_BOX_HALVING_MARGIN
 from functions.core.settings import parse_settings
 from functions.core.timing import StageTimer
 from tests.core.images import encoded, jpeg_with_exif, quadrants

@@ -192,3 +192,27 @@ def test_dynamodb_takes_the_new_fields_as_they_are():
     assert serializer.serialize(to_dynamodb(image)) == {
         "M": {"placeholder": {"S": image["placeholder"]}, "dominant_colour": {"NULL": True}}
     }
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA"])
+def test_render_image_fills_them_from_the_smallest_rendition(mode):
+    from functions.core.imaging import detect_format, inspect, open_checked, render, render_image
+    from functions.core.settings import PipelineSettings
+    from functions.core.timing import StageTimer
+
+    from .images import encoded, quadrants
+
+    image = quadrants((400, 300), mode)
+    if mode == "RGBA":
+        ImageDraw.Draw(image).rectangle((150, 100, 249, 199), fill=(0, 0, 0, 0))
+    data = encoded(image, "PNG")
+    settings = PipelineSettings()
+    metadata = render_image(data, settings, StageTimer()).metadata
+
+    source = open_checked(data, detect_format(data), settings.limits)
+    pictures = [picture for _, picture in render(source, inspect(source), settings.renditions)]
+    smallest = min(pictures, key=lambda p: p.width * p.height)
+    assert smallest.size == (200, 200)
+    assert (metadata.placeholder, metadata.dominant_colour) == placeholder_and_colour(smallest)
+    assert bool(base64.b64decode(metadata.placeholder)[2] & 0x80) == (mode == "RGBA")
+    assert render_image(data, settings, StageTimer()).metadata == metadata

@@ -13,7 +13,8 @@ decode or, when it has pixels enough, from a larger rendition made before it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 from functions.core.allocator import memory_returned_when_large
 from functions.core.budget import estimate_peak_bytes, memory_budget_bytes
@@ -24,9 +25,13 @@ from functions.core.imaging.exif import inspect
 from functions.core.imaging.formats import detect_format
 from functions.core.imaging.limits import SourceImage, open_checked
 from functions.core.imaging.renditions import render
+from functions.core.placeholders import placeholder_and_colour
 from functions.core.records import ImageMetadata, PermanentError
-from functions.core.settings import PipelineSettings
+from functions.core.settings import PipelineSettings, RenditionSpec
 from functions.core.timing import StageTimer
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 __all__ = [
     "EncodedRendition",
@@ -67,11 +72,23 @@ def _render_stages(data: bytes, settings: PipelineSettings, timer: StageTimer) -
     with timer.stage("render"):
         budget = memory_budget_bytes(settings.limits.memory_mb)
         rendered = render(source, metadata, settings.renditions, memory_budget=budget)
+        metadata = _with_placeholder(metadata, rendered)
     outputs = []
     for spec, picture in rendered:
         with timer.stage("encode"):
             outputs.append(encoding.encode(picture, spec, metadata, settings.strip_metadata))
     return RenderResult(metadata, tuple(outputs))
+
+
+def _with_placeholder(
+    metadata: ImageMetadata, rendered: list[tuple[RenditionSpec, Image.Image]]
+) -> ImageMetadata:
+    """The smallest rendition's placeholder and colour, from its pixels before encoding."""
+    if not rendered:
+        return metadata
+    smallest = min((picture for _, picture in rendered), key=lambda p: p.width * p.height)
+    placeholder, colour = placeholder_and_colour(smallest)
+    return replace(metadata, placeholder=placeholder, dominant_colour=colour)
 
 
 def _check_allowed(detected: str | None, allowed: tuple[str, ...]) -> None:

@@ -7,7 +7,7 @@ generation), so a redelivered event finds the record its first delivery wrote.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from enum import StrEnum
 from typing import Any
 
@@ -219,18 +219,25 @@ class ImageRecord:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ImageRecord:
+        """The record `to_dict` wrote. Fields this code does not know are left out: a record
+        written by a newer release still reads (a rollback must not break the readers)."""
         image = data.get("image")
         error = data.get("error")
         return cls(
             id=data["id"],
-            source=Source(**data["source"]),
+            source=_known(Source, data["source"]),
             status=Status(data["status"]),
             attempts=int(data.get("attempts", 0)),
             stage_ms={k: float(v) for k, v in (data.get("stage_ms") or {}).items()},
-            image=ImageMetadata(**image) if image else None,
-            renditions=tuple(RenditionRecord(**r) for r in data.get("renditions") or ()),
-            error=ErrorInfo(**error) if error else None,
+            image=_known(ImageMetadata, image) if image else None,
+            renditions=tuple(_known(RenditionRecord, r) for r in data.get("renditions") or ()),
+            error=_known(ErrorInfo, error) if error else None,
             created_at=data.get("created_at", ""),
             updated_at=data.get("updated_at", ""),
             lease_expires_at=data.get("lease_expires_at"),
         )
+
+
+def _known(kind: type, values: dict[str, Any]) -> Any:
+    names = {f.name for f in fields(kind)}
+    return kind(**{name: value for name, value in values.items() if name in names})

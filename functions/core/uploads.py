@@ -367,6 +367,9 @@ class UploadApi:
                 "frames": image.frames,
                 "hasAlpha": image.has_alpha,
                 "capturedAt": image.captured_at,
+                # What a page shows before the thumbnail arrives.
+                "placeholder": image.placeholder,
+                "dominantColour": image.dominant_colour,
             }
             if image
             else None,

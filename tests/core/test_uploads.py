@@ -171,7 +171,17 @@ def test_a_completed_image_shows_metadata_and_cdn_urls_but_nothing_internal():
     record = _record(
         api,
         key,
-        image=ImageMetadata("JPEG", 400, 300, "RGB", False, 1, False),
+        image=ImageMetadata(
+            "JPEG",
+            400,
+            300,
+            "RGB",
+            False,
+            1,
+            False,
+            placeholder="1QcSHQRnh493V4dIh4eXh1h4kJUI",
+            dominant_colour="#a1b2c3",
+        ),
         renditions=(RenditionRecord("thumb", "abc/thumb.jpg", 200, 150, "jpeg", 1234),),
         stage_ms={"claim": 900.0, "render": 10.25, "encode": 5.0},
         lease_expires_at="2026-12-01T12:01:00.000Z",
@@ -181,6 +191,7 @@ def test_a_completed_image_shows_metadata_and_cdn_urls_but_nothing_internal():
     body = api.get().body
     assert body["status"] == "COMPLETED" and body["error"] is None
     assert body["image"]["width"] == 400 and body["image"]["format"] == "JPEG"
+    assert body["image"]["dominantColour"] == "#a1b2c3" and body["image"]["placeholder"]
     assert body["renditions"] == [
         {
             "name": "thumb",
@@ -261,3 +272,16 @@ def test_expiry_follows_the_option():
     assert body["expiresAt"] == (NOW + timedelta(seconds=120)).isoformat(
         timespec="milliseconds"
     ).replace("+00:00", "Z")
+
+
+def test_a_record_written_by_a_newer_release_still_reads():
+    record = ImageRecord(
+        id="r",
+        source=Source("b", "k", "v"),
+        status=Status.COMPLETED,
+        image=ImageMetadata("JPEG", 4, 3, "RGB", False, 1, False),
+    )
+    data = record.to_dict()
+    data["image"]["a_field_from_the_future"] = 1
+    data["source"]["another"] = "x"
+    assert ImageRecord.from_dict(data) == record

@@ -24,7 +24,7 @@ FITS: tuple[str, ...] = ("contain", "cover")
 OUTPUT_FORMATS: tuple[str, ...] = ("jpeg", "webp", "png", "avif", "source")
 # Input formats the core knows how to detect from magic bytes. The allowlist in
 # the settings picks from these; anything else is `unsupported_format`.
-INPUT_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "GIF", "WEBP", "AVIF", "BMP", "TIFF")
+INPUT_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "GIF", "WEBP", "AVIF", "BMP", "TIFF", "HEIF")
 DEFAULT_INPUT_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "GIF", "WEBP")
 # The media type a client declares for each input format (the upload API pins it in the
 # presigned POST); the bytes still decide the format.
@@ -36,6 +36,8 @@ INPUT_CONTENT_TYPES: dict[str, str] = {
     "AVIF": "image/avif",
     "BMP": "image/bmp",
     "TIFF": "image/tiff",
+    # HEIC as iPhones and browsers label it; HEIF files from other cameras come as the same.
+    "HEIF": "image/heic",
 }
 
 MAX_RENDITION_SIDE = 8192

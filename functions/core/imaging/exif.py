@@ -34,6 +34,12 @@ def inspect(source: SourceImage) -> ImageMetadata:
     exif = _read_exif(image, detected)
     orientation = exif.get(_EXIF_ORIENTATION)
     orientation = orientation if isinstance(orientation, int) and 1 <= orientation <= 8 else None
+    if detected == "HEIF":
+        # HEIF's orientation is its `irot`/`imir` boxes, which libheif applies while
+        # decoding and which `image.size` already reflects; the EXIF tag (an iPhone
+        # writes 6 beside irot 270) only repeats them, and turning by it too would turn
+        # twice. As the HEIF spec says and viewers do, it is not applied.
+        orientation = None
     width, height = image.size
     if orientation in SWAPS_AXES:
         width, height = height, width

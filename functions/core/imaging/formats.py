@@ -10,8 +10,7 @@ from functools import cache
 def detect_format(data: bytes) -> str | None:
     """The input format from magic bytes alone (never the name or Content-Type).
 
-    Returns one of settings.INPUT_FORMATS, "HEIF" (recognised, never accepted), or
-    None for anything unrecognised.
+    Returns one of settings.INPUT_FORMATS or None for anything unrecognised.
     """
     head = data[:32]
     if head.startswith(b"\xff\xd8\xff"):
@@ -58,4 +57,20 @@ _PLUGINS = {
 def load_plugin(fmt: str) -> None:
     """Import one format's plugin, so Pillow never falls back to importing all ~45 of
     them (`Image.init()`, tens of milliseconds on a cold start) for WebP or AVIF."""
-    importlib.import_module(f"PIL.{_PLUGINS[fmt.upper()]}")
+    if fmt.upper() == "HEIF":
+        _register_heif()
+    else:
+        importlib.import_module(f"PIL.{_PLUGINS[fmt.upper()]}")
+
+
+def _register_heif() -> None:
+    """pillow-heif's opener, registered when the first HEIF arrives: importing it loads
+    libheif (about 30 ms), which no other format should pay for.
+
+    Thumbnails, depth maps and auxiliary images (an iPhone's HDR gain map) are never
+    listed, so only the primary image is ever decoded. These are pillow-heif's
+    process-wide options; nothing else in the process opens HEIF.
+    """
+    from pillow_heif import register_heif_opener
+
+    register_heif_opener(thumbnails=False, depth_images=False, aux_images=False)

@@ -22,6 +22,10 @@ OutputFormat = Literal["jpeg", "webp", "png", "avif", "source"]
 
 FITS: tuple[str, ...] = ("contain", "cover")
 OUTPUT_FORMATS: tuple[str, ...] = ("jpeg", "webp", "png", "avif", "source")
+# The formats an animated rendition may name: WebP, or the input's own (a GIF stays a GIF).
+ANIMATED_FORMATS: tuple[str, ...] = ("webp", "source")
+ANIMATED_FIELD = "animated"
+_COMPACT_FORM = "'name:WIDTHxHEIGHT[:fit[:format[:quality[:animated]]]]'"
 # Input formats the core knows how to detect from magic bytes. The allowlist in
 # the settings picks from these; anything else is `unsupported_format`.
 INPUT_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "GIF", "WEBP", "AVIF", "BMP", "TIFF", "HEIF")
@@ -74,7 +78,15 @@ def shown(value: Any) -> str:
 
 @dataclass(frozen=True)
 class RenditionSpec:
-    """One output image: a named box, how the source fits it, and how it is encoded."""
+    """One output image: a named box, how the source fits it, and how it is encoded.
+
+    Compact form: `name:WIDTHxHEIGHT[:fit[:format[:quality[:animated]]]]`. `animated` is
+    an optional sixth field whose only value is the word `animated` (positional, like the
+    others: an animated rendition spells out its format and quality, e.g.
+    `clip:320x320:contain:webp:75:animated`). It keeps every frame of an animated GIF or
+    WebP input (format `webp`, or `source`, which keeps a GIF a GIF and a WebP a WebP);
+    any other input gives the usual still rendition. Without it, frame 1 only, as always.
+    """
 
     name: str
     width: int
@@ -82,9 +94,13 @@ class RenditionSpec:
     fit: Fit = "contain"
     format: OutputFormat = "jpeg"
     quality: int = 82
+    animated: bool = False
+    """Keep an animated input's frames, durations and loop count (formats webp, source)."""
 
     def to_compact(self) -> str:
-        return f"{self.name}:{self.width}x{self.height}:{self.fit}:{self.format}:{self.quality}"
+        # A still spec's form (and so its rendition keys' digest) is what it always was.
+        compact = f"{self.name}:{self.width}x{self.height}:{self.fit}:{self.format}:{self.quality}"
+        return f"{compact}:{ANIMATED_FIELD}" if self.animated else compact
 
 
 @dataclass(frozen=True)
@@ -166,7 +182,7 @@ def parse_settings(values: Mapping[str, Any], prefix: str = "imagepipe:") -> Pip
     """Validate raw config values (camelCase keys, as in the stack config) into settings.
 
     A missing key (or one mapped to `_UNSET`/None) takes its default. Renditions are
-    given either as compact strings `name:WIDTHxHEIGHT[:fit[:format[:quality]]]`
+    given either as compact strings `name:WIDTHxHEIGHT[:fit[:format[:quality[:animated]]]]`
     (the stack config form) or as objects (the JSON form).
     """
     unknown = sorted(set(values) - set(SETTINGS_KEYS))
@@ -261,8 +277,7 @@ def _parse_formats(value: Any, key: str) -> tuple[str, ...]:
 def _parse_renditions(value: Any, key: str) -> tuple[RenditionSpec, ...]:
     if isinstance(value, str) or not isinstance(value, Sequence) or not value:
         raise SettingsError(
-            f"{key} is {shown(value)}; use a non-empty list of "
-            "'name:WIDTHxHEIGHT[:fit[:format[:quality]]]' entries."
+            f"{key} is {shown(value)}; use a non-empty list of {_COMPACT_FORM} entries."
         )
     if len(value) > MAX_RENDITIONS:
         raise SettingsError(
@@ -285,16 +300,14 @@ def _parse_rendition(item: Any, key: str) -> RenditionSpec:
         fields = dict(item)
     else:
         raise SettingsError(
-            f"{key} is {shown(item)}; use 'name:WIDTHxHEIGHT[:fit[:format[:quality]]]', "
+            f"{key} is {shown(item)}; use {_COMPACT_FORM}, "
             "for example 'large:1024x768:contain:jpeg:82'."
         )
-    unknown = sorted(
-        str(name) for name in set(fields) - {"name", "width", "height", "fit", "format", "quality"}
-    )
+    unknown = sorted(str(name) for name in set(fields) - set(_RENDITION_FIELDS))
     if unknown:
         raise SettingsError(
             f"{key}.{shown(unknown[0])[1:-1]} is not a rendition field; "
-            "fields are name, width, height, fit, format, quality."
+            f"fields are {', '.join(_RENDITION_FIELDS)}."
         )
     name = fields.get("name")
     if not isinstance(name, str) or not _NAME_PATTERN.match(name):
@@ -318,15 +331,35 @@ def _parse_rendition(item: Any, key: str) -> RenditionSpec:
         quality = int(quality)
     if isinstance(quality, bool) or not isinstance(quality, int) or not 1 <= quality <= 100:
         raise SettingsError(f"{key}.quality is {shown(quality)}; use a whole number from 1 to 100.")
-    return RenditionSpec(name, width, height, fit, fmt, quality)
+    animated = _animated(fields.get("animated", False), fmt, key)
+    return RenditionSpec(name, width, height, fit, fmt, quality, animated)
+
+
+_RENDITION_FIELDS = ("name", "width", "height", "fit", "format", "quality", "animated")
+
+
+def _animated(value: Any, fmt: str, key: str) -> bool:
+    if not isinstance(value, bool):
+        raise SettingsError(f"{key}.animated is {shown(value)}; use true or false.")
+    if value and fmt not in ANIMATED_FORMATS:
+        raise SettingsError(
+            f"{key}.animated is set with format {fmt}; an animated rendition's format is "
+            f"{' or '.join(ANIMATED_FORMATS)}."
+        )
+    return value
 
 
 def _compact_fields(text: str, key: str) -> dict[str, Any]:
     parts = text.strip().split(":")
-    if len(parts) < 2 or len(parts) > 5:
+    if len(parts) < 2 or len(parts) > 6:
         raise SettingsError(
-            f"{key} is {shown(text)}; use 'name:WIDTHxHEIGHT[:fit[:format[:quality]]]', "
+            f"{key} is {shown(text)}; use {_COMPACT_FORM}, "
             "for example 'thumb:200x200:cover:jpeg:82'."
+        )
+    if len(parts) == 6 and parts[5] != ANIMATED_FIELD:
+        raise SettingsError(
+            f"{key} has {shown(parts[5])} as its sixth field; the only value allowed there "
+            f"is {ANIMATED_FIELD}."
         )
     size = re.fullmatch(r"(\d{1,9})x(\d{1,9})", parts[1])
     if not size:
@@ -334,8 +367,10 @@ def _compact_fields(text: str, key: str) -> dict[str, Any]:
             f"{key} has size {shown(parts[1])}; write it as WIDTHxHEIGHT, e.g. 1024x768."
         )
     fields: dict[str, Any] = {"name": parts[0], "width": int(size[1]), "height": int(size[2])}
-    for name, part in zip(("fit", "format", "quality"), parts[2:], strict=False):
+    for name, part in zip(("fit", "format", "quality"), parts[2:5], strict=False):
         fields[name] = int(part) if name == "quality" and part.isdigit() else part
+    if len(parts) == 6:
+        fields["animated"] = True
     return fields
 
 

@@ -18,7 +18,7 @@ from functions.core.imaging.decode import (
     straight_alpha,
 )
 from functions.core.imaging.exif import oriented
-from functions.core.imaging.geometry import best_parent
+from functions.core.imaging.geometry import Plan, best_parent
 from functions.core.imaging.limits import SourceImage
 from functions.core.imaging.resample import cut, halved_while_sharp
 from functions.core.imaging.tuning import BOX_HALVING_MARGIN, JPEG_BOX_HALVING_MARGIN
@@ -45,14 +45,23 @@ def render(
         check_memory_budget(source, plan, memory_budget)
     margin = JPEG_BOX_HALVING_MARGIN if is_jpeg(image) else BOX_HALVING_MARGIN
     base = halved_while_sharp(decode(image, plan), plan.max_scale, margin)
+    results = cut_renditions(base, plan.plans, metadata.orientation, icc)
+    return [(spec, results[spec.name]) for spec in specs]
+
+
+def cut_renditions(
+    base: Picture, plans: list[Plan], orientation: int | None, icc: bytes | None
+) -> dict[str, Image.Image]:
+    """Every plan's rendition of one decoded picture (a still, or one frame of an
+    animation): oriented, in sRGB, RGB or RGBA, by spec name."""
     made: list[Picture] = []
     results: dict[str, Image.Image] = {}
     # Largest first, so smaller renditions can be cut from larger ones.
-    for rendition in sorted(plan.plans, key=lambda p: p.scale, reverse=True):
+    for rendition in sorted(plans, key=lambda p: p.scale, reverse=True):
         parent = best_parent(rendition, [picture.placement for picture in made])
         picture = cut(base if parent is None else made[parent], rendition)
         made.append(picture)
         results[rendition.spec.name] = to_srgb(
-            oriented(straight_alpha(picture.image), metadata.orientation), icc
+            oriented(straight_alpha(picture.image), orientation), icc
         )
-    return [(spec, results[spec.name]) for spec in specs]
+    return results

@@ -128,3 +128,46 @@ def _coefficient_bytes(shape: DecodeShape) -> int:
 
 def describe_megabytes(count: int) -> str:
     return f"{math.ceil(count / MIB)} MB"
+
+
+@dataclass(frozen=True)
+class AnimationShape:
+    """What an animated rendition's decode holds: every output frame until it is encoded."""
+
+    format: str  # GIF or WEBP
+    canvas: tuple[int, int]  # the composited frame's size (a GIF's screen, a WebP's canvas)
+    frames: int
+    outputs: tuple[tuple[int, int], ...]  # each animated rendition's frame size
+    stills: tuple[tuple[int, int], ...]  # the still renditions, held meanwhile for encoding
+    input_bytes: int
+
+
+# Per canvas pixel while one frame is decoded and made resizable. GIF: Pillow's frame,
+# the previous frame it composites onto and the disposal region (4 bytes each), our RGBA
+# copy and its premultiplied copy. WebP: libwebp's three canvases, Pillow's bytes copy and
+# image, and our premultiplied copy.
+_FRAME_BYTES_PER_CANVAS_PIXEL = {"GIF": 20, "WEBP": 24}
+
+
+def estimate_animation_bytes(shape: AnimationShape) -> int:
+    """The most an animated render holds at one time, rounded up, before any frame is decoded.
+
+    Every output frame (4 bytes a pixel) is held until its rendition is encoded; next to
+    them, either one frame being decoded and resized, or an encoder: for GIF our palette
+    copy of every frame and the writer's own (1 byte a pixel each, and its deltas), the
+    palette's sample (at most 1 MP) and two frames compared in RGB; libwebp keeps a few
+    canvases of the output and the frames it has encoded.
+    """
+    canvas_pixels = shape.canvas[0] * shape.canvas[1]
+    frame_pixels = [width * height for width, height in shape.outputs]
+    held = 4 * shape.frames * sum(frame_pixels)
+    per_canvas = _FRAME_BYTES_PER_CANVAS_PIXEL.get(shape.format, 24)
+    decoding = (
+        per_canvas * canvas_pixels
+        + math.ceil(4 * canvas_pixels / 3)  # the 2x2 halvings
+        + 12 * max(frame_pixels, default=0)  # resize, orientation and sRGB of one frame
+    )
+    largest = max(frame_pixels, default=0)
+    encoding = 3 * shape.frames * largest + 16 * largest + 4 * 1_000_000
+    stills = 4 * sum(width * height for width, height in shape.stills)
+    return held + max(decoding, encoding) + stills + shape.input_bytes + _FIXED_OVERHEAD

@@ -19,6 +19,12 @@ from typing import TYPE_CHECKING
 from functions.core.allocator import memory_returned_when_large
 from functions.core.budget import estimate_peak_bytes, memory_budget_bytes
 from functions.core.imaging import encode as encoding
+from functions.core.imaging.animation import (
+    Animation,
+    animated_specs,
+    check_animation_budget,
+    render_animations,
+)
 from functions.core.imaging.decode import decode_shape, plan_decode
 from functions.core.imaging.encode import EncodedRendition
 from functions.core.imaging.exif import inspect
@@ -71,13 +77,38 @@ def _render_stages(data: bytes, settings: PipelineSettings, timer: StageTimer) -
         metadata = inspect(source)
     with timer.stage("render"):
         budget = memory_budget_bytes(settings.limits.memory_mb)
+        animated = animated_specs(source, metadata, settings.renditions)
+        check_animation_budget(source, metadata, settings.renditions, animated, budget)
         rendered = render(source, metadata, settings.renditions, memory_budget=budget)
         metadata = _with_placeholder(metadata, rendered)
+        animations = _animations(data, settings, metadata, animated, budget)
     outputs = []
     for spec, picture in rendered:
         with timer.stage("encode"):
-            outputs.append(encoding.encode(picture, spec, metadata, settings.strip_metadata))
+            if spec.name in animations:
+                outputs.append(
+                    encoding.encode_animation(
+                        animations.pop(spec.name), spec, metadata, settings.strip_metadata
+                    )
+                )
+            else:
+                outputs.append(encoding.encode(picture, spec, metadata, settings.strip_metadata))
     return RenderResult(metadata, tuple(outputs))
+
+
+def _animations(
+    data: bytes,
+    settings: PipelineSettings,
+    metadata: ImageMetadata,
+    animated: tuple[RenditionSpec, ...],
+    budget: int,
+) -> dict[str, Animation]:
+    """The animated renditions' frames, from a second open of the bytes (the still
+    render consumed the first); its header passes the same checks again."""
+    if not animated:
+        return {}
+    source = open_checked(data, metadata.format, settings.limits)
+    return render_animations(source, metadata, settings.renditions, animated, budget)
 
 
 def _with_placeholder(

@@ -7,7 +7,9 @@ is named by the digest of everything it holds, so the same inputs give the same
 bytes and `pulumi up` twice changes nothing.
 
 Pillow 13 ships only manylinux_2_28 wheels, hence the platform tag below (the
-usual manylinux2014 recipe silently resolves Pillow 12.2). pip honours its own
+usual manylinux2014 recipe silently resolves Pillow 12.2); pillow-heif's wheels
+(libheif, libde265 and libx265, which libheif links, bundled) carry the same tag
+for both architectures. pip honours its own
 environment variables, so `PIP_NO_INDEX=1 PIP_FIND_LINKS=<dir>` builds offline
 from a local wheelhouse.
 """
@@ -36,7 +38,13 @@ from functions.aws import contract
 # What the archive bundles besides functions/, pinned to requirements.lock. pip installs
 # them with --no-deps for the target platform, so every dependency is named here; boto3
 # and botocore are not bundled: the Lambda Python runtime provides them.
-LAMBDA_REQUIREMENTS = ("aws-lambda-powertools", "jmespath", "pillow", "typing-extensions")
+LAMBDA_REQUIREMENTS = (
+    "aws-lambda-powertools",
+    "jmespath",
+    "pillow",
+    "pillow-heif",
+    "typing-extensions",
+)
 CACHE_DIR_ENV = "IMAGEPIPE_LAMBDA_CACHE_DIR"
 MAX_ARCHIVE_BYTES = 15 * 1024 * 1024
 FUNCTION_PACKAGES = ("functions.core", "functions.aws")

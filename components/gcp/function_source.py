@@ -30,6 +30,7 @@ FUNCTION_REQUIREMENTS = (
     "google-cloud-pubsub",
     "google-cloud-storage",
     "pillow",
+    "pillow-heif",
 )
 # The API verifies its callers' tokens itself (pyjwt, cryptography for RS256/ES256) and never
 # decodes an image or publishes an event: no Pillow, no Pub/Sub.

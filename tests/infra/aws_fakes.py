@@ -16,6 +16,9 @@ from components.aws.lambda_archive import CACHE_DIR_ENV, lambda_requirements
 from components.packaging import LOCK_FILE
 
 FAKE_MARKER = b"# fake wheel content for offline tests\n"
+# The pinned projects with compiled code: a wheel per architecture, and the extension
+# module each holds (the real wheels bundle their C libraries beside it).
+PLATFORM_EXTENSIONS = {"pillow": "PIL/_imaging", "pillow-heif": "_pillow_heif"}
 
 
 def pinned_requirements(lock_file: Path = LOCK_FILE) -> dict[str, str]:
@@ -40,9 +43,9 @@ def write_fake_wheel(directory: Path, name: str, version: str, tag: str) -> Path
         f"{dist_info}/METADATA": metadata.encode(),
         f"{dist_info}/WHEEL": f"Wheel-Version: 1.0\nRoot-Is-Purelib: false\nTag: {tag}\n".encode(),
     }
-    if project == "pillow":
+    if name in PLATFORM_EXTENSIONS:
         platform = tag.rsplit("-", 1)[-1].removeprefix("manylinux_2_28_")
-        files[f"PIL/_imaging.cpython-312-{platform}-linux-gnu.so"] = FAKE_MARKER
+        files[f"{PLATFORM_EXTENSIONS[name]}.cpython-312-{platform}-linux-gnu.so"] = FAKE_MARKER
         files[f"{project}-{version}.data/scripts/not-for-lambda"] = FAKE_MARKER
     path = directory / f"{project}-{version}-{tag}.whl"
     with zipfile.ZipFile(path, "w") as wheel:
@@ -54,7 +57,7 @@ def write_fake_wheel(directory: Path, name: str, version: str, tag: str) -> Path
 def write_fake_wheelhouse(directory: Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     for name, version in pinned_requirements().items():
-        if name == "pillow":
+        if name in PLATFORM_EXTENSIONS:
             for platform in ("aarch64", "x86_64"):
                 write_fake_wheel(directory, name, version, f"cp312-cp312-manylinux_2_28_{platform}")
         else:

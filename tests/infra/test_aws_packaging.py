@@ -1,7 +1,7 @@
 """The Lambda archive: deterministic, cached, within budget, holding the right files.
 
 Offline tests build from a fake wheelhouse through the real pip; the network test
-downloads the real Pillow 13 and Powertools wheels for arm64 from PyPI."""
+downloads the real Pillow 13, pillow-heif and Powertools wheels for arm64 from PyPI."""
 
 from __future__ import annotations
 
@@ -34,6 +34,7 @@ def test_archive_holds_the_function_packages_and_installed_wheels(offline_lambda
     assert not [n for n in names if n.startswith(("functions/local/", "functions/gcp/", "tests/"))]
     assert "PIL/_imaging.cpython-312-aarch64-linux-gnu.so" in names
     assert "pillow-13.0.0.dist-info/METADATA" in names
+    assert "_pillow_heif.cpython-312-aarch64-linux-gnu.so" in names
     assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
     assert not [n for n in names if ".data/" in n]  # wheel scripts do not run in Lambda
 
@@ -51,6 +52,7 @@ def test_same_inputs_give_the_same_bytes(offline_lambda_builds, tmp_path):  # no
 def test_architectures_get_their_own_wheels(offline_lambda_builds):  # noqa: F811
     x86 = names_in(build_lambda_archive("x86_64").path)
     assert "PIL/_imaging.cpython-312-x86_64-linux-gnu.so" in x86
+    assert "_pillow_heif.cpython-312-x86_64-linux-gnu.so" in x86
     assert not [n for n in x86 if "aarch64" in n]
 
 
@@ -94,6 +96,7 @@ def test_requirements_match_the_lock():
             locked[name.strip().lower()] = version.strip()
     pins = pinned_requirements()
     assert pins["pillow"].startswith("13.")
+    assert pins["pillow-heif"].startswith("1.")
     assert {name: locked.get(name) for name in pins} == pins
 
 
@@ -110,9 +113,14 @@ def test_real_arm64_archive_from_pypi(tmp_path, monkeypatch):
         names = archive.namelist()
         metadata = archive.read("pillow-13.0.0.dist-info/METADATA").decode()
         imaging = archive.read("PIL/_imaging.cpython-312-aarch64-linux-gnu.so")
+        heif = archive.read("_pillow_heif.cpython-312-aarch64-linux-gnu.so")
+        libheif = [n for n in names if n.startswith("pillow_heif.libs/libheif-")]
     assert "\nVersion: 13.0.0\n" in metadata
-    assert imaging[:4] == b"\x7fELF" and imaging[18:20] == (183).to_bytes(2, "little")  # EM_AARCH64
+    for extension in (imaging, heif):
+        aarch64 = (183).to_bytes(2, "little")  # EM_AARCH64
+        assert extension[:4] == b"\x7fELF" and extension[18:20] == aarch64
     assert imaging != FAKE_MARKER
+    assert libheif, "pillow-heif's wheel bundles libheif"
     assert "functions/aws/main.py" in names
     assert "aws_lambda_powertools/logging/logger.py" in names
     assert not [n for n in names if "__pycache__" in n or n.startswith("tests/")]

@@ -16,6 +16,8 @@ compared with pyheif's decode (libheif 1.18.2, a separate build): mean differenc
 from __future__ import annotations
 
 import struct
+import subprocess
+import sys
 from io import BytesIO
 
 import pillow_heif
@@ -29,7 +31,7 @@ from functions.core.records import PermanentError
 from functions.core.settings import Limits, PipelineSettings, parse_settings
 from functions.core.timing import StageTimer
 from functions.core.uploads import UploadApi
-from tests.conftest import CORPUS, require
+from tests.conftest import CORPUS, PROJECT_ROOT, require
 from tests.core.images import BLUE, GREEN, RED, WHITE, FakeStack, dominant, quadrants
 from tests.core.test_uploads import GOOD, NOW, OPEN, UPLOAD_ID, Api
 
@@ -306,3 +308,28 @@ def test_a_heif_over_the_memory_budget_is_refused_before_it_is_decoded():
         render_image(_claiming(8000, 8000), settings, StageTimer())
     assert refused.value.code == "over_memory_budget"
     assert "8000x8000 HEIF" in refused.value.message
+
+
+_JPEG_ONLY_PROBE = """
+import sys
+from functions.core.imaging import render_image
+from functions.core.settings import parse_settings
+from functions.core.timing import StageTimer
+from tests.core.images import encoded, quadrants
+
+render_image(encoded(quadrants()), parse_settings({"allowedFormats": "JPEG,HEIF"}), StageTimer())
+print(sorted(name for name in sys.modules if "heif" in name))
+"""
+
+
+def test_libheif_is_loaded_only_for_a_heif():
+    """Allowing HEIF costs other formats nothing: pillow-heif is imported on the first HEIF."""
+    output = subprocess.run(
+        [sys.executable, "-c", _JPEG_ONLY_PROBE],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    assert output.strip() == "[]"

@@ -11,7 +11,7 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from functions.core.records import (
     ImageRecord,
@@ -20,7 +20,6 @@ from functions.core.records import (
     Status,
     StorageUnavailable,
 )
-from functions.core.uploads import PresignedPost, StoredUpload
 
 
 @dataclass(frozen=True)
@@ -141,6 +140,10 @@ class InMemoryEventPublisher:
         self.events.append(dict(event))
 
 
+if TYPE_CHECKING:  # the upload API's types, imported by its methods: `imagepipe process`
+    from functions.core.uploads import PresignedPost, StoredUpload  # never needs them
+
+
 @dataclass
 class InMemoryUploadBucket:
     """The upload API's view of one bucket of an `InMemoryBlobStore`.
@@ -155,6 +158,8 @@ class InMemoryUploadBucket:
     def presigned_post(
         self, key: str, *, content_type: str, max_bytes: int, expires_in: timedelta
     ) -> PresignedPost:
+        from functions.core.uploads import PresignedPost
+
         conditions = {
             "key": key,
             "Content-Type": content_type,
@@ -167,6 +172,8 @@ class InMemoryUploadBucket:
         )
 
     def find(self, prefix: str) -> StoredUpload | None:
+        from functions.core.uploads import StoredUpload
+
         if self.unavailable:
             raise StorageUnavailable(f"storage is unavailable (listing {self.name}/{prefix})")
         for (bucket, key), stored in self.blobs.objects.items():

@@ -5,8 +5,9 @@ glibc keeps freed heap memory for reuse, and keeps it per thread arena: after a
 threads; the dev pipeline runs three workers) the process stayed 110-180 MB above
 its baseline for good. `malloc_trim(0)` returns the free pages of every arena in
 about 2 ms. It is only called when an image left the process more than
-`RETAIN_LIMIT` larger than before it, so the common image keeps its warm heap (the
-next decode would otherwise page-fault its buffers in again). Fixing the mmap
+`RETAIN_LIMIT` above its resting size (the smallest it was when an image began), so
+the common image keeps its warm heap (the next decode would otherwise page-fault its
+buffers in again). Fixing the mmap
 threshold instead returns everything at once, but cost a 12 MP JPEG about 20% in
 page faults on every image.
 
@@ -44,15 +45,35 @@ def _malloc_trim():  # -> the C function, or None
         return None
 
 
+class _RestingSize:
+    """The smallest resident size seen when an image began: what the process comes back to."""
+
+    def __init__(self) -> None:
+        self.bytes: int | None = None
+
+    def saw(self, resident: int) -> None:
+        # Unlocked: two workers racing here can only keep the larger of two minima a moment.
+        if self.bytes is None or resident < self.bytes:
+            self.bytes = resident
+
+
+_resting = _RestingSize()
+
+
 @contextmanager
 def memory_returned_when_large() -> Iterator[None]:
-    """Trim the heap after the block when the process grew by more than RETAIN_LIMIT."""
+    """Trim the heap after the block when the process is more than RETAIN_LIMIT above its
+    resting size. Measured from the resting size, not from the block's start: images that
+    each keep a little less than the limit must not add up to a process that never shrinks."""
     before = resident_bytes()
+    if before is not None:
+        _resting.saw(before)
     try:
         yield
     finally:
         after = resident_bytes()
-        grew = before is not None and after is not None and after - before > RETAIN_LIMIT
+        resting = _resting.bytes
+        grew = after is not None and resting is not None and after - resting > RETAIN_LIMIT
         trim = _malloc_trim() if grew else None
         if trim is not None:
             trim(0)

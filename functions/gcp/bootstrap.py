@@ -10,11 +10,10 @@ from __future__ import annotations
 import json
 import logging
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from functions.core.events import event_source
 from functions.core.records import ClaimHeld, ObjectRef, PipelineError, Status
-from functions.core.service import Outcome, Pipeline
 from functions.core.uploads import UploadApi
 from functions.gcp.adapters import (
     FirestoreRecordStore,
@@ -27,6 +26,9 @@ from functions.gcp.adapters import (
 )
 from functions.gcp.contract import ApiEnvironment, FunctionEnvironment
 
+if TYPE_CHECKING:
+    from functions.core.service import Outcome, Pipeline
+
 # Where browsers POST uploads and fetch signed renditions; the SDK's own emulator variable
 # says where it is locally.
 STORAGE_ENDPOINT = "https://storage.googleapis.com"
@@ -34,7 +36,11 @@ STORAGE_ENDPOINT = "https://storage.googleapis.com"
 
 def build_pipeline(env: FunctionEnvironment) -> Pipeline:
     """The core bound to this stack's bucket, collection and topic."""
+    # Imported here: the upload API's function is built from this module too, and it never
+    # renders, so its cold start need not import the core's imaging and Pillow.
     from google.cloud import firestore, pubsub_v1, storage
+
+    from functions.core.service import Pipeline
 
     retry = sdk_retry(env.sdk_retry_seconds)
     return Pipeline(

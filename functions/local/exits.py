@@ -2,7 +2,7 @@
 
 0: every image completed (or a listing was printed); 1: an image failed, timed out or
 has no record; 2: bad usage, configuration, or a pipeline that cannot be reached.
-A module of its own because `cli` imports every subcommand: they cannot import it back.
+A module of its own, light enough for every subcommand to import without pulling in another.
 """
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2

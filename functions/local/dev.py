@@ -73,6 +73,7 @@ from functions.local.exits import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from functions.local.lambda_service import DEFAULT_RETRY_DELAYS, AsyncInvoker, Handler
 from functions.local.processes import OrphanGuard, ServerDidNotStart, how_it_ended
 from functions.local.stack_config import LocalStackConfig, read_stack_config
+from functions.local.target import DEFAULT_OUTPUTS
 
 DEFAULT_PORT = 4566
 DEFAULT_GCP_STORAGE_PORT = 4443  # fake-gcs-server's own default
@@ -83,7 +84,6 @@ DEFAULT_STACK_CONFIG = Path("stacks/Pulumi.aws-dev.yaml")
 DEFAULT_STACK_CONFIGS = {"aws": DEFAULT_STACK_CONFIG, "gcp": Path("stacks/Pulumi.gcp-dev.yaml")}
 # The GCP function's timeout when the stack config does not set imagepipe:timeoutSeconds.
 DEFAULT_TIMEOUT_SECONDS: int = PipelineArgs.timeout_seconds
-DEFAULT_OUTPUTS = Path(".imagepipe-dev.json")
 ACCOUNT_ID = "123456789012"  # moto's default account
 HEALTH_CHECK_SECONDS = 0.5  # how often `imagepipe dev` checks the emulator and the workers
 # The API function answers small I/O-bound requests: many at once, as its component allows.

@@ -25,7 +25,10 @@ from typing import Any, ClassVar, Protocol
 from components import outputs as output_names
 from components.config import CLOUDS
 from functions.core.records import ImageRecord, Status
-from functions.local.dev import DEFAULT_OUTPUTS
+
+# Where `imagepipe dev` writes its outputs and `upload`/`status --dev` read them: written
+# here, not in the dev pipeline's module, so the clients need not import the pipeline.
+DEFAULT_OUTPUTS = Path(".imagepipe-dev.json")
 
 
 class TargetError(Exception):

@@ -61,7 +61,7 @@ def test_detect_format_refuses_what_it_does_not_know(data):
     assert detect_format(data) is None
 
 
-def test_detect_format_names_heif_without_accepting_it():
+def test_detect_format_names_heif_by_its_brands():
     heic = b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic"
     assert detect_format(heic) == "HEIF"
 

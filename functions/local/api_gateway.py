@@ -22,7 +22,6 @@ import http.client
 import json
 import logging
 import mimetypes
-import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -33,7 +32,12 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from functions.core.uploads import IMAGES_PATH, UPLOADS_PATH, cors_headers
-from functions.local.cdn import IDLE_TIMEOUT_SECONDS, MAX_CONNECTIONS, BoundedThreadingHTTPServer
+from functions.local.cdn import (
+    IDLE_TIMEOUT_SECONDS,
+    MAX_CONNECTIONS,
+    BoundedThreadingHTTPServer,
+    LoopbackServer,
+)
 from functions.local.emulated_aws import HOST, PortInUse
 from functions.local.lambda_service import LambdaContext
 
@@ -198,7 +202,7 @@ class FunctionProxy:
             connection.close()
 
 
-class ApiGateway:
+class ApiGateway(LoopbackServer):
     """Serves the page and `backend`'s API on 127.0.0.1:`port` (0: any free port)."""
 
     def __init__(
@@ -211,7 +215,7 @@ class ApiGateway:
         max_connections: int = MAX_CONNECTIONS,
     ) -> None:
         try:
-            self._httpd = BoundedThreadingHTTPServer(
+            httpd = BoundedThreadingHTTPServer(
                 (HOST, port),
                 _handler_class(backend, web_root, idle_timeout),
                 max_connections=max_connections,
@@ -220,27 +224,7 @@ class ApiGateway:
             if error.errno == errno.EADDRINUSE:
                 raise PortInUse(port, "--api-port") from None
             raise
-        self._thread: threading.Thread | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://{HOST}:{self._httpd.server_address[1]}"
-
-    def start(self) -> None:
-        self._thread = threading.Thread(
-            target=self._httpd.serve_forever,
-            kwargs={"poll_interval": 0.1},
-            name="api-gateway",
-            daemon=True,
-        )
-        self._thread.start()
-
-    def stop(self) -> None:
-        if self._thread is not None:
-            self._httpd.shutdown()
-            self._thread.join(timeout=10)
-        self._httpd.close_connections(timeout=10)
-        self._httpd.server_close()
+        super().__init__(httpd, "api-gateway")
 
 
 def _is_api_path(path: str) -> bool:

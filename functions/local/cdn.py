@@ -193,7 +193,42 @@ class GcsRenditionReader:
         )
 
 
-class RenditionServer:
+class LoopbackServer:
+    """A `BoundedThreadingHTTPServer` on 127.0.0.1 served from a thread of its own: what the
+    CDN stand-in and the API's front door share. `stop()` never waits on a viewer."""
+
+    def __init__(self, httpd: BoundedThreadingHTTPServer, name: str) -> None:
+        self._httpd = httpd
+        self._name = name
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self._httpd.server_address[1]}"
+
+    def start(self) -> None:
+        self._thread = threading.Thread(
+            # A short poll: stop() waits for the loop to notice, and stopping should be quick.
+            target=self._httpd.serve_forever,
+            kwargs={"poll_interval": 0.1},
+            name=self._name,
+            daemon=True,
+        )
+        self._thread.start()
+
+    @property
+    def open_connections(self) -> int:
+        return self._httpd.open_connections
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._httpd.shutdown()  # waits for serve_forever, so it only runs once started
+            self._thread.join(timeout=10)
+        self._httpd.close_connections(timeout=10)
+        self._httpd.server_close()
+
+
+class RenditionServer(LoopbackServer):
     """Serves `reader`'s renditions on 127.0.0.1:`port` (0: any free port).
 
     `RenditionServer(s3_client, bucket)` is the S3 reader's shorthand, as it was before
@@ -211,35 +246,10 @@ class RenditionServer:
     ) -> None:
         if bucket is not None:
             reader = S3RenditionReader(reader, bucket)
-        self._httpd = BoundedThreadingHTTPServer(
+        httpd = BoundedThreadingHTTPServer(
             (HOST, port), _handler_class(reader, idle_timeout), max_connections=max_connections
         )
-        self._thread: threading.Thread | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://{HOST}:{self._httpd.server_address[1]}"
-
-    def start(self) -> None:
-        self._thread = threading.Thread(
-            # A short poll: stop() waits for the loop to notice, and stopping should be quick.
-            target=self._httpd.serve_forever,
-            kwargs={"poll_interval": 0.1},
-            name="cdn-server",
-            daemon=True,
-        )
-        self._thread.start()
-
-    @property
-    def open_connections(self) -> int:
-        return self._httpd.open_connections
-
-    def stop(self) -> None:
-        if self._thread is not None:
-            self._httpd.shutdown()  # waits for serve_forever, so it only runs once started
-            self._thread.join(timeout=10)
-        self._httpd.close_connections(timeout=10)
-        self._httpd.server_close()
+        super().__init__(httpd, "cdn-server")
 
 
 def _handler_class(reader: RenditionReader, idle_timeout: float) -> type[BaseHTTPRequestHandler]:

@@ -20,6 +20,7 @@ import pulumi_aws as aws
 from components.args import OPEN_API_WARNING
 from components.aws import policies
 from components.aws.args import AwsImagePipelineArgs
+from components.aws.functions import function_logs_and_role, json_logging
 from components.aws.lambda_archive import LambdaArchive
 from functions.aws import contract
 from functions.core.uploads import (
@@ -101,19 +102,7 @@ def create_upload_api(
     child = pulumi.ResourceOptions(parent=component)
 
     # --- the API's function: the pipeline's archive, its own handler, role and logs ------
-    logs = aws.cloudwatch.LogGroup(
-        f"{name}-api-logs",
-        name=f"/aws/lambda/{function_name}",
-        retention_in_days=args.log_retention_days,
-        tags=tags,
-        opts=child,
-    )
-    role = aws.iam.Role(
-        f"{name}-api-role",
-        assume_role_policy=json.dumps(policies.lambda_assume_role_policy()),
-        tags=tags,
-        opts=child,
-    )
+    logs, role = function_logs_and_role(component, f"{name}-api", function_name, args)
     role_policy = aws.iam.RolePolicy(
         f"{name}-api-role-policy",
         role=role.id,
@@ -140,12 +129,7 @@ def create_upload_api(
         timeout=API_TIMEOUT_SECONDS,
         code=pulumi.FileArchive(str(archive.path)),
         source_code_hash=archive.source_code_hash,
-        logging_config={
-            "log_format": "JSON",
-            "log_group": logs.name,
-            "application_log_level": "INFO",
-            "system_log_level": "WARN",
-        },
+        logging_config=json_logging(logs),
         environment={
             "variables": contract.api_to_env(
                 settings=args.settings,

@@ -18,6 +18,7 @@ from components import outputs
 from components.aws import policies
 from components.aws.api import create_upload_api
 from components.aws.args import AWS_LOG_RETENTION_DAYS, AwsImagePipelineArgs
+from components.aws.functions import function_logs_and_role, json_logging
 from components.aws.lambda_archive import build_lambda_archive
 from functions.aws import contract
 from functions.core.metrics import IMAGES_FAILED
@@ -193,19 +194,7 @@ class AwsImagePipeline(pulumi.ComponentResource):
             )
 
         # --- the function ---------------------------------------------------------------
-        logs = aws.cloudwatch.LogGroup(
-            f"{name}-logs",
-            name=f"/aws/lambda/{function_physical_name}",
-            retention_in_days=args.log_retention_days,
-            tags=tags,
-            opts=child,
-        )
-        role = aws.iam.Role(
-            f"{name}-role",
-            assume_role_policy=json.dumps(policies.lambda_assume_role_policy()),
-            tags=tags,
-            opts=child,
-        )
+        logs, role = function_logs_and_role(self, name, function_physical_name, args)
         role_policy = aws.iam.RolePolicy(
             f"{name}-role-policy",
             role=role.id,
@@ -241,12 +230,7 @@ class AwsImagePipeline(pulumi.ComponentResource):
             reserved_concurrent_executions=args.reserved_concurrency,
             code=pulumi.FileArchive(str(archive.path)),
             source_code_hash=archive.source_code_hash,
-            logging_config={
-                "log_format": "JSON",
-                "log_group": logs.name,
-                "application_log_level": "INFO",
-                "system_log_level": "WARN",
-            },
+            logging_config=json_logging(logs),
             tracing_config={"mode": "Active" if args.tracing else "PassThrough"},
             environment={
                 "variables": contract.to_env(

@@ -20,7 +20,8 @@ import pulumi_gcp as gcp
 
 from components.args import OPEN_API_WARNING
 from components.gcp.args import GcpImagePipelineArgs
-from components.gcp.function_source import API_FUNCTION, build_function_source
+from components.gcp.function_source import API_FUNCTION
+from components.gcp.functions import function_build_config
 from functions.core.uploads import CORS_MAX_AGE_SECONDS, ApiOptions
 from functions.gcp import contract
 
@@ -155,29 +156,19 @@ def create_upload_api(
         )
 
     # --- the function ----------------------------------------------------------------------
-    source = build_function_source(kind=API_FUNCTION)
-    archive = gcp.storage.BucketObject(
-        f"{name}-api-source-archive",
-        bucket=source_bucket.name,
-        name=source.object_name,
-        source=pulumi.FileAsset(str(source.path)),
-        content_type="application/zip",
-        opts=storage_ready,
-    )
     function = gcp.cloudfunctionsv2.Function(
         f"{name}-api-fn",
         location=args.region,
         description="imagepipe upload API: presigned uploads and image status",
         labels=labels,
-        build_config=gcp.cloudfunctionsv2.FunctionBuildConfigArgs(
-            runtime="python" + args.python_version.replace(".", ""),
+        build_config=function_build_config(
+            component,
+            f"{name}-api",
+            API_FUNCTION,
             entry_point=contract.API_ENTRY_POINT,
-            source=gcp.cloudfunctionsv2.FunctionBuildConfigSourceArgs(
-                storage_source=gcp.cloudfunctionsv2.FunctionBuildConfigSourceStorageSourceArgs(
-                    bucket=source_bucket.name,
-                    object=archive.name,
-                )
-            ),
+            python_version=args.python_version,
+            source_bucket=source_bucket,
+            storage_api=apis["storage"],
         ),
         # No event trigger: an HTTP function, called by browsers and clients directly.
         service_config=gcp.cloudfunctionsv2.FunctionServiceConfigArgs(

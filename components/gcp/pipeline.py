@@ -17,7 +17,8 @@ import pulumi_gcp as gcp
 from components import outputs
 from components.gcp.api import API_REQUIRED_APIS, create_upload_api, uploads_cors
 from components.gcp.args import GcpImagePipelineArgs
-from components.gcp.function_source import build_function_source
+from components.gcp.function_source import MAIN_FUNCTION
+from components.gcp.functions import function_build_config
 from functions.core.metrics import (
     ACTION_COUNTERS,
     ERROR_CODE,
@@ -343,7 +344,6 @@ class GcpImagePipeline(pulumi.ComponentResource):
         )
 
         # --- Source and function ------------------------------------------------------
-        source = build_function_source()
         source_bucket = gcp.storage.Bucket(
             f"{name}-source",
             location=args.region,
@@ -353,28 +353,19 @@ class GcpImagePipeline(pulumi.ComponentResource):
             labels=labels,
             opts=pulumi.ResourceOptions(parent=self, depends_on=[apis["storage"]]),
         )
-        archive = gcp.storage.BucketObject(
-            f"{name}-source-archive",
-            bucket=source_bucket.name,
-            name=source.object_name,
-            source=pulumi.FileAsset(str(source.path)),
-            content_type="application/zip",
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[apis["storage"]]),
-        )
         function = gcp.cloudfunctionsv2.Function(
             f"{name}-fn",
             location=args.region,
             description="imagepipe: renders each upload, records it and publishes an event",
             labels=labels,
-            build_config=gcp.cloudfunctionsv2.FunctionBuildConfigArgs(
-                runtime="python" + args.python_version.replace(".", ""),
+            build_config=function_build_config(
+                self,
+                name,
+                MAIN_FUNCTION,
                 entry_point=contract.ENTRY_POINT,
-                source=gcp.cloudfunctionsv2.FunctionBuildConfigSourceArgs(
-                    storage_source=gcp.cloudfunctionsv2.FunctionBuildConfigSourceStorageSourceArgs(
-                        bucket=source_bucket.name,
-                        object=archive.name,
-                    )
-                ),
+                python_version=args.python_version,
+                source_bucket=source_bucket,
+                storage_api=apis["storage"],
             ),
             service_config=gcp.cloudfunctionsv2.FunctionServiceConfigArgs(
                 # Also what the decode budget is derived from (the settings carry it).

@@ -20,6 +20,8 @@ COMPONENT_FILES = [
 PART_FILES = [
     PROJECT_ROOT / "components" / "aws" / "api.py",
     PROJECT_ROOT / "components" / "gcp" / "api.py",
+    PROJECT_ROOT / "components" / "aws" / "functions.py",
+    PROJECT_ROOT / "components" / "gcp" / "functions.py",
 ]
 PART_PARENT = "component"
 

@@ -10,9 +10,9 @@ so Eventarc retries the event with backoff.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import quote
 
@@ -31,6 +31,7 @@ from functions.core.records import (
     StorageUnavailable,
     TransientError,
 )
+from functions.core.timing import utc_now
 from functions.core.uploads import PresignedPost, StoredUpload
 from functions.gcp.contract import CONTENT_FIELD, CONTENT_INDEX, RECORDS_INDEXES
 
@@ -207,7 +208,14 @@ class GcsUploadBucket:
 
 class GcsRenditionUrls:
     """Viewers' URLs of renditions: plain under the CDN (or public bucket) URL, or V4 signed
-    GET URLs (delivery mode signed-urls, where the bucket is private)."""
+    GET URLs (delivery mode signed-urls, where the bucket is private).
+
+    A signed URL is kept and handed out again while more than half its lifetime remains:
+    on GCP each signature is a signBlob call, and a page polling `GET /images/{id}` asks
+    for the same renditions every few hundred milliseconds.
+    """
+
+    MAX_KEPT = 4096  # signed URLs kept at once; the oldest half goes when it is full
 
     def __init__(
         self,
@@ -219,6 +227,7 @@ class GcsRenditionUrls:
         signer: GcsSigner | None = None,
         endpoint: str = "",
         expires_in: timedelta = timedelta(hours=1),
+        clock: Callable[[], datetime] = utc_now,
     ) -> None:
         self._base_url = base_url.rstrip("/")
         self._sign = sign
@@ -227,10 +236,27 @@ class GcsRenditionUrls:
         self._signer = signer
         self._endpoint = endpoint
         self._expires_in = expires_in
+        self._clock = clock
+        self._kept: dict[str, tuple[datetime, str]] = {}  # key -> (signed at, url)
+        self._lock = threading.Lock()
 
     def __call__(self, key: str) -> str:
         if not self._sign:
             return f"{self._base_url}/{quote(key)}"
+        now = self._clock()
+        with self._lock:
+            kept = self._kept.get(key)
+        if kept is not None and now - kept[0] < self._expires_in / 2:
+            return kept[1]
+        url = self._signed(key)
+        with self._lock:
+            if len(self._kept) >= self.MAX_KEPT:
+                for old in list(self._kept)[: self.MAX_KEPT // 2]:
+                    del self._kept[old]
+            self._kept[key] = (now, url)
+        return url
+
+    def _signed(self, key: str) -> str:
         assert self._signer is not None and self._client is not None
         blob = self._client.bucket(self._bucket).blob(key)
         return blob.generate_signed_url(

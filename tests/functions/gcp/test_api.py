@@ -264,3 +264,28 @@ def test_finding_an_upload_takes_its_newest_generation(api, gcp_clients, gcp_nam
 def test_signed_urls_expire_within_the_hour(api):
     url = api.rendition_url("some/key.jpg")
     assert "X-Goog-Expires=3600" in url  # a signed rendition URL lives one hour
+
+
+def test_a_signed_url_is_reused_while_more_than_half_its_hour_remains(api):
+    from datetime import timedelta
+
+    from functions.gcp.adapters import GcsRenditionUrls
+
+    now = [datetime(2026, 12, 1, 12, 0, tzinfo=UTC)]
+    urls = api.rendition_url
+    cached = GcsRenditionUrls(
+        "unused",
+        sign=True,
+        client=urls._client,
+        bucket=urls._bucket,
+        signer=urls._signer,
+        endpoint=urls._endpoint,
+        clock=lambda: now[0],
+    )
+    first = cached("some/key.jpg")
+    now[0] += timedelta(minutes=29)
+    assert cached("some/key.jpg") is first  # no second signBlob on GCP
+    now[0] += timedelta(minutes=2)  # past half its life: signed afresh
+    again = cached("some/key.jpg")
+    assert again is not first and "X-Goog-Signature=" in again
+    assert cached("other/key.jpg") != again

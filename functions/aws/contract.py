@@ -27,11 +27,23 @@ API_OPTIONS = API_OPTIONS_ENV
 UPLOADS_BUCKET = "IMAGEPIPE_UPLOADS_BUCKET"
 UPLOADS_PREFIX = "IMAGEPIPE_UPLOADS_PREFIX"
 CDN_URL = "IMAGEPIPE_CDN_URL"
+# Operations (issue 12): where `originals: archive` moves uploads (set only then), and the
+# CloudFront distribution deleted renditions are invalidated in.
+ARCHIVE_BUCKET = "IMAGEPIPE_ARCHIVE_BUCKET"
+CDN_DISTRIBUTION_ID = "IMAGEPIPE_CDN_DISTRIBUTION_ID"
 
 # Lambda's asynchronous retries (the component's FunctionEventInvokeConfig and the dev
 # pipeline's stand-in): the first try and this many more, then the dead-letter queue.
 RETRY_ATTEMPTS = 2
 MAX_ATTEMPTS = 1 + RETRY_ATTEMPTS
+# The work queue (backfill, redrive): a message is received this many times (the SQS
+# redrive policy's maxReceiveCount) before it moves to the work queue's dead-letter queue;
+# the handler treats the last receive as the last attempt.
+WORK_MAX_RECEIVES = MAX_ATTEMPTS
+DEFAULT_BACKFILL_CONCURRENCY = 5  # the event source mapping's maximumConcurrency
+# S3 notifications the function takes: uploads, and deletes that propagate.
+UPLOAD_EVENTS = ("s3:ObjectCreated:*",)
+DELETE_EVENTS = ("s3:ObjectRemoved:*",)
 
 # What the component points the function at, and the archive must hold.
 HANDLER = "functions.aws.main.handler"
@@ -45,20 +57,32 @@ API_HANDLER_FILE = "functions/aws/api.py"
 # `completed_sha256`, is the upload's content hash written on COMPLETED records only: a
 # GSI holds just the items that have its key attribute, so the index is sparse and holds
 # exactly the records whose renditions a new upload of those bytes may take.
+# `by-object` finds every record of one object key (`source_object`, "<bucket>/<key>"): a
+# delete event without a version names only the key.
+# The same table holds one reference item per content hash (id CONTENT_REFERENCE_PREFIX +
+# sha256): the string set of record ids that use those bytes' renditions, and the lease of
+# a deleter. It has none of the indexes' key attributes, so no index holds it.
 RECORDS_KEY = "id"
 CONTENT_ATTRIBUTE = "completed_sha256"
+OBJECT_ATTRIBUTE = "source_object"
 RECORDS_ATTRIBUTES: dict[str, str] = {
     "id": "S",
     "status": "S",
     "updated_at": "S",
     CONTENT_ATTRIBUTE: "S",
+    OBJECT_ATTRIBUTE: "S",
 }
 STATUS_INDEX = "by-status"
 CONTENT_INDEX = "by-content"
+OBJECT_INDEX = "by-object"
 RECORDS_INDEXES: dict[str, tuple[str, str]] = {
     STATUS_INDEX: ("status", "updated_at"),
     CONTENT_INDEX: (CONTENT_ATTRIBUTE, "updated_at"),
+    OBJECT_INDEX: (OBJECT_ATTRIBUTE, "updated_at"),
 }
+CONTENT_REFERENCE_PREFIX = "content#"
+CONTENT_HOLDERS = "holders"
+CONTENT_DELETING_UNTIL = "deleting_until"
 
 
 @dataclass(frozen=True)

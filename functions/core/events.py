@@ -6,6 +6,7 @@ for byte, and `event_source` is built the same way on both clouds.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Mapping
 from typing import Any
@@ -14,6 +15,12 @@ from functions.core.records import ImageRecord, Status
 
 COMPLETED_TYPE = "imagepipe.image.completed"
 FAILED_TYPE = "imagepipe.image.failed"
+DELETED_TYPE = "imagepipe.image.deleted"
+EVENT_TYPES = {
+    Status.COMPLETED: COMPLETED_TYPE,
+    Status.FAILED: FAILED_TYPE,
+    Status.DELETED: DELETED_TYPE,
+}
 
 
 def event_source(cloud: str, function_name: str) -> str:
@@ -27,18 +34,24 @@ def encode_event(event: Mapping[str, Any]) -> bytes:
 
 
 def lifecycle_event(record: ImageRecord, *, source: str) -> dict[str, Any]:
-    """The event for a record that reached COMPLETED or FAILED.
+    """The event for a record that reached COMPLETED, FAILED or DELETED.
 
     The id is derived from the record and its final status, so a redelivery that
-    publishes again carries the same id and consumers can drop the duplicate.
+    publishes again carries the same id and consumers can drop the duplicate. A
+    COMPLETED id also names the renditions: re-rendering after a change of specs is news
+    (a new id), a redelivery of either render is not.
     """
-    if record.status not in (Status.COMPLETED, Status.FAILED):
+    if record.status not in EVENT_TYPES:
         raise ValueError(f"no lifecycle event for status {record.status.value}")
+    event_id = f"{record.id}-{record.status.value.lower()}"
+    if record.status is Status.COMPLETED:
+        keys = "\0".join(rendition.key for rendition in record.renditions)
+        event_id += "-" + hashlib.sha256(keys.encode()).hexdigest()[:12]
     return {
         "specversion": "1.0",
-        "id": f"{record.id}-{record.status.value.lower()}",
+        "id": event_id,
         "source": source,
-        "type": COMPLETED_TYPE if record.status is Status.COMPLETED else FAILED_TYPE,
+        "type": EVENT_TYPES[record.status],
         "subject": record.source.key,
         "time": record.updated_at,
         "datacontenttype": "application/json",

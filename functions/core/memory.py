@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from datetime import timedelta
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from functions.core.records import (
@@ -78,13 +78,52 @@ class InMemoryBlobStore:
             raise StorageUnavailable(f"storage is unavailable (looking up {bucket}/{key})")
         return (bucket, key) in self.objects
 
+    def delete(self, bucket: str, key: str, version: str | None = None) -> None:
+        if self.unavailable:
+            raise StorageUnavailable(f"storage is unavailable (deleting {bucket}/{key})")
+        stored = self.objects.get((bucket, key))
+        if stored is not None and version in (None, stored.version):
+            del self.objects[(bucket, key)]
+
+    def delete_under(self, bucket: str, prefix: str) -> list[str]:
+        if self.unavailable:
+            raise StorageUnavailable(f"storage is unavailable (deleting {bucket}/{prefix}*)")
+        doomed = [key for (b, key) in self.objects if b == bucket and key.startswith(prefix)]
+        for key in doomed:
+            del self.objects[(bucket, key)]
+        return sorted(doomed)
+
+    def archive(
+        self, bucket: str, key: str, version: str, *, archive_bucket: str, archive_key: str
+    ) -> None:
+        if self.unavailable:
+            raise StorageUnavailable(f"storage is unavailable (archiving {bucket}/{key})")
+        stored = self.objects.get((bucket, key))
+        if stored is None or stored.version != version:
+            raise KeyError(f"{bucket}/{key} version {version}")
+        self.objects[(archive_bucket, archive_key)] = replace(
+            stored, metadata={**stored.metadata, "storage-class": COLD_STORAGE_CLASS}
+        )
+
     def keys(self, bucket: str) -> list[str]:
         return sorted(key for (b, key) in self.objects if b == bucket)
+
+
+COLD_STORAGE_CLASS = "COLD"  # what an archived copy's metadata says in memory
+
+
+@dataclass
+class ContentReferences:
+    """One content hash's reference item: who holds it, and a deleter's lease."""
+
+    holders: set[str] = field(default_factory=set)
+    deleting_until: datetime | None = None
 
 
 @dataclass
 class InMemoryRecordStore:
     records: dict[str, ImageRecord] = field(default_factory=dict)
+    content: dict[str, ContentReferences] = field(default_factory=dict)
     unavailable: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -127,6 +166,54 @@ class InMemoryRecordStore:
                 if record.status is Status.COMPLETED and record.source.sha256 == content_sha256
             ]
         return max(found, key=lambda record: record.updated_at, default=None)
+
+    def for_object(self, bucket: str, key: str) -> list[ImageRecord]:
+        self._check()
+        with self._lock:
+            return [
+                record
+                for record in self.records.values()
+                if (record.source.bucket, record.source.key) == (bucket, key)
+            ]
+
+    def add_content_reference(self, content_sha256: str, record_id: str, now: datetime) -> bool:
+        self._check()
+        with self._lock:
+            item = self.content.setdefault(content_sha256, ContentReferences())
+            if item.deleting_until is not None and item.deleting_until > now:
+                return False
+            item.deleting_until = None  # a deleter that outlived its lease lost it
+            item.holders.add(record_id)
+            return True
+
+    def release_content_reference(
+        self, content_sha256: str, record_id: str, *, now: datetime, deletion_lease_until: datetime
+    ) -> bool:
+        self._check()
+        with self._lock:
+            item = self.content.setdefault(content_sha256, ContentReferences())
+            item.holders.discard(record_id)
+            if item.holders or (item.deleting_until is not None and item.deleting_until > now):
+                return False
+            item.deleting_until = deletion_lease_until
+            return True
+
+    def finish_content_deletion(self, content_sha256: str) -> None:
+        self._check()
+        with self._lock:
+            item = self.content.get(content_sha256)
+            if item is not None and not item.holders:
+                del self.content[content_sha256]
+
+
+@dataclass
+class InMemoryCdn:
+    """Remembers what it was asked to invalidate."""
+
+    invalidated: list[str] = field(default_factory=list)
+
+    def invalidate(self, keys: Sequence[str]) -> None:
+        self.invalidated.extend(keys)
 
 
 @dataclass

@@ -9,7 +9,8 @@ SDK's own retries) into `StorageUnavailable`, `RecordStoreUnavailable` or
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import Any, Protocol
 
 from functions.core.records import ImageRecord, Status
@@ -34,6 +35,24 @@ class BlobStore(Protocol):
     def exists(self, bucket: str, key: str) -> bool:
         """Whether an object is stored under exactly `key`, without reading its bytes
         (a HEAD, or a one-name listing): what reusing a rendition checks first."""
+        ...
+
+    def delete(self, bucket: str, key: str, version: str | None = None) -> None:
+        """Delete the object (that version of it, when given). Already gone is not an error:
+        a redelivered delete finds nothing left to do."""
+        ...
+
+    def delete_under(self, bucket: str, prefix: str) -> list[str]:
+        """Delete every object whose key starts with `prefix` (paginated listing, batched
+        deletes); returns the keys deleted."""
+        ...
+
+    def archive(
+        self, bucket: str, key: str, version: str, *, archive_bucket: str, archive_key: str
+    ) -> None:
+        """Copy that version of the object to `archive_bucket` under `archive_key`, in the
+        cloud's cold storage class (S3 Glacier Instant Retrieval, GCS Archive). Repeating it
+        overwrites the copy with the same bytes. Raises `KeyError` when the version is gone."""
         ...
 
 
@@ -62,6 +81,42 @@ class RecordStore(Protocol):
         (`source.sha256`), or None. One indexed lookup, possibly eventually consistent: a
         record finished a moment ago may not be found yet, and the caller renders instead.
         """
+        ...
+
+    def for_object(self, bucket: str, key: str) -> list[ImageRecord]:
+        """Every record of any version of this object (one indexed query): what a delete
+        event that names no version finds its records by."""
+        ...
+
+    # Rendition reference counting. Rendition keys are content-addressed, so one upload's
+    # renditions are every upload's of the same bytes; each record that may use them holds
+    # a reference on their content hash, and only releasing the last one deletes them.
+    # Each call is one atomic, conditional write of the content's reference item.
+
+    def add_content_reference(self, content_sha256: str, record_id: str, now: datetime) -> bool:
+        """Hold a reference for `record_id` (again: idempotent). False while the renditions of
+        these bytes are being deleted (a deletion lease that has not run out); the caller
+        then retries later, when they are gone and it renders them anew."""
+        ...
+
+    def release_content_reference(
+        self, content_sha256: str, record_id: str, *, now: datetime, deletion_lease_until: datetime
+    ) -> bool:
+        """Drop the reference of `record_id` (absent: nothing to drop). True when no reference
+        is left and the caller now holds the deletion lease on the content until
+        `deletion_lease_until`: it deletes the renditions, then `finish_content_deletion`.
+        False while others still hold references (or another deleter holds the lease)."""
+        ...
+
+    def finish_content_deletion(self, content_sha256: str) -> None:
+        """The renditions are gone (or were kept after all): remove the content's reference
+        item, unless a reference was added meanwhile."""
+        ...
+
+
+class CdnInvalidator(Protocol):
+    def invalidate(self, keys: Sequence[str]) -> None:
+        """Ask the CDN in front of the renditions to drop these objects' cached copies."""
         ...
 
 

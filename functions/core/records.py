@@ -18,9 +18,12 @@ class Status(StrEnum):
     PROCESSING = "PROCESSING"
     COMPLETED = "COMPLETED"
     FAILED = "FAILED"
+    # The original was deleted by its owner (not by the `originals` setting): the record
+    # stays, so `imagepipe status KEY` still answers what happened to it.
+    DELETED = "DELETED"
 
 
-FINAL_STATUSES = frozenset({Status.COMPLETED, Status.FAILED})
+FINAL_STATUSES = frozenset({Status.COMPLETED, Status.FAILED, Status.DELETED})
 
 # Permanent: retrying cannot help, so the record says FAILED and the function returns.
 PERMANENT_CODES = frozenset(
@@ -43,7 +46,15 @@ PERMANENT_CODES = frozenset(
 RETRIES_EXHAUSTED = "retries_exhausted"
 # Transient: the function raises and the platform retries with backoff.
 TRANSIENT_CODES = frozenset(
-    {"storage_unavailable", "record_store_unavailable", "publisher_unavailable", "claim_held"}
+    {
+        "storage_unavailable",
+        "record_store_unavailable",
+        "publisher_unavailable",
+        "claim_held",
+        # The renditions of these bytes are being deleted with the last original that had
+        # them: a moment later they are gone and this upload renders them again.
+        "renditions_being_deleted",
+    }
 )
 
 
@@ -111,11 +122,19 @@ class ClaimHeld(TransientError):
         super().__init__("claim_held", message)
 
 
+class RenditionsBeingDeleted(TransientError):
+    def __init__(self, message: str) -> None:
+        super().__init__("renditions_being_deleted", message)
+
+
 class MalformedEvent(ValueError):
     """The trigger's event names no object version this function can act on.
 
     Retrying cannot fix it: an entry point logs it in one line and acknowledges.
     """
+
+
+ORIGINAL_DELETED = "deleted"  # `ImageRecord.original` when originals: delete removed it
 
 
 @dataclass(frozen=True)
@@ -207,6 +226,10 @@ class ImageRecord:
     # While PROCESSING: after this instant another delivery may take the work over
     # (the worker that claimed it died or timed out).
     lease_expires_at: str | None = None
+    # What the `originals` setting did with the upload once the image COMPLETED: None
+    # while it is kept, ORIGINAL_DELETED, or the archived copy's URL (s3://..., gs://...).
+    # Set before the upload is touched, so the delete event that follows is known as ours.
+    original: str | None = None
 
     def evolve(self, **changes: Any) -> ImageRecord:
         return replace(self, **changes)
@@ -235,6 +258,7 @@ class ImageRecord:
             created_at=data.get("created_at", ""),
             updated_at=data.get("updated_at", ""),
             lease_expires_at=data.get("lease_expires_at"),
+            original=data.get("original"),
         )
 
 

@@ -11,6 +11,12 @@ one lookup of the records store by content hash finds a COMPLETED record of the 
 bytes, and when its renditions are still stored under the keys the current specs give,
 the new record takes them (stage `reuse` instead of detect ... store).
 
+After COMPLETED, the `originals` setting may delete or archive the upload
+(`_dispose_original`); a redelivery of a COMPLETED record finishes a disposal that was
+interrupted. `Pipeline.delete` handles an original its owner deleted: the records of it
+become DELETED with one `imagepipe.image.deleted` event each, and the renditions go
+with the last record that referenced their bytes (`_release_content`).
+
 The event is published *before* the final record is written: if publishing
 fails, the record is still claimable and the retry publishes; if the final
 write fails after publishing, the retry publishes again with the same event id
@@ -24,14 +30,16 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from enum import StrEnum
 from typing import TYPE_CHECKING, Literal
 
 from functions.core.events import lifecycle_event
 from functions.core.imaging import render_image
 from functions.core.keys import rendition_key
-from functions.core.ports import BlobStore, EventPublisher, RecordStore
+from functions.core.ports import BlobStore, CdnInvalidator, EventPublisher, RecordStore
 from functions.core.records import (
     FINAL_STATUSES,
+    ORIGINAL_DELETED,
     RETRIES_EXHAUSTED,
     ClaimHeld,
     ErrorInfo,
@@ -42,9 +50,11 @@ from functions.core.records import (
     PipelineError,
     RecordStoreUnavailable,
     RenditionRecord,
+    RenditionsBeingDeleted,
     RetriesExhausted,
     Source,
     Status,
+    record_id,
 )
 from functions.core.settings import PipelineSettings
 from functions.core.timing import StageTimer, isoformat, parse_instant, utc_now
@@ -60,8 +70,23 @@ IMMUTABLE_CACHE_CONTROL = "public, max-age=31536000, immutable"
 # rendition from an upload, and a trigger misrouted to it can refuse to recurse.
 RENDITION_MARKER = {"imagepipe-rendition": "true"}
 DEFAULT_LEASE = timedelta(minutes=16)  # longer than the longest function timeout (15 min)
+# How long a deleter holds the renditions of some bytes while it deletes them: a new upload
+# of those bytes waits (retries) meanwhile. Ample for one listing and one batch delete.
+DELETION_LEASE = timedelta(minutes=5)
+# `ImageRecord.original` of an archived upload: "archived:<archive bucket>/<archive key>".
+ORIGINAL_ARCHIVED_PREFIX = "archived:"
 
-Action = Literal["completed", "failed", "duplicate"]
+Action = Literal["completed", "failed", "deleted", "duplicate"]
+
+
+class Reclaim(StrEnum):
+    """What a delivery from the work queue (backfill, redrive) may take over besides new
+    and retried work, which every delivery may."""
+
+    # COMPLETED with renditions another spec made (`renditions_current` is False).
+    STALE = "stale"
+    # FAILED with a retryable error (`retries_exhausted`): a redrive.
+    FAILED = "failed"
 
 
 @dataclass(frozen=True)
@@ -94,45 +119,111 @@ class Pipeline:
     clock: Callable[[], datetime] = utc_now
     # Decodes and encodes one upload: tests count the decodes (none for reused renditions).
     renderer: Callable[[bytes, PipelineSettings, StageTimer], RenderResult] = render_image
+    # Where `originals: archive` moves uploads (the component makes it only then).
+    archive_bucket: str | None = None
+    # The CDN in front of the renditions, told when deleted renditions leave it (AWS).
+    cdn: CdnInvalidator | None = None
 
     def process(
-        self, ref: ObjectRef, lease: timedelta | None = None, *, event_time: datetime | None = None
+        self,
+        ref: ObjectRef,
+        lease: timedelta | None = None,
+        *,
+        event_time: datetime | None = None,
+        reclaim: frozenset[Reclaim] = frozenset(),
+        last_attempt: bool | None = None,
     ) -> Outcome:
         """Process one delivery of `ref` (see `_process_object`); `lease` overrides the
         instance's when the platform says how long this delivery may run (Lambda's
-        remaining time)."""
+        remaining time). A work-queue delivery says what it may `reclaim`, and whether it
+        is the queue's `last_attempt` (the queue counts its own deliveries); otherwise the
+        record's attempts are counted against `max_attempts`."""
+        if self.settings.originals == "archive" and not self.archive_bucket:
+            raise ValueError("originals: archive needs the pipeline's archive_bucket")
         return _process_object(
             ref,
-            settings=self.settings,
-            blobs=self.blobs,
-            records=self.records,
-            events=self.events,
-            renditions_bucket=self.renditions_bucket,
-            event_source=self.event_source,
-            clock=self.clock,
+            pipeline=self,
             lease=self.lease if lease is None else lease,
             event_time=event_time,
-            max_event_age=self.max_event_age,
-            max_attempts=self.max_attempts,
-            renderer=self.renderer,
+            reclaim=reclaim,
+            last_attempt=last_attempt,
         )
+
+    def delete(self, bucket: str, key: str, version: str | None = None) -> list[Outcome]:
+        """An original was deleted: its records become DELETED, each with one
+        `imagepipe.image.deleted` event, and with the last record that referenced their
+        bytes the renditions go too (unless `delete_renditions_with_original` is off).
+
+        `version` names the deleted version when the event does (a GCS generation, an S3
+        version deleted for good); without it every record of the key is the original's
+        (an unversioned S3 bucket keeps no older version). Records whose upload the
+        `originals` setting removed are left alone: that delete was the pipeline's own.
+        A redelivery finds the records DELETED and finishes releasing their renditions.
+        Raises `ClaimHeld` while a delivery is still processing one of them.
+        """
+        if version is not None:
+            found = self.records.get(record_id(bucket, key, version))
+            candidates = [found] if found is not None else self.records.for_object(bucket, key)
+            if found is None:  # a delete marker's id, or a version never processed
+                candidates = [r for r in candidates if r.status is not Status.DELETED]
+        else:
+            candidates = self.records.for_object(bucket, key)
+        outcomes = []
+        for record in sorted(candidates, key=lambda r: r.created_at):
+            if record.original is not None:
+                continue
+            outcomes.append(self._delete_record(record))
+        return outcomes
+
+    def _delete_record(self, record: ImageRecord) -> Outcome:
+        now = self.clock()
+        if record.status is Status.PROCESSING and not _lease_expired(record, now):
+            raise ClaimHeld(
+                f"{record.source.key} is being processed until {record.lease_expires_at}; "
+                "the delete is retried after"
+            )
+        action: Action = "duplicate"
+        if record.status is not Status.DELETED:
+            deleted = record.evolve(
+                status=Status.DELETED, lease_expires_at=None, updated_at=isoformat(now)
+            )
+            self.events.publish(lifecycle_event(deleted, source=self.event_source))
+            if not self.records.replace(
+                deleted, expected_status=record.status, expected_attempts=record.attempts
+            ):
+                raise ClaimHeld(f"{record.source.key} changed while it was deleted; retrying")
+            record, action = deleted, "deleted"
+        if self.settings.delete_renditions_with_original and record.source.sha256:
+            self._release_content(record.source.sha256, record.id)
+        return Outcome(action, record)
+
+    def _release_content(self, content_sha256: str, holder: str) -> None:
+        """Drop `holder`'s reference on these bytes; the last one out deletes their
+        renditions, of every spec, and tells the CDN."""
+        now = self.clock()
+        if not self.records.release_content_reference(
+            content_sha256, holder, now=now, deletion_lease_until=now + DELETION_LEASE
+        ):
+            return
+        # Records finished before references were counted hold none: the index still
+        # finds them, and their renditions stay.
+        legacy = self.records.latest_completed_with_content(content_sha256)
+        if legacy is None or legacy.id == holder:
+            deleted = self.blobs.delete_under(self.renditions_bucket, f"{content_sha256}/")
+            if deleted and self.cdn is not None:
+                self.cdn.invalidate(deleted)
+            log.info("deleted %d renditions of %s", len(deleted), content_sha256)
+        self.records.finish_content_deletion(content_sha256)
 
 
 def _process_object(
     ref: ObjectRef,
     *,
-    settings: PipelineSettings,
-    blobs: BlobStore,
-    records: RecordStore,
-    events: EventPublisher,
-    renditions_bucket: str,
-    event_source: str,
-    clock: Callable[[], datetime],
+    pipeline: Pipeline,
     lease: timedelta,
     event_time: datetime | None,
-    max_event_age: timedelta | None,
-    max_attempts: int | None,
-    renderer: Callable[[bytes, PipelineSettings, StageTimer], RenderResult],
+    reclaim: frozenset[Reclaim],
+    last_attempt: bool | None,
 ) -> Outcome:
     """Process one uploaded object version exactly once, as far as the outside world can tell.
 
@@ -140,25 +231,35 @@ def _process_object(
     event published) and for duplicates of a finished record. Raises
     `TransientError` (or any unexpected error) so the platform retries; the
     record is left PENDING with the error, ready for the retry to claim, unless this
-    is the platform's last attempt (`max_attempts`): then it ends FAILED
-    `retries_exhausted` with its failure event before the error is raised, so the
+    is the platform's last attempt (`last_attempt`, else `max_attempts`): then it ends
+    FAILED `retries_exhausted` with its failure event before the error is raised, so the
     platform still dead-letters the event for a redrive. An event older than
     `max_event_age` ends the same way without another try, and returns. A live
     claim held by another delivery raises `ClaimHeld` and leaves the record alone:
     only a finished record makes a delivery a no-op, so an image whose worker died
     is taken over by a retry once the lease runs out, never stuck PROCESSING.
     """
+    settings, records, events, clock = (
+        pipeline.settings,
+        pipeline.records,
+        pipeline.events,
+        pipeline.clock,
+    )
+    event_source, max_event_age = pipeline.event_source, pipeline.max_event_age
     timer = StageTimer()
     with timer.stage("claim"):
-        claimed, current = _claim(ref, records, clock, lease)
+        claimed, current = _claim(ref, records, clock, lease, _reclaimable(reclaim, settings))
     if claimed is None:
         if current.status not in FINAL_STATUSES:
             raise ClaimHeld(
                 f"{ref.key} is claimed by another delivery until {current.lease_expires_at}"
             )
         log.info("skipped %s: duplicate (%s)", ref.key, current.status.value)
+        if current.status is Status.COMPLETED:
+            current = _dispose_original(current, pipeline)  # finish one that was cut short
         return Outcome("duplicate", current)
 
+    referenced: list[str] = []  # the content hash, once this record holds a reference on it
     try:
         if event_time and max_event_age and clock() - event_time > max_event_age:
             last = f" (the last error: {claimed.error.message})" if claimed.error else ""
@@ -166,17 +267,20 @@ def _process_object(
                 f"the event is older than {int(max_event_age.total_seconds())} s, as long as "
                 f"the platform retries{last}"
             )
-        source, renditions, image = _render_and_store(
-            ref, settings, blobs, records, renditions_bucket, timer, renderer
-        )
+        source, renditions, image = _render_and_store(ref, claimed, pipeline, timer, referenced)
         final = claimed.evolve(
             status=Status.COMPLETED, source=source, image=image, renditions=renditions, error=None
         )
     except (PermanentError, RetriesExhausted) as error:
         final = claimed.evolve(status=Status.FAILED, error=ErrorInfo.from_error(error))
     except Exception as error:
-        if max_attempts is not None and claimed.attempts >= max_attempts:
+        if last_attempt is None:
+            last_attempt = (
+                pipeline.max_attempts is not None and claimed.attempts >= pipeline.max_attempts
+            )
+        if last_attempt:
             _give_up(claimed, error, records, events, event_source, clock, timer)
+            _release_references(referenced, claimed, pipeline)
         else:
             _release_for_retry(claimed, error, records, clock)
         raise
@@ -195,11 +299,104 @@ def _process_object(
     except Exception as error:
         _release_for_retry(claimed, error, records, clock)
         raise
-    return Outcome("completed" if final.status is Status.COMPLETED else "failed", final)
+    if final.status is Status.FAILED:
+        _release_references(referenced, claimed, pipeline)
+        return Outcome("failed", final)
+    return Outcome("completed", _dispose_original(final, pipeline))
+
+
+def _release_references(referenced: list[str], claimed: ImageRecord, pipeline: Pipeline) -> None:
+    """A record that ends FAILED uses no renditions: its reference goes, and with the last
+    one the renditions it had before (a re-render that failed) or none."""
+    for content_sha256 in referenced:
+        try:
+            pipeline._release_content(content_sha256, claimed.id)
+        except Exception:  # noqa: BLE001 - the record's outcome stands; a redrive retries
+            log.warning("could not release %s's reference on %s", claimed.id, content_sha256)
+
+
+def _dispose_original(record: ImageRecord, pipeline: Pipeline) -> ImageRecord:
+    """Delete or archive a COMPLETED record's upload, as the `originals` setting says.
+
+    The record says so first (`original`), so the delete event the upload's removal
+    causes is known as the pipeline's own; then the upload is copied (archive) and
+    deleted. Each step may be repeated: a redelivery of the COMPLETED record finishes
+    what a crash cut short. An upload already gone (its owner deleted it) is left be.
+    """
+    policy = pipeline.settings.originals
+    if policy == "keep":
+        return record
+    source, blobs = record.source, pipeline.blobs
+    if record.original is None:
+        if policy == "archive":
+            assert pipeline.archive_bucket is not None  # checked by Pipeline.process
+            day = pipeline.clock().strftime("%Y/%m/%d")
+            archive_key = f"{day}/{source.key}"
+            try:
+                blobs.archive(
+                    source.bucket,
+                    source.key,
+                    source.version,
+                    archive_bucket=pipeline.archive_bucket,
+                    archive_key=archive_key,
+                )
+            except KeyError:
+                log.info("kept no copy of %s: it was deleted first", source.key)
+                return record
+            original = f"{ORIGINAL_ARCHIVED_PREFIX}{pipeline.archive_bucket}/{archive_key}"
+        else:
+            original = ORIGINAL_DELETED
+        marked = record.evolve(original=original, updated_at=isoformat(pipeline.clock()))
+        if not pipeline.records.replace(
+            marked, expected_status=Status.COMPLETED, expected_attempts=record.attempts
+        ):
+            log.warning("record %s changed before its original was disposed of", record.id)
+            return record
+        record = marked
+    blobs.delete(source.bucket, source.key, source.version)
+    log.info("%s the original %s", "archived" if policy == "archive" else "deleted", source.key)
+    return record
+
+
+def _reclaimable(
+    reclaim: frozenset[Reclaim], settings: PipelineSettings
+) -> Callable[[ImageRecord], bool]:
+    """Which finished records this delivery may take over (see `Reclaim`)."""
+
+    def may_take_over(record: ImageRecord) -> bool:
+        if record.status is Status.COMPLETED:
+            return (
+                Reclaim.STALE in reclaim
+                and record.original is None
+                and not renditions_current(record, settings)
+            )
+        if record.status is Status.FAILED:
+            return Reclaim.FAILED in reclaim and record.error is not None and record.error.retryable
+        return False
+
+    return may_take_over
+
+
+def renditions_current(record: ImageRecord, settings: PipelineSettings) -> bool:
+    """Whether a COMPLETED record's renditions are exactly what the current specs make:
+    the same names, and keys that hold the same spec digests (and render version)."""
+    content_sha256 = record.source.sha256
+    if not content_sha256:
+        return False
+    if [r.name for r in record.renditions] != [spec.name for spec in settings.renditions]:
+        return False
+    return all(
+        rendition.key == rendition_key(content_sha256, spec, rendition.format)
+        for rendition, spec in zip(record.renditions, settings.renditions, strict=True)
+    )
 
 
 def _claim(
-    ref: ObjectRef, records: RecordStore, clock: Callable[[], datetime], lease: timedelta
+    ref: ObjectRef,
+    records: RecordStore,
+    clock: Callable[[], datetime],
+    lease: timedelta,
+    may_take_over: Callable[[ImageRecord], bool],
 ) -> tuple[ImageRecord | None, ImageRecord]:
     """Take the work with a conditional write. Returns (claimed, current).
 
@@ -224,7 +421,7 @@ def _claim(
     if current is None:  # created and gone again: only a manual delete does that
         raise RecordStoreUnavailable(f"record {ref.record_id} vanished while being claimed")
 
-    if current.status in FINAL_STATUSES:
+    if current.status in FINAL_STATUSES and not may_take_over(current):
         return None, current
     if current.status is Status.PROCESSING and not _lease_expired(current, now):
         return None, current
@@ -251,13 +448,13 @@ def is_stale_claim(record: ImageRecord, now: datetime) -> bool:
 
 def _render_and_store(
     ref: ObjectRef,
-    settings: PipelineSettings,
-    blobs: BlobStore,
-    records: RecordStore,
-    renditions_bucket: str,
+    claimed: ImageRecord,
+    pipeline: Pipeline,
     timer: StageTimer,
-    renderer: Callable[[bytes, PipelineSettings, StageTimer], RenderResult],
+    referenced: list[str],
 ) -> tuple[Source, tuple[RenditionRecord, ...], ImageMetadata]:
+    settings, blobs, records = pipeline.settings, pipeline.blobs, pipeline.records
+    renditions_bucket, renderer = pipeline.renditions_bucket, pipeline.renderer
     limit = settings.limits.max_bytes
     if ref.size == 0:
         raise PermanentError("empty_object", "the object is empty (0 bytes)")
@@ -276,6 +473,13 @@ def _render_and_store(
         raise PermanentError("too_large", f"the object is {len(data)} bytes; the limit is {limit}")
     content_sha256 = hashlib.sha256(data).hexdigest()
     source = Source(ref.bucket, ref.key, ref.version, len(data), content_sha256, ref.content_type)
+    # Before the renditions are looked up or written: a deleter that took the last
+    # reference away an instant earlier is then seen (and waited for), never raced.
+    if not records.add_content_reference(content_sha256, claimed.id, pipeline.clock()):
+        raise RenditionsBeingDeleted(
+            f"the renditions of {ref.key}'s bytes are being deleted with another original"
+        )
+    referenced.append(content_sha256)
     with timer.stage("lookup"):
         reusable = _reusable(content_sha256, settings, records, blobs, renditions_bucket)
     if reusable is not None:
@@ -332,11 +536,8 @@ def _reusable(
         or image.frames > limits.max_frames
     ):
         return None
-    if [r.name for r in found.renditions] != [spec.name for spec in settings.renditions]:
-        return None
-    for rendition, spec in zip(found.renditions, settings.renditions, strict=True):
-        if rendition.key != rendition_key(content_sha256, spec, rendition.format):
-            return None  # made from another spec or by another render version
+    if not renditions_current(found, settings):
+        return None  # made from other specs or by another render version
     if not all(blobs.exists(renditions_bucket, r.key) for r in found.renditions):
         return None
     return found

@@ -58,6 +58,12 @@ MAX_FRAMES_CEILING = 100_000
 MEMORY_MB_RANGE = (128, 32768)
 
 
+# keep: the upload stays; delete: removed once its image COMPLETED; archive: moved then to
+# the archive bucket under YYYY/MM/DD/<key>, in the cloud's coldest instantly readable class.
+Originals = Literal["keep", "delete", "archive"]
+ORIGINALS: tuple[str, ...] = ("keep", "delete", "archive")
+
+
 class SettingsError(ValueError):
     """A setting is invalid; the message is one sentence naming key, value and what is allowed."""
 
@@ -131,6 +137,11 @@ class PipelineSettings:
     strip_metadata: bool = True
     # Output colour is always sRGB: the only space every browser renders the same.
     output_colour: Literal["srgb"] = "srgb"
+    # What happens to an upload once its image COMPLETED (a FAILED one is always kept).
+    originals: Originals = "keep"
+    # Deleting an original deletes its renditions too, unless another live record shares
+    # them (the same bytes uploaded under another key): what a user deleting a photo expects.
+    delete_renditions_with_original: bool = True
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
@@ -153,6 +164,8 @@ class PipelineSettings:
                 "memoryMb": raw.get("limits", {}).get("memory_mb", _UNSET),
                 "stripMetadata": raw.get("strip_metadata", _UNSET),
                 "outputColour": raw.get("output_colour", _UNSET),
+                "originals": raw.get("originals", _UNSET),
+                "deleteRenditionsWithOriginal": raw.get("delete_renditions_with_original", _UNSET),
             },
             prefix=f"{SETTINGS_ENV}.",
         )
@@ -175,6 +188,8 @@ SETTINGS_KEYS: tuple[str, ...] = (
     "memoryMb",
     "stripMetadata",
     "outputColour",
+    "originals",
+    "deleteRenditionsWithOriginal",
 )
 
 
@@ -221,7 +236,22 @@ def parse_settings(values: Mapping[str, Any], prefix: str = "imagepipe:") -> Pip
         raise SettingsError(
             f"{prefix}outputColour is {shown(colour)}; the only allowed value is srgb."
         )
-    return PipelineSettings(renditions, allowed, limits, strip, "srgb")
+    originals = values["originals"] if given("originals") else "keep"
+    if originals not in ORIGINALS:
+        raise SettingsError(
+            f"{prefix}originals is {shown(originals)}; use one of {', '.join(ORIGINALS)}."
+        )
+    delete_renditions = (
+        values["deleteRenditionsWithOriginal"] if given("deleteRenditionsWithOriginal") else True
+    )
+    if not isinstance(delete_renditions, bool):
+        raise SettingsError(
+            f"{prefix}deleteRenditionsWithOriginal is {shown(delete_renditions)}; "
+            "use true or false."
+        )
+    return PipelineSettings(
+        renditions, allowed, limits, strip, "srgb", originals, delete_renditions
+    )
 
 
 def unknown_key_message(full_key: str, known: Sequence[str], prefix: str) -> str:

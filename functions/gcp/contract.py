@@ -32,12 +32,24 @@ UPLOADS_BUCKET = "IMAGEPIPE_UPLOADS_BUCKET"
 CDN_URL = "IMAGEPIPE_CDN_URL"
 # "true" in delivery mode signed-urls: each rendition URL the API answers is signed.
 SIGN_RENDITION_URLS = "IMAGEPIPE_SIGN_RENDITION_URLS"
+# Operations (issue 12): where `originals: archive` moves uploads (set only then), and
+# the URL map whose Cloud CDN cache deleted renditions are invalidated in (with the CDN).
+ARCHIVE_BUCKET = "IMAGEPIPE_ARCHIVE_BUCKET"
+CDN_URL_MAP = "IMAGEPIPE_CDN_URL_MAP"
 PROJECT = "GOOGLE_CLOUD_PROJECT"  # Google's own variable; the SDK clients read it too
 FUNCTION_NAME = "K_SERVICE"  # Cloud Run's own: a gen2 function is a service of its name
 
 # What the component points at the function, and the function expects.
 ENTRY_POINT = "handle_upload"
 UPLOAD_EVENT_TYPE = "google.cloud.storage.object.v1.finalized"
+# A second Eventarc trigger on the same function: deletes that propagate.
+DELETE_EVENT_TYPE = "google.cloud.storage.object.v1.deleted"
+# The work queue (backfill, redrive): Cloud Tasks posts each WorkItem to the function's URL
+# as a binary-mode CloudEvent of this type, with an OIDC token of the queue's account.
+WORK_EVENT_TYPE = "dev.imagepipe.work.v1"
+WORK_MAX_ATTEMPTS = 3  # the queue's retry_config.max_attempts: the last is the last attempt
+TASK_RETRY_COUNT_HEADER = "X-CloudTasks-TaskRetryCount"  # Cloud Tasks' own: 0 on the first
+DEFAULT_BACKFILL_CONCURRENCY = 5  # the queue's max_concurrent_dispatches
 # The upload API's function: an HTTP function of its own archive, whose main.py is this file.
 API_ENTRY_POINT = "handle_api"
 API_ENTRY_POINT_FILE = "functions/gcp/api.py"
@@ -50,6 +62,14 @@ RECORDS_COLLECTION_NAME = "images"  # in the (default) database
 # check, production refuses it (FAILED_PRECONDITION) until the index exists. Newest first
 # matters after a change of renditions: the record made with the current specs is found.
 CONTENT_FIELD = "completed_sha256"
+# "<bucket>/<key>" on every document: a delete event's records by key (one equality
+# filter, served by Firestore's automatic single-field index).
+OBJECT_FIELD = "source_object"
+# One document per content hash (id: the sha256): the record ids that use those bytes'
+# renditions (`holders`) and a deleter's lease (`deleting_until`).
+CONTENT_COLLECTION_NAME = "image_content"
+CONTENT_HOLDERS = "holders"
+CONTENT_DELETING_UNTIL = "deleting_until"
 STATUS_INDEX = "by-status"
 CONTENT_INDEX = "by-content"
 RECORDS_INDEXES: dict[str, tuple[tuple[str, str], ...]] = {

@@ -16,15 +16,19 @@ import mimetypes
 import shutil
 import subprocess
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from components import outputs as output_names
 from components.config import CLOUDS
-from functions.core.records import ImageRecord, Status
+from functions.core.records import ImageRecord, ObjectRef, Status
+
+if TYPE_CHECKING:
+    from functions.core.settings import PipelineSettings
+    from functions.core.work import WorkItem
 
 # Where `imagepipe dev` writes its outputs and `upload`/`status --dev` read them: written
 # here, not in the dev pipeline's module, so the clients need not import the pipeline.
@@ -52,6 +56,35 @@ class EventFeed(Protocol):
 
     def receive(self, wait_seconds: int) -> list[ImageRecord]:
         """The records of the events that arrive within `wait_seconds` (0: only those waiting)."""
+        ...
+
+
+class WorkQueue(Protocol):
+    """The pipeline's work queue (SQS on AWS, Cloud Tasks on GCP), to put work on."""
+
+    def enqueue(self, items: Sequence[WorkItem]) -> None:
+        """Put every item on the queue, in as few requests as the queue allows (SQS: ten
+        per SendMessageBatch). Raises the SDK's error when any item could not be put."""
+        ...
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """One message the function's dead-letter queue holds: the work it stands for, and
+    whatever the queue needs to remove that message once the work is enqueued again."""
+
+    items: tuple[WorkItem, ...]  # an S3 event may name several objects
+    receipt: Any
+
+
+class DeadLetterQueue(Protocol):
+    def receive(self, max_messages: int) -> list[DeadLetter]:
+        """Up to `max_messages` messages, hidden from other readers for a while; an empty
+        list when the queue is empty. A message that names no object is removed, and logged."""
+        ...
+
+    def remove(self, letters: Sequence[DeadLetter]) -> None:
+        """Delete these messages from the queue (after their work was enqueued again)."""
         ...
 
 
@@ -122,6 +155,29 @@ class PipelineTarget(ABC):
     def url(self, key: str) -> str:
         """Where a rendition is served."""
         return f"{self.cdn_url}/{key}"
+
+    # --- Operations: backfill and redrive --------------------------------------------------
+
+    @property
+    @abstractmethod
+    def settings(self) -> PipelineSettings:
+        """The function's settings, from the `settings` output (what `--stale` compares with)."""
+
+    @abstractmethod
+    def list_uploads(self, prefix: str = "") -> Iterator[ObjectRef]:
+        """Every object of the uploads bucket under `prefix` (never the renditions bucket),
+        page by page, each as the trigger would name it: key, the version the function
+        keys its record by (S3 versionId, else the ETag; GCS generation), and size."""
+
+    @abstractmethod
+    def work_queue(self) -> WorkQueue:
+        """The work queue in front of the function."""
+
+    @abstractmethod
+    def dead_letters(self) -> DeadLetterQueue | None:
+        """The function's dead-letter queue of trigger events (AWS); None where the platform
+        keeps none (GCP: Eventarc drops an event after its retries, and the record says
+        FAILED `retries_exhausted` instead)."""
 
 
 def records_in_events(bodies: Iterable[str | bytes]) -> list[ImageRecord]:

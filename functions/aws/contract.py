@@ -94,13 +94,23 @@ class FunctionEnvironment:
     records_table: str
     events_topic_arn: str
     function_name: str = "local"
+    archive_bucket: str | None = None
+    cdn_distribution_id: str | None = None
 
 
 def to_env(
-    *, settings: PipelineSettings, renditions_bucket: Any, records_table: Any, events_topic_arn: Any
+    *,
+    settings: PipelineSettings,
+    renditions_bucket: Any,
+    records_table: Any,
+    events_topic_arn: Any,
+    archive_bucket: Any = None,
+    cdn_distribution_id: Any = None,
 ) -> dict[str, Any]:
     """The function's environment variables (values may be Pulumi Inputs)."""
+    optional = {ARCHIVE_BUCKET: archive_bucket, CDN_DISTRIBUTION_ID: cdn_distribution_id}
     return {
+        **{name: value for name, value in optional.items() if value is not None},
         SETTINGS: settings.to_json(),
         RENDITIONS_BUCKET: renditions_bucket,
         RECORDS_TABLE: records_table,
@@ -124,6 +134,8 @@ def from_env(environ: Mapping[str, str]) -> FunctionEnvironment:
         records_table=environ[RECORDS_TABLE],
         events_topic_arn=environ[EVENTS_TOPIC],
         function_name=environ.get(FUNCTION_NAME, "local"),
+        archive_bucket=environ.get(ARCHIVE_BUCKET, "").strip() or None,
+        cdn_distribution_id=environ.get(CDN_DISTRIBUTION_ID, "").strip() or None,
     )
 
 

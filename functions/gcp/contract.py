@@ -102,6 +102,8 @@ class FunctionEnvironment:
     function_name: str = "local"
     uploads_prefix: str = ""
     uploads_suffix: str = ""
+    archive_bucket: str | None = None
+    cdn_url_map: str | None = None
 
     def watches(self, key: str) -> bool:
         """Whether an object under `key` is an upload to process (S3's filter rule)."""
@@ -119,11 +121,18 @@ def to_env(
     project: Any,
     uploads_prefix: str | None = None,
     uploads_suffix: str | None = None,
+    archive_bucket: Any = None,
+    cdn_url_map: Any = None,
 ) -> dict[str, Any]:
     """The function's environment variables (values may be Pulumi Inputs)."""
-    filters = {UPLOADS_PREFIX: uploads_prefix, UPLOADS_SUFFIX: uploads_suffix}
+    optional = {
+        UPLOADS_PREFIX: uploads_prefix,
+        UPLOADS_SUFFIX: uploads_suffix,
+        ARCHIVE_BUCKET: archive_bucket,
+        CDN_URL_MAP: cdn_url_map,
+    }
     return {
-        **{name: value for name, value in filters.items() if value},
+        **{name: value for name, value in optional.items() if value},
         SETTINGS: settings.to_json(),
         RENDITIONS_BUCKET: renditions_bucket,
         RECORDS_COLLECTION: records_collection,
@@ -165,6 +174,8 @@ def from_env(environ: Mapping[str, str]) -> FunctionEnvironment:
         function_name=environ.get(FUNCTION_NAME, "").strip() or "local",
         uploads_prefix=environ.get(UPLOADS_PREFIX, ""),
         uploads_suffix=environ.get(UPLOADS_SUFFIX, ""),
+        archive_bucket=environ.get(ARCHIVE_BUCKET, "").strip() or None,
+        cdn_url_map=environ.get(CDN_URL_MAP, "").strip() or None,
     )
 
 

@@ -176,6 +176,13 @@ class InMemoryRecordStore:
                 if (record.source.bucket, record.source.key) == (bucket, key)
             ]
 
+    def for_upload(self, upload_id: str) -> list[ImageRecord]:
+        from functions.core.uploads import upload_id_in
+
+        self._check()
+        with self._lock:
+            return [r for r in self.records.values() if upload_id_in(r.source.key) == upload_id]
+
     def add_content_reference(self, content_sha256: str, record_id: str, now: datetime) -> bool:
         self._check()
         with self._lock:

@@ -88,6 +88,11 @@ class RecordStore(Protocol):
         event that names no version finds its records by."""
         ...
 
+    def for_upload(self, upload_id: str) -> list[ImageRecord]:
+        """Every record whose key holds this upload API id (`uploads.upload_id_in`): how
+        GET /images/{id} finds an image whose upload is no longer in the bucket."""
+        ...
+
     # Rendition reference counting. Rendition keys are content-addressed, so one upload's
     # renditions are every upload's of the same bytes; each record that may use them holds
     # a reference on their content hash, and only releasing the last one deletes them.

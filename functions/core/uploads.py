@@ -41,6 +41,7 @@ MAX_FILENAME_CHARS = 200
 _SAFE_NAME_CHAR = re.compile(r"[^A-Za-z0-9._-]+")
 _SAFE_CALLER = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 _UPLOAD_ID = re.compile(r"^[0-9a-f]{32}$")
+_KEY_WITH_UPLOAD_ID = re.compile(r"(?:^|/)([0-9a-f]{32})/[^/]+$")
 
 
 @dataclass(frozen=True)
@@ -195,6 +196,14 @@ def caller_segment(subject: str | None) -> str:
     return "u-" + hashlib.sha256(subject.encode()).hexdigest()[:32]
 
 
+def upload_id_in(key: str) -> str | None:
+    """The API's id of an upload, from the key it chose (`<prefix><caller>/<id>/<name>`);
+    None for any other key. Records carry it, so GET /images/{id} still finds the record
+    once the `originals` setting (or its owner) removed the upload itself."""
+    match = _KEY_WITH_UPLOAD_ID.search(key)
+    return match.group(1) if match else None
+
+
 def sanitised_filename(filename: Any) -> str:
     """The file name as it goes into the key: letters, digits, '.', '_' and '-' only.
 
@@ -340,11 +349,21 @@ class UploadApi:
                 400, "id", "the id is the 32 hexadecimal characters POST /uploads answered"
             )
         # Only the caller's own prefix is searched: another caller's id is simply not found.
-        stored = self.bucket.find(f"{self._caller_prefix(caller)}{upload_id}/")
+        prefix = f"{self._caller_prefix(caller)}{upload_id}/"
+        stored = self.bucket.find(prefix)
         if stored is None:
-            raise RequestRejected(
-                404, "id", "no upload with this id has arrived (yet); ask again shortly"
-            )
+            # Gone from the bucket: deleted or archived after it COMPLETED, or not arrived.
+            known = [
+                record
+                for record in self.records.for_upload(upload_id)
+                if record.source.bucket == self.bucket.name and record.source.key.startswith(prefix)
+            ]
+            if not known:
+                raise RequestRejected(
+                    404, "id", "no upload with this id has arrived (yet); ask again shortly"
+                )
+            latest = max(known, key=lambda record: record.updated_at)
+            return ApiResponse(200, self.public_view(upload_id, latest.source.key, latest))
         record = self.records.get(record_id(self.bucket.name, stored.key, stored.version))
         return ApiResponse(200, self.public_view(upload_id, stored.key, record))
 

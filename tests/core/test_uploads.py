@@ -25,6 +25,7 @@ from functions.core.uploads import (
     caller_segment,
     cors_headers,
     sanitised_filename,
+    upload_id_in,
 )
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
@@ -285,3 +286,19 @@ def test_a_record_written_by_a_newer_release_still_reads():
     data["image"]["a_field_from_the_future"] = 1
     data["source"]["another"] = "x"
     assert ImageRecord.from_dict(data) == record
+
+
+def test_an_image_whose_upload_was_removed_after_it_completed_is_still_found():
+    api = Api(JWT)
+    key = f"incoming/alice/{UPLOAD_ID}/cat.jpg"
+    record = _record(api, key)
+    api.records.records[record.id] = record.evolve(
+        status=Status.COMPLETED, original="deleted", updated_at="2026-12-01T12:00:01.000Z"
+    )
+    api.blobs.objects.clear()  # originals: delete took the upload away
+    body = api.get(caller="alice").body
+    assert (body["status"], body["key"]) == ("COMPLETED", key)
+    assert api.get(caller="bob").status == 404
+    assert upload_id_in(key) == UPLOAD_ID
+    assert upload_id_in(f"incoming/{UPLOAD_ID}") is None
+    assert upload_id_in("photos/cat.jpg") is None

@@ -6,7 +6,7 @@
 const POLL_MS = 400;
 const GIVE_UP_MS = 90_000;
 const MAX_POLL_FAILURES = 5; // consecutive unanswered polls before the card gives up
-const FINAL = new Set(["COMPLETED", "FAILED"]);
+const FINAL = new Set(["COMPLETED", "FAILED", "DELETED"]);
 
 // Statuses of a card before the API has a record, and after the page gave up.
 const LABELS = {
@@ -17,6 +17,7 @@ const LABELS = {
   PROCESSING: "processing",
   COMPLETED: "completed",
   FAILED: "failed",
+  DELETED: "deleted by its owner",
   REJECTED: "rejected by the API",
   ERROR: "stopped",
 };

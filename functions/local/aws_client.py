@@ -1,31 +1,46 @@
-"""The local client of a pipeline on AWS: S3 for uploads, the DynamoDB records table, and
-the SNS events topic followed through an SQS queue of the command's own.
+"""The local client of a pipeline on AWS: S3 for uploads, the DynamoDB records table, the
+SNS events topic followed through an SQS queue of the command's own, and for backfill and
+redrive the SQS work queue and the dead-letter queues.
 
 boto3 is imported on first use, not with this module: `imagepipe process` never needs it.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import threading
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from components import outputs as output_names
 from functions.aws.contract import RECORDS_INDEXES, STATUS_INDEX
-from functions.core.records import ImageRecord, Status, record_id
+from functions.core.records import ImageRecord, MalformedEvent, ObjectRef, Status, record_id
 from functions.local.target import (
+    DeadLetter,
     EventFeed,
     PipelineTarget,
+    TargetError,
     content_type_of,
     records_in_events,
     required_outputs,
 )
 
+if TYPE_CHECKING:
+    from functions.core.settings import PipelineSettings
+    from functions.core.work import WorkItem
+
 BATCH_GET_LIMIT = 100  # keys per BatchGetItem, DynamoDB's own maximum
+SQS_BATCH_LIMIT = 10  # entries per SendMessageBatch / DeleteMessageBatch, and per receive
+# How long a received dead letter stays hidden from other readers: ample for enqueueing its
+# work again; a redrive that dies meanwhile leaves it to reappear, never lost.
+DEAD_LETTER_VISIBILITY_SECONDS = 120
+
+log = logging.getLogger("imagepipe")
 
 
 def object_version(response: Mapping[str, Any]) -> str:
@@ -41,6 +56,10 @@ class AwsPipelineTarget(PipelineTarget):
     records_table: str
     endpoint: str | None = None  # the emulator; None: real AWS, with the default credential chain
     region: str | None = None
+    settings_json: str | None = None  # the `settings` output
+    work_queue_url: str | None = None
+    work_dead_letter_queue_url: str | None = None
+    dead_letter_queue_url: str | None = None
 
     @classmethod
     def from_outputs(cls, outputs: Mapping[str, Any], origin: str) -> AwsPipelineTarget:
@@ -60,6 +79,10 @@ class AwsPipelineTarget(PipelineTarget):
             # A deployed stack exports no region; its topic's ARN names the one it lives in.
             region=outputs.get("region") or _arn_region(topic),
             events_topic=topic,
+            settings_json=_settings_text(outputs.get(output_names.SETTINGS)),
+            work_queue_url=outputs.get(output_names.WORK_QUEUE) or None,
+            work_dead_letter_queue_url=outputs.get(output_names.WORK_DEAD_LETTER_QUEUE) or None,
+            dead_letter_queue_url=outputs.get(output_names.DEAD_LETTER_QUEUE) or None,
         )
 
     # One client per service, made on first use: making a boto3 client takes ~15 ms, more
@@ -134,6 +157,60 @@ class AwsPipelineTarget(PipelineTarget):
 
     def object_url(self, key: str) -> str:
         return f"s3://{self.uploads_bucket}/{key}"
+
+    # --- Operations: backfill and redrive --------------------------------------------------
+
+    @property
+    def settings(self) -> PipelineSettings:
+        from functions.core.settings import PipelineSettings, SettingsError
+
+        if not self.settings_json:
+            raise TargetError(
+                f"{self.where} exports no {output_names.SETTINGS} output; deploy this release "
+                "of the stack (or restart `imagepipe dev`) first"
+            )
+        try:
+            return PipelineSettings.from_json(self.settings_json)
+        except SettingsError as error:
+            where = f"the {output_names.SETTINGS} output of {self.where}"
+            raise TargetError(f"{where}: {error}") from None
+
+    def list_uploads(self, prefix: str = "") -> Iterator[ObjectRef]:
+        # The uploads bucket is not versioned (components/aws/pipeline.py): an object's
+        # version is its ETag, as the trigger's event names it.
+        from functions.aws.trigger import object_version as event_object_version
+
+        pages = self.client("s3").get_paginator("list_objects_v2")
+        for page in pages.paginate(Bucket=self.uploads_bucket, Prefix=prefix):
+            for entry in page.get("Contents", []):
+                yield ObjectRef(
+                    bucket=self.uploads_bucket,
+                    key=entry["Key"],
+                    version=event_object_version({"eTag": entry["ETag"]}),
+                    size=int(entry["Size"]),
+                )
+
+    def work_queue(self) -> SqsWorkQueue:
+        if not self.work_queue_url:
+            raise TargetError(
+                f"{self.where} exports no {output_names.WORK_QUEUE} output; deploy this release "
+                "of the stack (or restart `imagepipe dev`) first"
+            )
+        return SqsWorkQueue(self.client("sqs"), self.work_queue_url)
+
+    def dead_letters(self) -> SqsDeadLetterQueue | None:
+        queues = [
+            url for url in (self.dead_letter_queue_url, self.work_dead_letter_queue_url) if url
+        ]
+        return SqsDeadLetterQueue(self.client("sqs"), queues) if queues else None
+
+
+def _settings_text(value: Any) -> str | None:
+    """The `settings` output as JSON text: a string as the component exports it, or the
+    object a stack output of structured JSON gives."""
+    if value is None or value == "":
+        return None
+    return value if isinstance(value, str) else json.dumps(value)
 
 
 def _arn_region(arn: str | None) -> str | None:
@@ -261,3 +338,141 @@ class SqsEventFeed:
                 ],
             )
         return records_in_events(m["Body"] for m in messages)
+
+
+def _batch_failed(operation: str, failed: Sequence[Mapping[str, Any]]) -> Exception:
+    """A batch call's Failed entries as the SDK's own error, which the commands report."""
+    from botocore.exceptions import ClientError
+
+    first = failed[0]
+    return ClientError(
+        {
+            "Error": {
+                "Code": str(first.get("Code", "BatchEntryFailed")),
+                "Message": f"{len(failed)} entries failed; the first: {first.get('Message', '')}",
+            }
+        },
+        operation,
+    )
+
+
+class SqsWorkQueue:
+    """The function's work queue: WorkItems as message bodies, ten per SendMessageBatch."""
+
+    def __init__(self, sqs: Any, queue_url: str) -> None:
+        self._sqs = sqs
+        self.queue_url = queue_url
+
+    def enqueue(self, items: Sequence[WorkItem]) -> None:
+        for start in range(0, len(items), SQS_BATCH_LIMIT):
+            batch = items[start : start + SQS_BATCH_LIMIT]
+            response = self._sqs.send_message_batch(
+                QueueUrl=self.queue_url,
+                Entries=[
+                    {"Id": str(n), "MessageBody": item.to_json()} for n, item in enumerate(batch)
+                ],
+            )
+            failed = response.get("Failed") or []
+            if failed:
+                raise _batch_failed("SendMessageBatch", failed)
+
+
+class SqsDeadLetterQueue:
+    """What ran out of retries, from the function's dead-letter queue (the S3 events Lambda
+    gave up on) and the work queue's (the work items SQS moved after their last receive).
+
+    A Lambda async DLQ message is the S3 event itself; an on-failure destination's record
+    carries it under `requestPayload`; a work DLQ message is the WorkItem. Each comes back
+    as work items that may take over the FAILED record its last attempt left.
+    """
+
+    def __init__(self, sqs: Any, queue_urls: Sequence[str]) -> None:
+        self._sqs = sqs
+        self.queue_urls = tuple(queue_urls)
+
+    def receive(self, max_messages: int) -> list[DeadLetter]:
+        letters: list[DeadLetter] = []
+        for queue_url in self.queue_urls:
+            while len(letters) < max_messages:
+                response = self._sqs.receive_message(
+                    QueueUrl=queue_url,
+                    MaxNumberOfMessages=min(SQS_BATCH_LIMIT, max_messages - len(letters)),
+                    VisibilityTimeout=DEAD_LETTER_VISIBILITY_SECONDS,
+                    WaitTimeSeconds=0,
+                )
+                messages = response.get("Messages", [])
+                if not messages:
+                    break
+                for message in messages:
+                    letter = self._letter(queue_url, message)
+                    if letter is not None:
+                        letters.append(letter)
+        return letters
+
+    def _letter(self, queue_url: str, message: Mapping[str, Any]) -> DeadLetter | None:
+        receipt = (queue_url, message["ReceiptHandle"])
+        try:
+            items = dead_letter_items(message["Body"])
+        except MalformedEvent as error:
+            log.warning(
+                "removed dead letter %s from %s: %s", message.get("MessageId"), queue_url, error
+            )
+            self._delete(queue_url, [message["ReceiptHandle"]])
+            return None
+        if not items:
+            # An S3 event of deletes only: no work item replays it, and it is not ours to drop.
+            log.warning(
+                "left dead letter %s in %s: it names no upload to process (a delete event?)",
+                message.get("MessageId"),
+                queue_url,
+            )
+            return None
+        return DeadLetter(items, receipt)
+
+    def remove(self, letters: Sequence[DeadLetter]) -> None:
+        by_queue: dict[str, list[str]] = {}
+        for letter in letters:
+            queue_url, handle = letter.receipt
+            by_queue.setdefault(queue_url, []).append(handle)
+        for queue_url, handles in by_queue.items():
+            self._delete(queue_url, handles)
+
+    def _delete(self, queue_url: str, handles: Sequence[str]) -> None:
+        for start in range(0, len(handles), SQS_BATCH_LIMIT):
+            response = self._sqs.delete_message_batch(
+                QueueUrl=queue_url,
+                Entries=[
+                    {"Id": str(n), "ReceiptHandle": handle}
+                    for n, handle in enumerate(handles[start : start + SQS_BATCH_LIMIT])
+                ],
+            )
+            failed = response.get("Failed") or []
+            if failed:
+                raise _batch_failed("DeleteMessageBatch", failed)
+
+
+def dead_letter_items(body: str) -> tuple[WorkItem, ...]:
+    """The work a dead letter stands for, each item allowed to take over a FAILED record;
+    `MalformedEvent` (one sentence) when the body is none of the shapes a DLQ holds."""
+    from functions.aws.trigger import is_test_event, object_refs
+    from functions.core.service import Reclaim
+    from functions.core.work import WorkItem, is_work_message
+
+    try:
+        message = json.loads(body)
+    except ValueError:
+        raise MalformedEvent("the message is not JSON") from None
+    if is_work_message(message):
+        item = WorkItem.from_json(body)
+        return (WorkItem(item.ref, item.reclaim | {Reclaim.FAILED}),)
+    if isinstance(message, dict) and "requestPayload" in message:
+        message = message["requestPayload"]  # an on-failure destination's record
+    if not isinstance(message, dict):
+        raise MalformedEvent("the message is not an S3 event, a failure record or a work item")
+    if is_test_event(message):
+        raise MalformedEvent("it is the s3:TestEvent, which names no object")
+    try:
+        refs = object_refs(message)
+    except (AttributeError, TypeError):  # a record that is not an object
+        raise MalformedEvent("the S3 event's records are not S3 event records") from None
+    return tuple(WorkItem(ref, frozenset({Reclaim.FAILED})) for ref in refs)

@@ -14,15 +14,22 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from components import outputs as output_names
-from functions.core.records import ImageRecord, Status, record_id
-from functions.gcp.contract import RECORDS_COLLECTION_NAME, RECORDS_INDEXES, STATUS_INDEX
+from functions.core.records import ImageRecord, ObjectRef, Status, record_id
+from functions.gcp.contract import (
+    RECORDS_COLLECTION_NAME,
+    RECORDS_INDEXES,
+    STATUS_INDEX,
+    WORK_EVENT_TYPE,
+)
 from functions.local.target import (
+    DeadLetterQueue,
     EventFeed,
     PipelineTarget,
     TargetError,
@@ -31,10 +38,20 @@ from functions.local.target import (
     required_outputs,
 )
 
+if TYPE_CHECKING:
+    from functions.core.settings import PipelineSettings
+    from functions.core.work import WorkItem
+
 BATCH_GET_LIMIT = 100  # documents per BatchGetDocuments, as many as DynamoDB takes
 # The emulator outputs: all three or none, so no client can reach a real service by default
 # while the others talk to this machine.
 EMULATOR_OUTPUTS = ("storageEndpoint", "firestoreEmulatorHost", "pubsubEmulatorHost")
+# The dev pipeline's Cloud Tasks stand-in (`functions.local.cloud_tasks`), the work queue's
+# `api_endpoint`; written beside the three above by `imagepipe dev` (only by it).
+CLOUD_TASKS_ENDPOINT_OUTPUT = "cloudTasksEndpoint"
+LIST_PAGE_SIZE = 1000  # objects per listing page, the most GCS answers
+# CreateTask takes one task a request: this many requests are in flight at once.
+ENQUEUE_THREADS = 8
 FIRESTORE_EMULATOR_VARIABLE = "FIRESTORE_EMULATOR_HOST"
 # An empty pull can answer at once (the emulator does): pull again after this, until the wait
 # is over, rather than spin.
@@ -51,6 +68,12 @@ class GcpPipelineTarget(PipelineTarget):
     storage_endpoint: str | None = None  # http://127.0.0.1:PORT (the dev pipeline's GCS)
     firestore_emulator_host: str | None = None  # host:port
     pubsub_emulator_host: str | None = None  # host:port
+    settings_json: str | None = None  # the `settings` output (see `settings`)
+    work_queue_name: str | None = None  # projects/<p>/locations/<l>/queues/<q>
+    work_url: str | None = None  # what the queue's tasks POST to: the function's URL
+    work_invoker: str | None = None  # the account whose OIDC token the tasks carry
+    cloud_tasks_endpoint: str | None = None  # dev: http://127.0.0.1:PORT, the stand-in
+    list_page_size: int = LIST_PAGE_SIZE
 
     @classmethod
     def from_outputs(cls, outputs: Mapping[str, Any], origin: str) -> GcpPipelineTarget:
@@ -78,6 +101,11 @@ class GcpPipelineTarget(PipelineTarget):
             storage_endpoint=emulators["storageEndpoint"],
             firestore_emulator_host=emulators["firestoreEmulatorHost"],
             pubsub_emulator_host=emulators["pubsubEmulatorHost"],
+            settings_json=outputs.get(output_names.SETTINGS) or None,
+            work_queue_name=outputs.get(output_names.WORK_QUEUE) or None,
+            work_url=outputs.get(output_names.WORK_URL) or None,
+            work_invoker=outputs.get(output_names.WORK_INVOKER) or None,
+            cloud_tasks_endpoint=outputs.get(CLOUD_TASKS_ENDPOINT_OUTPUT) or None,
         )
 
     # Clients are made on first use (resolving a target sends nothing) and shared by the
@@ -90,11 +118,12 @@ class GcpPipelineTarget(PipelineTarget):
     )
 
     def client(self, service: str) -> Any:
-        """ "storage", "firestore" or "subscriber", built once."""
+        """ "storage", "firestore", "subscriber" or "tasks", built once."""
         builders = {
             "storage": self._storage_client,
             "firestore": self._firestore_client,
             "subscriber": self._subscriber_client,
+            "tasks": self._tasks_client,
         }
         with self._clients_lock:
             if service not in self._clients:
@@ -142,6 +171,25 @@ class GcpPipelineTarget(PipelineTarget):
             transport=SubscriberGrpcTransport(channel=channel, host=self.pubsub_emulator_host)
         )
 
+    def _tasks_client(self) -> Any:
+        from google.cloud import tasks_v2
+
+        if not self.is_dev:
+            return tasks_v2.CloudTasksClient()
+        from google.auth.credentials import AnonymousCredentials
+
+        if not self.cloud_tasks_endpoint:
+            raise TargetError(
+                f"the dev pipeline's outputs name no {CLOUD_TASKS_ENDPOINT_OUTPUT} (the work "
+                "queue's stand-in); restart `imagepipe dev` so that it writes one"
+            )
+        # The stand-in speaks the REST API (JSON over HTTP), as plainly as the emulators.
+        return tasks_v2.CloudTasksClient(
+            transport="rest",
+            credentials=AnonymousCredentials(),
+            client_options={"api_endpoint": self.cloud_tasks_endpoint},
+        )
+
     @property
     def is_dev(self) -> bool:
         return self.storage_endpoint is not None
@@ -187,6 +235,55 @@ class GcpPipelineTarget(PipelineTarget):
     def object_url(self, key: str) -> str:
         return f"gs://{self.uploads_bucket}/{key}"
 
+    # --- Operations ---------------------------------------------------------------------------
+
+    @property
+    def settings(self) -> PipelineSettings:
+        from functions.core.settings import PipelineSettings, SettingsError
+
+        if not self.settings_json:
+            raise TargetError(
+                f"{self.where} exports no {output_names.SETTINGS} output; the stack was "
+                "deployed before backfill existed: `pulumi up` it again"
+            )
+        try:
+            return PipelineSettings.from_json(self.settings_json)
+        except SettingsError as error:
+            message = f"the {output_names.SETTINGS} output is not usable: {error}"
+            raise TargetError(message) from None
+
+    def list_uploads(self, prefix: str = "") -> Iterator[ObjectRef]:
+        # The iterator asks for the next page only when this one is used up.
+        blobs = self.client("storage").list_blobs(
+            self.uploads_bucket, prefix=prefix or None, page_size=self.list_page_size
+        )
+        for blob in blobs:
+            yield ObjectRef(
+                self.uploads_bucket, blob.name, str(blob.generation), blob.size, blob.content_type
+            )
+
+    def work_queue(self) -> CloudTasksWorkQueue:
+        names = {
+            output_names.WORK_QUEUE: self.work_queue_name,
+            output_names.WORK_URL: self.work_url,
+            output_names.WORK_INVOKER: self.work_invoker,
+        }
+        missing = [name for name, value in names.items() if not value]
+        if missing:
+            raise TargetError(
+                f"{self.where} exports no {', '.join(missing)} output; the stack was deployed "
+                "before the work queue existed: `pulumi up` it again"
+            )
+        assert self.work_queue_name and self.work_url and self.work_invoker
+        return CloudTasksWorkQueue(
+            self.client("tasks"), self.work_queue_name, url=self.work_url, invoker=self.work_invoker
+        )
+
+    def dead_letters(self) -> DeadLetterQueue | None:
+        # Eventarc keeps no dead-letter queue of storage events here: an event that ran out
+        # of retries left its record FAILED `retries_exhausted`, which redrive finds instead.
+        return None
+
 
 def _topic_project(topic: str | None) -> str | None:
     """projects/<project>/topics/<topic> -> <project>."""
@@ -208,6 +305,63 @@ def _environment_variable(name: str, value: str) -> Iterator[None]:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = saved
+
+
+class CloudTasksWorkQueue:
+    """The work queue: one Cloud Tasks HTTP task per item, posting the item to the function
+    as a binary-mode CloudEvent of type `WORK_EVENT_TYPE`, with an OIDC token of `invoker`
+    (Cloud Run lets only that account's tokens through).
+
+    Tasks are unnamed: Cloud Tasks refuses a name used within about an hour, and a redrive
+    must be able to enqueue the same object again.
+    """
+
+    def __init__(self, client: Any, queue: str, *, url: str, invoker: str) -> None:
+        self._client = client
+        self._queue = queue
+        self._url = url
+        self._invoker = invoker
+
+    @property
+    def name(self) -> str:
+        return self._queue
+
+    def task(self, item: WorkItem) -> dict[str, Any]:
+        """The CreateTask request's task for one item."""
+        from google.cloud import tasks_v2
+
+        headers = {
+            "ce-specversion": "1.0",
+            "ce-type": WORK_EVENT_TYPE,
+            "ce-source": f"//cloudtasks.googleapis.com/{self._queue}",
+            "ce-id": uuid.uuid4().hex,  # the same on every retry of the task, as an event's is
+            "ce-subject": f"objects/{item.ref.key}",
+            "Content-Type": "application/json",
+        }
+        return {
+            "http_request": {
+                "url": self._url,
+                "http_method": tasks_v2.HttpMethod.POST,
+                "headers": headers,
+                "body": item.to_json().encode(),
+                "oidc_token": {"service_account_email": self._invoker, "audience": self._url},
+            }
+        }
+
+    def enqueue(self, items: Sequence[WorkItem]) -> None:
+        if not items:
+            return
+
+        def create(item: WorkItem) -> None:
+            self._client.create_task(parent=self._queue, task=self.task(item))
+
+        # Every item is tried; the first error (in item order) is raised after all ended.
+        with ThreadPoolExecutor(max_workers=min(ENQUEUE_THREADS, len(items))) as pool:
+            futures = [pool.submit(create, item) for item in items]
+        for future in futures:
+            error = future.exception()
+            if error is not None:
+                raise error
 
 
 class FirestoreRecordReader:

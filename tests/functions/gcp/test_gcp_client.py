@@ -367,3 +367,23 @@ def test_outputs_naming_only_some_emulators_are_refused(no_emulator_outputs) -> 
     assert named.records_collection == "images"  # type: ignore[attr-defined]
     with pytest.raises(TargetError, match="x names cloud 'azure'; expected aws or gcp"):
         PipelineTarget.from_outputs({**no_emulator_outputs, "cloud": "azure"}, "x")
+
+
+def test_list_uploads_pages_through_the_prefix_with_generations_and_sizes(
+    target: GcpPipelineTarget, gcp_clients: GcpClients, gcp_names: GcpNames
+) -> None:
+    import dataclasses
+
+    bucket = gcp_clients.storage.bucket(gcp_names.uploads_bucket)
+    written = {}
+    for name in ("incoming/a.png", "incoming/b.png", "incoming/sub/c.png", "other/d.png"):
+        blob = bucket.blob(name)
+        blob.upload_from_string(b"x" * len(name), content_type="image/png")
+        written[name] = str(blob.generation)
+    paged = dataclasses.replace(target, list_page_size=2)  # two pages and a half
+    listed = list(paged.list_uploads(UPLOADS_PREFIX))
+    assert [(r.key, r.version, r.size) for r in listed] == [
+        (name, written[name], len(name)) for name in sorted(written) if name.startswith("incoming/")
+    ]
+    assert {r.bucket for r in listed} == {gcp_names.uploads_bucket}
+    assert len(list(target.list_uploads())) == 4

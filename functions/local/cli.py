@@ -1,4 +1,4 @@
-"""`imagepipe`: process files locally, run the emulated pipeline, upload, ask for status.
+"""`imagepipe`: process files locally, run the emulated pipeline, upload, status, backfill, redrive.
 
 Each subcommand lives in its own module with `add_arguments(parser)` and
 `run(args) -> int`; this file only wires them together, and imports a subcommand's
@@ -27,6 +27,14 @@ SUBCOMMANDS = {
     "status": (
         "functions.local.status",
         "print the record of one uploaded object, or the records with one status",
+    ),
+    "backfill": (
+        "functions.local.backfill",
+        "put the uploads not processed yet (--stale: rendered by other specs) on the work queue",
+    ),
+    "redrive": (
+        "functions.local.redrive",
+        "put what ran out of retries (dead letters, FAILED retryable, stale claims) back",
     ),
 }
 

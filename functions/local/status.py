@@ -1,4 +1,5 @@
-"""`imagepipe status KEY`: the record of the current version of one uploaded object;
+"""`imagepipe status KEY`: the record of the current version of one uploaded object (of an
+object no longer there, its latest record: DELETED, or COMPLETED with its original removed);
 `imagepipe status --status STATUS`: the records with that status, the newest first.
 
 Both read the records store of whichever cloud the target names (AWS: the table and
@@ -13,11 +14,17 @@ import argparse
 import sys
 from datetime import UTC, datetime
 
-from functions.core.records import Status
+from functions.core.records import ImageRecord, Status
 from functions.core.service import is_stale_claim
 from functions.local.exits import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from functions.local.render import Row, print_rows
-from functions.local.target import PipelineTarget, TargetError, add_target_arguments, resolve_target
+from functions.local.target import (
+    PipelineTarget,
+    TargetError,
+    add_target_arguments,
+    latest_record,
+    resolve_target,
+)
 
 DEFAULT_LIMIT = 20
 MAX_LIMIT = 1000  # a listing is for reading; more is an export, and costs reads to match
@@ -76,15 +83,25 @@ def run(args: argparse.Namespace) -> int:
 
 
 def show_one(target: PipelineTarget, key: str, *, as_json: bool) -> int:
-    """Exit 0 when the current version's record is COMPLETED, 1 otherwise."""
+    """Exit 0 when the current version's record is COMPLETED, 1 otherwise (DELETED too: the
+    image is gone, though its record is printed)."""
     rid = target.current_record_id(key)
     if rid is None:
-        print(f"imagepipe status: no such object: {target.object_url(key)}", file=sys.stderr)
-        return EXIT_FAILED
+        # Gone from the bucket: deleted by its owner (DELETED) or by `originals` (COMPLETED,
+        # `original` says so). Its records stay, found by key.
+        record = latest_record(target.records.for_object(target.uploads_bucket, key))
+        if record is None:
+            print(f"imagepipe status: no such object: {target.object_url(key)}", file=sys.stderr)
+            return EXIT_FAILED
+        return print_record(record, target, as_json=as_json)
     record = target.records.get_many([rid]).get(rid)
     if record is None:
         print(f"imagepipe status: no record yet for {key} (record id {rid})", file=sys.stderr)
         return EXIT_FAILED
+    return print_record(record, target, as_json=as_json)
+
+
+def print_record(record: ImageRecord, target: PipelineTarget, *, as_json: bool) -> int:
     row = Row.of(record, stale=is_stale_claim(record, datetime.now(UTC)))
     print_rows([row], target.url, sys.stdout, as_json=as_json)
     return EXIT_OK if record.status is Status.COMPLETED else EXIT_FAILED

@@ -50,6 +50,16 @@ class RecordSource(Protocol):
         """Up to `limit` records with this status, the most recently updated first."""
         ...
 
+    def for_object(self, bucket: str, key: str) -> list[ImageRecord]:
+        """Every record of any version of this object, from the records store's by-object
+        index: how `imagepipe status KEY` finds the record of an original that is gone."""
+        ...
+
+
+def latest_record(records: Iterable[ImageRecord]) -> ImageRecord | None:
+    """The most recently updated of `records` (ISO 8601 UTC stamps sort as text)."""
+    return max(records, key=lambda record: (record.updated_at, record.created_at), default=None)
+
 
 class EventFeed(Protocol):
     """A pipeline's lifecycle events, as the records they carry."""

@@ -8,6 +8,8 @@ emulator, by tests/functions/gcp/test_gcp_client.py.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import io
 import json
 import uuid
@@ -334,3 +336,52 @@ def test_upload_to_a_stack_puts_files_under_its_uploads_prefix(
     assert code == 0, err
     row = json.loads(out)
     assert (row["key"], row["status"]) == (f"{UPLOADS_PREFIX}via-stack.png", "COMPLETED")
+
+
+# --- an original that is gone (the in-memory pipeline of tests/local/test_backfill_cli.py) -------
+
+
+def status_of(target: PipelineTarget, key: str, *, as_json: bool = False) -> tuple[int, str, str]:
+    from functions.local.status import show_one
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = show_one(target, key, as_json=as_json)
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_status_of_a_deleted_original_prints_its_deleted_record() -> None:
+    from tests.local.test_backfill_cli import FakeCloud, FakeTarget
+
+    cloud = FakeCloud()
+    target = FakeTarget(fake=cloud)
+    completed = cloud.upload(f"{UPLOADS_PREFIX}gone.png", seed=11)
+    cloud.blobs.delete("uploads", completed.source.key)  # its owner deletes it...
+    cloud.pipeline().delete("uploads", completed.source.key)  # ...and the delete event arrives
+
+    code, out, err = status_of(target, completed.source.key, as_json=True)
+
+    assert (code, err) == (1, "")  # found and printed; the image itself is gone
+    row = json.loads(out)
+    assert (row["id"], row["status"]) == (completed.id, "DELETED")
+    code, out, _ = status_of(target, completed.source.key)
+    assert out.splitlines()[1].split()[:2] == [completed.source.key, "DELETED"]
+
+    code, out, err = status_of(target, f"{UPLOADS_PREFIX}never.png")
+    assert (code, out) == (1, "")
+    assert err == f"imagepipe status: no such object: mem://uploads/{UPLOADS_PREFIX}never.png\n"
+
+
+def test_status_of_an_original_the_pipeline_removed_is_its_completed_record() -> None:
+    from tests.local.test_backfill_cli import FAST, FakeCloud, FakeTarget
+
+    cloud = FakeCloud(settings=dataclasses.replace(FAST, originals="delete"))
+    target = FakeTarget(fake=cloud)
+    completed = cloud.upload(f"{UPLOADS_PREFIX}kept-renditions.png", seed=12)
+    assert target.current_record_id(completed.source.key) is None  # `originals: delete`
+
+    code, out, err = status_of(target, completed.source.key, as_json=True)
+
+    assert (code, err) == (0, "")
+    row = json.loads(out)
+    assert (row["status"], row["original"]) == ("COMPLETED", "deleted")

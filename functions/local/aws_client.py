@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from components import outputs as output_names
-from functions.aws.contract import RECORDS_INDEXES, STATUS_INDEX
+from functions.aws.contract import OBJECT_INDEX, RECORDS_INDEXES, STATUS_INDEX
 from functions.core.records import ImageRecord, MalformedEvent, ObjectRef, Status, record_id
 from functions.local.target import (
     DeadLetter,
@@ -223,7 +223,8 @@ def _arn_region(arn: str | None) -> str | None:
 
 class DynamoDbRecordReader:
     """Reads the records table: many records in one BatchGetItem (waiting on 100 costs 1
-    read, not 100), and one status, newest first, from the `by-status` index."""
+    read, not 100), one status, newest first, from the `by-status` index, and one object
+    key's records from `by-object`."""
 
     def __init__(self, client: Any, table: str) -> None:
         from boto3.dynamodb.types import TypeDeserializer
@@ -272,6 +273,26 @@ class DynamoDbRecordReader:
             left -= len(items)
             if "LastEvaluatedKey" not in response:
                 return
+            request["ExclusiveStartKey"] = response["LastEvaluatedKey"]
+
+    def for_object(self, bucket: str, key: str) -> list[ImageRecord]:
+        """Every record of this object key, from the `by-object` index (all its pages)."""
+        from functions.aws.adapters import object_name
+
+        object_key, _updated_key = RECORDS_INDEXES[OBJECT_INDEX]
+        request: dict[str, Any] = {
+            "TableName": self.table,
+            "IndexName": OBJECT_INDEX,
+            "KeyConditionExpression": "#o = :o",
+            "ExpressionAttributeNames": {"#o": object_key},
+            "ExpressionAttributeValues": {":o": {"S": object_name(bucket, key)}},
+        }
+        found: list[ImageRecord] = []
+        while True:
+            response = self._dynamodb.query(**request)
+            found.extend(self._record(item) for item in response.get("Items", []))
+            if "LastEvaluatedKey" not in response:
+                return found
             request["ExclusiveStartKey"] = response["LastEvaluatedKey"]
 
     def _record(self, item: Mapping[str, Any]) -> ImageRecord:

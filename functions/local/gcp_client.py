@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from components import outputs as output_names
 from functions.core.records import ImageRecord, ObjectRef, Status, record_id
 from functions.gcp.contract import (
+    OBJECT_FIELD,
     RECORDS_COLLECTION_NAME,
     RECORDS_INDEXES,
     STATUS_INDEX,
@@ -365,8 +366,8 @@ class CloudTasksWorkQueue:
 
 
 class FirestoreRecordReader:
-    """Reads the records collection: many documents in one BatchGetDocuments, and one
-    status, newest first, through the collection's `by-status` index."""
+    """Reads the records collection: many documents in one BatchGetDocuments, one status,
+    newest first, through the collection's `by-status` index, and one object key's records."""
 
     def __init__(self, client: Any, collection: str) -> None:
         self._client = client
@@ -395,6 +396,14 @@ class FirestoreRecordReader:
             .order_by(order_field, direction=direction)
             .limit(limit)
         )
+        return [ImageRecord.from_dict(snapshot.to_dict()) for snapshot in query.stream()]
+
+    def for_object(self, bucket: str, key: str) -> list[ImageRecord]:
+        """Every record of this object key: one equality filter on the object field, which
+        Firestore's automatic single-field index serves."""
+        from google.cloud.firestore_v1.base_query import FieldFilter
+
+        query = self._collection.where(filter=FieldFilter(OBJECT_FIELD, "==", f"{bucket}/{key}"))
         return [ImageRecord.from_dict(snapshot.to_dict()) for snapshot in query.stream()]
 
 

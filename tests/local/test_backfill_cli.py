@@ -474,3 +474,25 @@ def test_without_a_dev_pipeline_backfill_says_how_to_start_one(
     err = capsys.readouterr().err
     assert err.startswith("imagepipe backfill: no dev pipeline outputs at ")
     assert err.count("\n") == 1
+
+
+def test_following_reads_the_oldest_pending_window_and_everything_once_at_the_timeout(cloud):
+    refs = put_before(cloud, backfill_command.FOLLOW_WINDOW + 50)
+    watched = [backfill_command.Watched(WorkItem(ref), None) for ref in refs]
+    read: list[int] = []
+
+    class CountingRecords(FakeRecordSource):
+        def get_many(self, ids: Sequence[str]) -> dict[str, ImageRecord]:
+            read.extend(refs.index(next(r for r in refs if r.record_id == i)) for i in ids)
+            return super().get_many(ids)
+
+    cloud.deliver = False  # nothing finishes: every round finds the same window pending
+    result = backfill_command.follow(
+        CountingRecords(cloud), watched, timeout=0.05, poll_interval=0.01
+    )
+
+    assert len(result.pending) == len(refs)
+    window = backfill_command.FOLLOW_WINDOW
+    rounds, sweep = read[: -len(refs)], read[-len(refs) :]
+    assert sweep == list(range(len(refs)))  # the last read: everything pending, once
+    assert rounds and set(rounds) == set(range(window))  # before it, the oldest window only

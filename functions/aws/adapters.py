@@ -1,6 +1,6 @@
 """boto3 adapters for the core's ports: `S3BlobStore`, `DynamoDbRecordStore`,
-`SnsEventPublisher`, the upload API's `S3UploadBucket`, and the translation of botocore's
-outages.
+`SnsEventPublisher`, `CloudFrontInvalidator`, the upload API's `S3UploadBucket`, and the
+translation of botocore's outages.
 
 Each adapter turns its SDK's outages (no connection, timeouts, throttling and
 5xx answers that survived botocore's own retries) into the core's transient
@@ -12,15 +12,27 @@ until it is fixed.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+import hashlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 from botocore.exceptions import ClientError, ConnectionError, HTTPClientError
 
-from functions.aws.contract import CONTENT_ATTRIBUTE, CONTENT_INDEX
+from functions.aws.contract import (
+    CONTENT_ATTRIBUTE,
+    CONTENT_DELETING_UNTIL,
+    CONTENT_HOLDERS,
+    CONTENT_INDEX,
+    CONTENT_REFERENCE_PREFIX,
+    OBJECT_ATTRIBUTE,
+    OBJECT_INDEX,
+    RECORDS_KEY,
+    UPLOAD_ATTRIBUTE,
+    UPLOAD_INDEX,
+)
 from functions.aws.trigger import looks_like_etag
 from functions.core.events import encode_event
 from functions.core.records import (
@@ -31,7 +43,8 @@ from functions.core.records import (
     StorageUnavailable,
     TransientError,
 )
-from functions.core.uploads import PresignedPost, StoredUpload
+from functions.core.timing import isoformat, utc_now
+from functions.core.uploads import PresignedPost, StoredUpload, upload_id_in
 
 # --- Error translation ------------------------------------------------------------------------
 
@@ -102,13 +115,17 @@ def _describe(error: Exception) -> str:
 _MISSING_OBJECT_CODES = frozenset(
     {"NoSuchKey", "NoSuchVersion", "NoSuchBucket", "404", "NotFound", "PreconditionFailed", "412"}
 )
+DELETE_OBJECTS_LIMIT = 1000  # keys per DeleteObjects, S3's own maximum
+# Glacier Instant Retrieval: archive pricing, yet read back in milliseconds like any object.
+ARCHIVE_STORAGE_CLASS = "GLACIER_IR"
 
 
 class S3BlobStore:
     """Reads uploads and writes renditions with one S3 client."""
 
-    def __init__(self, client: Any) -> None:
+    def __init__(self, client: Any, *, page_size: int = DELETE_OBJECTS_LIMIT) -> None:
         self._s3 = client
+        self._page_size = min(page_size, DELETE_OBJECTS_LIMIT)  # keys listed per request
 
     def read(self, bucket: str, key: str, version: str | None = None) -> bytes:
         request: dict[str, Any] = {"Bucket": bucket, "Key": key}
@@ -159,6 +176,84 @@ class S3BlobStore:
                 if error_code(error) in _MISSING_OBJECT_CODES or http_status(error) == 403:
                     return False
                 raise
+        return True
+
+    def delete(self, bucket: str, key: str, version: str | None = None) -> None:
+        with translated_outages(StorageUnavailable, f"deleting s3://{bucket}/{key}"):
+            if version and looks_like_etag(version):
+                # Unversioned bucket: delete only the bytes that were processed. A key
+                # uploaded again since holds another image, with events of its own.
+                if self._holds(bucket, key, version):
+                    self._s3.delete_object(Bucket=bucket, Key=key)
+            elif version:
+                self._s3.delete_object(Bucket=bucket, Key=key, VersionId=version)
+            else:
+                self._s3.delete_object(Bucket=bucket, Key=key)
+
+    def delete_under(self, bucket: str, prefix: str) -> list[str]:
+        deleted: list[str] = []
+        with translated_outages(StorageUnavailable, f"deleting s3://{bucket}/{prefix}*"):
+            pages = self._s3.get_paginator("list_objects_v2").paginate(
+                Bucket=bucket, Prefix=prefix, PaginationConfig={"PageSize": self._page_size}
+            )
+            for page in pages:  # a page holds at most as many keys as one DeleteObjects takes
+                keys = [entry["Key"] for entry in page.get("Contents", [])]
+                if not keys:
+                    continue
+                response = self._s3.delete_objects(
+                    Bucket=bucket,
+                    Delete={"Objects": [{"Key": key} for key in keys], "Quiet": True},
+                )
+                errors = response.get("Errors") or []
+                if errors:
+                    # Per-key failures (SlowDown, InternalError) in a 200 answer: the retry
+                    # lists what is left and deletes it.
+                    first = errors[0]
+                    raise StorageUnavailable(
+                        f"deleting s3://{bucket}/{prefix}* failed for {len(errors)} keys; "
+                        f"the first: {first.get('Key')}: {first.get('Code')}"
+                    )
+                deleted.extend(keys)
+        return sorted(deleted)
+
+    def archive(
+        self, bucket: str, key: str, version: str, *, archive_bucket: str, archive_key: str
+    ) -> None:
+        source: dict[str, str] = {"Bucket": bucket, "Key": key}
+        request: dict[str, Any] = {}
+        if looks_like_etag(version):
+            request["CopySourceIfMatch"] = f'"{version}"'  # the bytes that were processed
+        else:
+            source["VersionId"] = version
+        with translated_outages(
+            StorageUnavailable, f"archiving s3://{bucket}/{key} to s3://{archive_bucket}"
+        ):
+            # HEAD first as well: not every S3 (moto) honours CopySourceIfMatch.
+            if looks_like_etag(version) and not self._holds(bucket, key, version):
+                raise KeyError(key)
+            try:
+                self._s3.copy_object(
+                    Bucket=archive_bucket,
+                    Key=archive_key,
+                    CopySource=source,
+                    StorageClass=ARCHIVE_STORAGE_CLASS,
+                    MetadataDirective="COPY",
+                    **request,
+                )
+            except ClientError as error:
+                # NoSuchBucket may be the archive bucket's: a deployment bug, not a gone key.
+                if error_code(error) in _MISSING_OBJECT_CODES - {"NoSuchBucket"}:
+                    raise KeyError(key) from error
+                raise
+
+    def _holds(self, bucket: str, key: str, etag: str) -> bool:
+        """Whether `key` still holds the bytes with this ETag (one HEAD)."""
+        try:
+            self._s3.head_object(Bucket=bucket, Key=key, IfMatch=f'"{etag}"')
+        except ClientError as error:
+            if error_code(error) in _MISSING_OBJECT_CODES:
+                return False
+            raise
         return True
 
 
@@ -295,10 +390,153 @@ class DynamoDbRecordStore:
             from_dynamodb({name: self._deserialize(value) for name, value in items[0].items()})
         )
 
+    def for_object(self, bucket: str, key: str) -> list[ImageRecord]:
+        return self._query_all(OBJECT_INDEX, OBJECT_ATTRIBUTE, object_name(bucket, key))
+
+    def for_upload(self, upload_id: str) -> list[ImageRecord]:
+        return self._query_all(UPLOAD_INDEX, UPLOAD_ATTRIBUTE, upload_id)
+
+    def _query_all(self, index: str, attribute: str, value: str) -> list[ImageRecord]:
+        """Every record whose `attribute` is `value`, from its index, page by page."""
+        request: dict[str, Any] = {
+            "TableName": self.table,
+            "IndexName": index,
+            "KeyConditionExpression": "#a = :value",
+            "ExpressionAttributeNames": {"#a": attribute},
+            "ExpressionAttributeValues": {":value": {"S": value}},
+        }
+        found: list[ImageRecord] = []
+        with translated_outages(
+            RecordStoreUnavailable, f"looking up {value} in table {self.table}", _NO_TABLE
+        ):
+            while True:
+                response = self._dynamodb.query(**request)
+                found.extend(self._record(item) for item in response.get("Items") or [])
+                if "LastEvaluatedKey" not in response:
+                    return found
+                request["ExclusiveStartKey"] = response["LastEvaluatedKey"]
+
+    # Reference counting: one item per content hash, each change one conditional write.
+    # Instants are compared as the ISO strings `isoformat` writes (fixed width, UTC): their
+    # order is the instants' order.
+
+    def add_content_reference(self, content_sha256: str, record_id: str, now: datetime) -> bool:
+        try:
+            self._update_content(
+                content_sha256,
+                UpdateExpression="ADD #h :holder REMOVE #d",
+                # A live deletion lease refuses; one that ran out is taken away (REMOVE).
+                ConditionExpression="attribute_not_exists(#d) OR #d <= :now",
+                ExpressionAttributeValues={
+                    ":holder": {"SS": [record_id]},
+                    ":now": {"S": isoformat(now)},
+                },
+            )
+        except _ConditionFailed:
+            return False
+        return True
+
+    def release_content_reference(
+        self, content_sha256: str, record_id: str, *, now: datetime, deletion_lease_until: datetime
+    ) -> bool:
+        lease = {":now": {"S": isoformat(now)}, ":until": {"S": isoformat(deletion_lease_until)}}
+        no_live_lease = "(attribute_not_exists(#d) OR #d <= :now)"
+        try:  # the usual case, one write: the last holder leaves and takes the lease
+            self._update_content(
+                content_sha256,
+                UpdateExpression="DELETE #h :holder SET #d = :until",
+                ConditionExpression=(
+                    "(attribute_not_exists(#h) OR (size(#h) = :one AND contains(#h, :id))) "
+                    f"AND {no_live_lease}"
+                ),
+                ExpressionAttributeValues={
+                    ":holder": {"SS": [record_id]},
+                    ":id": {"S": record_id},
+                    ":one": {"N": "1"},
+                    **lease,
+                },
+            )
+            return True
+        except _ConditionFailed:
+            pass
+        # Others held references a moment ago: leave alone. If they all left in the meantime
+        # (each saw this holder still in), the last of us out must take the lease after all.
+        left = self._update_content(
+            content_sha256,
+            UpdateExpression="DELETE #h :holder",
+            ExpressionAttributeValues={":holder": {"SS": [record_id]}},
+            ReturnValues="ALL_NEW",
+        ).get("Attributes", {})
+        if CONTENT_HOLDERS in left:
+            return False
+        try:
+            self._update_content(
+                content_sha256,
+                UpdateExpression="SET #d = :until",
+                ConditionExpression=f"attribute_not_exists(#h) AND {no_live_lease}",
+                ExpressionAttributeValues=lease,
+            )
+        except _ConditionFailed:
+            return False  # another deleter holds the lease, or a new reference came
+        return True
+
+    def finish_content_deletion(self, content_sha256: str) -> None:
+        with translated_outages(
+            RecordStoreUnavailable,
+            f"removing the references to {content_sha256} in table {self.table}",
+            _NO_TABLE,
+        ):
+            try:
+                self._dynamodb.delete_item(
+                    TableName=self.table,
+                    Key=_content_key(content_sha256),
+                    ConditionExpression="attribute_not_exists(#h)",
+                    ExpressionAttributeNames={"#h": CONTENT_HOLDERS},
+                )
+            except ClientError as error:
+                if error_code(error) != "ConditionalCheckFailedException":
+                    raise  # else a reference was added meanwhile: the item stays
+
+    def _update_content(self, content_sha256: str, **request: Any) -> dict[str, Any]:
+        """One UpdateItem of the content's reference item; `_ConditionFailed` when its
+        condition does not hold. `#h` and `#d` name the holders and the deletion lease."""
+        names = {"#h": CONTENT_HOLDERS, "#d": CONTENT_DELETING_UNTIL}
+        expressions = request["UpdateExpression"] + request.get("ConditionExpression", "")
+        with translated_outages(
+            RecordStoreUnavailable,
+            f"updating the references to {content_sha256} in table {self.table}",
+            _NO_TABLE,
+        ):
+            try:
+                return dict(
+                    self._dynamodb.update_item(
+                        TableName=self.table,
+                        Key=_content_key(content_sha256),
+                        ExpressionAttributeNames={
+                            k: v for k, v in names.items() if k in expressions
+                        },
+                        **request,
+                    )
+                )
+            except ClientError as error:
+                if error_code(error) == "ConditionalCheckFailedException":
+                    raise _ConditionFailed from error
+                raise
+
+    def _record(self, item: Mapping[str, Any]) -> ImageRecord:
+        return ImageRecord.from_dict(
+            from_dynamodb({name: self._deserialize(value) for name, value in item.items()})
+        )
+
     def _put(self, record: ImageRecord, **condition: Any) -> bool:
         item = {
             name: self._serialize(value) for name, value in to_dynamodb(record.to_dict()).items()
         }
+        # Every record carries the `by-object` index's key: a delete event finds them by it.
+        item[OBJECT_ATTRIBUTE] = {"S": object_name(record.source.bucket, record.source.key)}
+        upload_id = upload_id_in(record.source.key)
+        if upload_id is not None:  # the `by-upload` index's key, only where there is one
+            item[UPLOAD_ATTRIBUTE] = {"S": upload_id}
         if record.status is Status.COMPLETED and record.source.sha256:
             # Only finished records carry the `by-content` index's key (a sparse index).
             item[CONTENT_ATTRIBUTE] = {"S": record.source.sha256}
@@ -312,6 +550,68 @@ class DynamoDbRecordStore:
                     return False
                 raise
         return True
+
+
+class _ConditionFailed(Exception):
+    """A conditional write's condition did not hold."""
+
+
+def object_name(bucket: str, key: str) -> str:
+    """The `by-object` index's key: "<bucket>/<key>"."""
+    return f"{bucket}/{key}"
+
+
+def _content_key(content_sha256: str) -> dict[str, Any]:
+    return {RECORDS_KEY: {"S": CONTENT_REFERENCE_PREFIX + content_sha256}}
+
+
+# --- CloudFront -------------------------------------------------------------------------------
+
+
+class CloudFrontInvalidator:
+    """Drops deleted renditions from the distribution's caches: one CreateInvalidation per
+    call, one wildcard path per content prefix (`/<sha256>/*`), however many keys it had.
+
+    CloudFront bills invalidations by path and a wildcard counts as one; the renditions of
+    one content all live under its prefix, so one path covers every spec of them.
+    """
+
+    def __init__(
+        self, client: Any, distribution_id: str, clock: Callable[[], datetime] = utc_now
+    ) -> None:
+        self._cloudfront = client
+        self.distribution_id = distribution_id
+        self._clock = clock
+
+    def invalidate(self, keys: Sequence[str]) -> None:
+        paths = invalidation_paths(keys)
+        if not paths:
+            return
+        # The same paths in the same hour are one invalidation: a retried call is absorbed
+        # by CloudFront (same reference, same batch), while a later delete of content that
+        # was uploaded again invalidates anew.
+        digest = hashlib.sha256("\0".join(paths).encode()).hexdigest()[:32]
+        reference = f"imagepipe-{digest}-{self._clock().strftime('%Y%m%d%H')}"
+        with translated_outages(
+            StorageUnavailable, f"invalidating {len(paths)} paths in {self.distribution_id}"
+        ):
+            self._cloudfront.create_invalidation(
+                DistributionId=self.distribution_id,
+                InvalidationBatch={
+                    "Paths": {"Quantity": len(paths), "Items": paths},
+                    "CallerReference": reference,
+                },
+            )
+
+
+def invalidation_paths(keys: Sequence[str]) -> list[str]:
+    """`/<prefix>/*` for each content prefix among `keys`; a key without one as itself."""
+    from urllib.parse import quote
+
+    paths = {
+        f"/{quote(key.partition('/')[0])}/*" if "/" in key else f"/{quote(key)}" for key in keys
+    }
+    return sorted(paths)
 
 
 # --- SNS --------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ import boto3
 from botocore.config import Config
 
 from functions.aws.adapters import (
+    CloudFrontInvalidator,
     DynamoDbRecordStore,
     S3BlobStore,
     S3UploadBucket,
@@ -34,11 +35,16 @@ SDK_CONFIG = Config(retries={"mode": "standard"}, connect_timeout=3, read_timeou
 
 
 def build_pipeline(env: FunctionEnvironment) -> Pipeline:
-    """The core bound to this stack's buckets, table and topic."""
+    """The core bound to this stack's buckets, table, topic and CDN."""
     # Imported here: the upload API's function is built from this module too, and it never
     # renders, so its cold start need not import the core's imaging and Pillow.
     from functions.core.service import Pipeline
 
+    cdn = None
+    if env.cdn_distribution_id:
+        cdn = CloudFrontInvalidator(
+            boto3.client("cloudfront", config=SDK_CONFIG), env.cdn_distribution_id
+        )
     return Pipeline(
         settings=env.settings,
         blobs=S3BlobStore(boto3.client("s3", config=SDK_CONFIG)),
@@ -48,6 +54,8 @@ def build_pipeline(env: FunctionEnvironment) -> Pipeline:
         event_source=event_source("aws", env.function_name),
         # Lambda's last attempt ends the record FAILED before the event is dead-lettered.
         max_attempts=MAX_ATTEMPTS,
+        archive_bucket=env.archive_bucket,
+        cdn=cdn,
     )
 
 

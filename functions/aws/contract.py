@@ -59,26 +59,32 @@ API_HANDLER_FILE = "functions/aws/api.py"
 # exactly the records whose renditions a new upload of those bytes may take.
 # `by-object` finds every record of one object key (`source_object`, "<bucket>/<key>"): a
 # delete event without a version names only the key.
+# `by-upload` finds the records of one upload API id (`upload_id`, written only on records
+# whose key holds one: sparse): GET /images/{id} once the upload itself is gone.
 # The same table holds one reference item per content hash (id CONTENT_REFERENCE_PREFIX +
 # sha256): the string set of record ids that use those bytes' renditions, and the lease of
 # a deleter. It has none of the indexes' key attributes, so no index holds it.
 RECORDS_KEY = "id"
 CONTENT_ATTRIBUTE = "completed_sha256"
 OBJECT_ATTRIBUTE = "source_object"
+UPLOAD_ATTRIBUTE = "upload_id"
 RECORDS_ATTRIBUTES: dict[str, str] = {
     "id": "S",
     "status": "S",
     "updated_at": "S",
     CONTENT_ATTRIBUTE: "S",
     OBJECT_ATTRIBUTE: "S",
+    UPLOAD_ATTRIBUTE: "S",
 }
 STATUS_INDEX = "by-status"
 CONTENT_INDEX = "by-content"
 OBJECT_INDEX = "by-object"
+UPLOAD_INDEX = "by-upload"
 RECORDS_INDEXES: dict[str, tuple[str, str]] = {
     STATUS_INDEX: ("status", "updated_at"),
     CONTENT_INDEX: (CONTENT_ATTRIBUTE, "updated_at"),
     OBJECT_INDEX: (OBJECT_ATTRIBUTE, "updated_at"),
+    UPLOAD_INDEX: (UPLOAD_ATTRIBUTE, "updated_at"),
 }
 CONTENT_REFERENCE_PREFIX = "content#"
 CONTENT_HOLDERS = "holders"

@@ -286,18 +286,17 @@ class Display:
         if self._console.is_terminal:
             from rich.progress import (
                 BarColumn,
-                MofNCompleteColumn,
                 Progress,
                 SpinnerColumn,
                 TextColumn,
                 TimeElapsedColumn,
             )
 
+            # The counts are in the text: a short bar leaves them the width of a terminal.
             self._progress = Progress(
                 SpinnerColumn(),
                 TextColumn("{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
+                BarColumn(bar_width=16),
                 TextColumn("{task.fields[detail]}"),
                 TimeElapsedColumn(),
                 console=self._console,

@@ -496,3 +496,17 @@ def test_following_reads_the_oldest_pending_window_and_everything_once_at_the_ti
     rounds, sweep = read[: -len(refs)], read[-len(refs) :]
     assert sweep == list(range(len(refs)))  # the last read: everything pending, once
     assert rounds and set(rounds) == set(range(window))  # before it, the oldest window only
+
+
+def test_on_a_terminal_the_progress_is_rich_and_the_summary_plain(
+    cloud, target, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setenv("FORCE_COLOR", "1")  # rich's own switch: draw as on a terminal
+    put_before(cloud, 3)
+
+    ran = run_backfill(target, prefix="")
+
+    assert ran.code == 0, ran
+    assert "\x1b[" in ran.err and "enqueue" in ran.err and "follow" in ran.err
+    assert "completed 3, failed 0, pending 0 of 3" in ran.err  # the last state is drawn
+    assert not CONTROL.search(ran.out)  # stdout stays plain for scripts

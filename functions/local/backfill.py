@@ -168,6 +168,8 @@ def backfill_pages(
     up to date as it goes, so an interrupted run can still say how far it got."""
     settings = target.settings
     records = target.records
+    # Asked for before anything is listed: a stack without a work queue says so at once.
+    queue = None if dry_run else target.work_queue()
     watched: list[Watched] = []
     for page in pages(target.list_uploads(prefix)):
         counts.listed += len(page)
@@ -176,8 +178,8 @@ def backfill_pages(
         if max_items is not None and counts.enqueued + len(to_enqueue) >= max_items:
             to_enqueue = to_enqueue[: max_items - counts.enqueued]
             counts.capped = True
-        if to_enqueue and not dry_run:
-            target.work_queue().enqueue([w.item for w in to_enqueue])
+        if to_enqueue and queue is not None:
+            queue.enqueue([w.item for w in to_enqueue])
         counts.enqueued += len(to_enqueue)
         watched.extend(to_enqueue)
         on_progress(counts)
@@ -438,6 +440,9 @@ def backfill(target: PipelineTarget, options: BackfillOptions, out: TextIO, err:
     except KeyboardInterrupt:
         print(interrupted_line("backfill", counts, result, options.dry_run), file=err)
         return EXIT_INTERRUPTED
+    except TargetError as error:  # the stack lacks an output the operation needs
+        print(f"imagepipe backfill: {error}", file=err)
+        return EXIT_USAGE
     except target.service_errors as error:
         print(
             f"imagepipe backfill: could not reach {target.where} ({counts.describe()}; run it "
@@ -445,7 +450,9 @@ def backfill(target: PipelineTarget, options: BackfillOptions, out: TextIO, err:
             file=err,
         )
         return EXIT_USAGE
-    return report_outcome("backfill", counts, result, options.timeout, out, err)
+    return report_outcome(
+        "backfill", counts, result, options.timeout, out, err, max_items=options.max_items
+    )
 
 
 def show_enqueueing(
@@ -479,8 +486,11 @@ def report_outcome(
     err: TextIO,
     *,
     listed_label: str = "listed",
+    max_items: int | None = None,
 ) -> int:
     print(counts.describe(listed_label=listed_label), file=out)
+    if counts.capped:
+        print(f"stopped at --max {max_items}; run it again for the rest", file=out)
     print(result.describe(), file=out)
     print_failures(result.failed, out)
     if result.pending:

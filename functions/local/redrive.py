@@ -106,6 +106,8 @@ class Redrive:
         self.watched: list[Watched] = []
         self.truncated: list[Status] = []
         self.now = datetime.now(UTC)
+        # Asked for before anything is received: a stack without one says so at once.
+        self.queue = None if options.dry_run else target.work_queue()
 
     def room(self, pending: int = 0) -> int | None:
         """How many more items --max allows, besides `pending` about to be enqueued."""
@@ -123,8 +125,8 @@ class Redrive:
         return list(candidates)
 
     def enqueue(self, batch: Sequence[Watched]) -> None:
-        if batch and not self.options.dry_run:
-            self.target.work_queue().enqueue([w.item for w in batch])
+        if batch and self.queue is not None:
+            self.queue.enqueue([w.item for w in batch])
         self.counts.enqueued += len(batch)
         self.watched.extend(batch)
 
@@ -199,7 +201,11 @@ class Redrive:
 
 def redrive(target: PipelineTarget, options: RedriveOptions, out: TextIO, err: TextIO) -> int:
     """The whole command on one target; exit codes as `imagepipe backfill`'s."""
-    state = Redrive(target, options)
+    try:
+        state = Redrive(target, options)
+    except TargetError as error:  # the stack lacks an output the operation needs
+        print(f"imagepipe redrive: {error}", file=err)
+        return EXIT_USAGE
     display = Display(err, "redrive")
     result: FollowResult | None = None
 
@@ -240,6 +246,9 @@ def redrive(target: PipelineTarget, options: RedriveOptions, out: TextIO, err: T
         )
         print(line, file=err)
         return EXIT_INTERRUPTED
+    except TargetError as error:  # the stack lacks an output the operation needs
+        print(f"imagepipe redrive: {error}", file=err)
+        return EXIT_USAGE
     except target.service_errors as error:
         described = state.counts.describe(listed_label="found")
         print(
@@ -250,7 +259,14 @@ def redrive(target: PipelineTarget, options: RedriveOptions, out: TextIO, err: T
         return EXIT_USAGE
     note_truncated(state, err)
     return report_outcome(
-        "redrive", state.counts, result, options.timeout, out, err, listed_label="found"
+        "redrive",
+        state.counts,
+        result,
+        options.timeout,
+        out,
+        err,
+        listed_label="found",
+        max_items=options.max_items,
     )
 
 

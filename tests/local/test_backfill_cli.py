@@ -27,7 +27,7 @@ from functions.local import backfill as backfill_command
 from functions.local.backfill import BackfillOptions, backfill
 from functions.local.cli import main
 from functions.local.samples import small_png
-from functions.local.target import DeadLetter, PipelineTarget
+from functions.local.target import DeadLetter, PipelineTarget, TargetError
 
 UPLOADS, RENDITIONS = "uploads", "renditions"
 TRIGGER_PREFIX = "incoming/"
@@ -60,6 +60,7 @@ class FakeCloud:
     # following), not within the enqueue call, so a listing may still see it unfinished.
     backlog: list[WorkItem] = field(default_factory=list)
     has_dead_letters: bool = True
+    has_work_queue: bool = True  # False: a stack deployed before work queues existed
     dead_letters: list[DeadLetter] = field(default_factory=list)
     removed_letters: list[DeadLetter] = field(default_factory=list)
 
@@ -204,6 +205,8 @@ class FakeTarget(PipelineTarget):
                 yield ObjectRef(bucket, key, blob.version, len(blob.data))
 
     def work_queue(self) -> FakeWorkQueue:
+        if not self.fake.has_work_queue:
+            raise TargetError(f"{self.where} exports no workQueue output")
         return FakeWorkQueue(self.fake)
 
     def dead_letters(self) -> FakeDeadLetterQueue | None:
@@ -329,6 +332,7 @@ def test_max_is_a_hard_cap_and_the_next_run_takes_the_rest(cloud, target):
     assert [item.ref for item in cloud.enqueued] == refs[:2]
     assert sum(r.status is Status.COMPLETED for r in cloud.store.records.values()) == 2
     assert ran.out.startswith("listed 5, enqueued 2, ")
+    assert ran.out.splitlines()[1] == "stopped at --max 2; run it again for the rest"
 
     rest = run_backfill(target, prefix="", max_items=10)
     assert rest.out.startswith("listed 5, enqueued 3, skipped 2 (done 2)")
@@ -433,6 +437,17 @@ def test_an_unreachable_queue_is_one_line_and_exit_2(cloud, target):
     )
     assert line.endswith("; run it again to resume): the work queue is unavailable")
     assert cloud.store.records == {}
+
+
+def test_a_stack_without_a_work_queue_is_one_line_before_anything_is_listed(cloud, target):
+    put_before(cloud, 2)
+    cloud.has_work_queue = False
+
+    ran = run_backfill(target, prefix="")
+
+    assert (ran.code, ran.out) == (2, "")
+    assert ran.err == "imagepipe backfill: the fake pipeline exports no workQueue output\n"
+    assert run_backfill(target, prefix="", dry_run=True).code == 0  # a dry run needs none
 
 
 def test_without_a_terminal_the_output_is_plain_lines(cloud, target):

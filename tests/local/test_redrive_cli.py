@@ -209,3 +209,15 @@ def test_ctrl_c_is_one_line_and_exit_130(cloud, target):
         "imagepipe redrive: interrupted: found 1, enqueued 0, skipped 0, "
     )
     assert len(cloud.dead_letters) == 1  # interrupted before it was enqueued: it stays
+
+
+def test_a_stack_without_a_work_queue_is_one_line_and_no_letter_is_touched(cloud, target):
+    ref = ran_out_of_retries(cloud, "incoming/a.png", seed=1)
+    cloud.dead_letters.append(dead_letter(ref, "r1"))
+    cloud.has_work_queue = False
+
+    ran = run_redrive(target)
+
+    assert (ran.code, ran.out) == (2, "")
+    assert ran.err == "imagepipe redrive: the fake pipeline exports no workQueue output\n"
+    assert len(cloud.dead_letters) == 1 and not target.dead_letters().hidden

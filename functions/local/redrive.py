@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -140,11 +141,12 @@ class Redrive:
             )
             handled, batch = [], []
             for letter in letters:
-                candidates = self._letter_candidates(letter.items, records)
+                candidates, skipped = self._letter_candidates(letter.items, records)
                 taken = self.take(candidates, len(batch)) if candidates else []
                 if candidates and not taken:
                     break  # over --max: this letter and the rest stay in the queue
                 self.counts.listed += len(letter.items)
+                self.counts.skipped.update(skipped)
                 self.seen.update(w.record_id for w in taken)
                 batch.extend(taken)
                 handled.append(letter)
@@ -156,21 +158,23 @@ class Redrive:
 
     def _letter_candidates(
         self, items: Sequence[WorkItem], records: dict[str, ImageRecord]
-    ) -> list[Watched]:
+    ) -> tuple[list[Watched], Counter[str]]:
+        """What of one letter is to enqueue, and why the rest is not."""
         candidates: dict[str, Watched] = {}
+        skipped: Counter[str] = Counter()
         for item in items:
             rid = item.ref.record_id
             if rid in self.seen or rid in candidates:
-                self.counts.skipped["duplicate"] += 1
+                skipped["duplicate"] += 1
                 continue
             record = records.get(rid)
             reason = skip_reason(record, self.now)
             if reason is not None:
-                self.counts.skipped[reason] += 1
+                skipped[reason] += 1
                 continue
             # The dead-lettered event's record ended FAILED retries_exhausted: take it over.
             candidates[rid] = Watched(WorkItem(item.ref, item.reclaim | {Reclaim.FAILED}), record)
-        return list(candidates.values())
+        return list(candidates.values()), skipped
 
     def records(self) -> None:
         for status in REDRIVEN_STATUSES:

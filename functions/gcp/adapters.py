@@ -1,6 +1,6 @@
 """google-cloud adapters for the core's ports: `GcsBlobStore`, `FirestoreRecordStore`,
-`PubSubEventPublisher`, the upload API's `GcsUploadBucket` and `GcsRenditionUrls`, and the
-translation of the SDKs' outages.
+`PubSubEventPublisher`, `CloudCdnInvalidator`, the upload API's `GcsUploadBucket` and
+`GcsRenditionUrls`, and the translation of the SDKs' outages.
 
 SDK retries are google.api_core `Retry` objects passed to each call; when they run
 out, the error becomes one of the core's transient errors and the function raises,
@@ -10,8 +10,9 @@ so Eventarc retries the event with backoff.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import quote
@@ -33,7 +34,16 @@ from functions.core.records import (
 )
 from functions.core.timing import utc_now
 from functions.core.uploads import PresignedPost, StoredUpload
-from functions.gcp.contract import CONTENT_FIELD, CONTENT_INDEX, RECORDS_INDEXES
+from functions.gcp.contract import (
+    CONTENT_COLLECTION_NAME,
+    CONTENT_DELETER,
+    CONTENT_DELETING_UNTIL,
+    CONTENT_FIELD,
+    CONTENT_HOLDERS,
+    CONTENT_INDEX,
+    OBJECT_FIELD,
+    RECORDS_INDEXES,
+)
 
 # What "the service is having a bad moment" looks like from each SDK, after its own retries.
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
@@ -76,9 +86,14 @@ def translated_outages(error_type: type[TransientError], what: str) -> Iterator[
 
 # --- Cloud Storage ---------------------------------------------------------------------
 
+# Archive: the coldest class, for originals kept only in case (read back in milliseconds,
+# billed for a year at least).
+ARCHIVE_STORAGE_CLASS = "ARCHIVE"
+
 
 class GcsBlobStore:
-    """Reads uploads by generation and writes renditions, through google-cloud-storage."""
+    """Reads uploads by generation, writes and deletes renditions, deletes and archives
+    uploads, through google-cloud-storage."""
 
     def __init__(self, client: Any, *, retry: api_retry.Retry, timeout: float = 60.0) -> None:
         self._client = client
@@ -126,6 +141,61 @@ class GcsBlobStore:
                 )
             )
         return bool(listed) and listed[0].name == key
+
+    def delete(self, bucket: str, key: str, version: str | None = None) -> None:
+        blob = self._client.bucket(bucket).blob(key)
+        # Only the generation that was processed; gone already, or replaced by a newer
+        # upload (its own image), there is nothing to do.
+        gone = (api_exceptions.NotFound, api_exceptions.PreconditionFailed)
+        with (
+            translated_outages(StorageUnavailable, f"deleting gs://{bucket}/{key}"),
+            suppress(*gone),
+        ):
+            blob.delete(
+                if_generation_match=int(version) if version else None,
+                retry=self._retry,
+                timeout=self._timeout,
+            )
+
+    def delete_under(self, bucket: str, prefix: str) -> list[str]:
+        deleted: list[str] = []
+        with translated_outages(StorageUnavailable, f"deleting gs://{bucket}/{prefix}*"):
+            # The listing pages by itself; a retry after an outage lists what is left.
+            listed = self._client.list_blobs(
+                bucket, prefix=prefix, retry=self._retry, timeout=self._timeout
+            )
+            for blob in listed:
+                try:
+                    blob.delete(retry=self._retry, timeout=self._timeout)
+                except api_exceptions.NotFound:
+                    continue  # another deleter's
+                deleted.append(blob.name)
+        return sorted(deleted)
+
+    def archive(
+        self, bucket: str, key: str, version: str, *, archive_bucket: str, archive_key: str
+    ) -> None:
+        source = self._client.bucket(bucket).blob(key, generation=int(version))
+        target = self._client.bucket(archive_bucket).blob(archive_key)
+        target.storage_class = ARCHIVE_STORAGE_CLASS
+        what = f"archiving gs://{bucket}/{key} to gs://{archive_bucket}"
+        with translated_outages(StorageUnavailable, what):
+            try:
+                # A server-side copy: the bytes never pass through the function. A large
+                # object takes several calls, each continuing from the last one's token.
+                token, _, _ = target.rewrite(source, retry=self._retry, timeout=self._timeout)
+                while token is not None:
+                    token, _, _ = target.rewrite(
+                        source, token=token, retry=self._retry, timeout=self._timeout
+                    )
+            except api_exceptions.NotFound:
+                # The generation is gone (deleted, or overwritten), or the archive bucket is:
+                # only the first means there is nothing to archive.
+                if self._client.bucket(bucket).get_blob(
+                    key, generation=int(version), retry=self._retry, timeout=self._timeout
+                ):
+                    raise
+                raise KeyError(f"gs://{bucket}/{key}#{version}") from None
 
 
 class GcsSigner:
@@ -271,14 +341,32 @@ class GcsRenditionUrls:
 # --- Firestore ---------------------------------------------------------------------------
 
 
+# Tries of one content-reference change: each is a few ms, and contention means many
+# deliveries of the same bytes at once.
+CONTENT_WRITE_ATTEMPTS = 20
+UNCHANGED = object()  # a content change that writes nothing
+
+
 class FirestoreRecordStore:
-    """One document per image, id = record id; writes are conditional and atomic."""
+    """One document per image, id = record id; writes are conditional and atomic.
+
+    The content references live beside the records, one document per content hash in
+    `content_collection`, changed only in transactions (see `functions.core.memory`'s
+    `InMemoryRecordStore` for what each call means).
+    """
 
     def __init__(
-        self, client: Any, collection: str, *, retry: api_retry.Retry, timeout: float = 20.0
+        self,
+        client: Any,
+        collection: str,
+        *,
+        retry: api_retry.Retry,
+        timeout: float = 20.0,
+        content_collection: str = CONTENT_COLLECTION_NAME,
     ) -> None:
         self._client = client
         self._collection = client.collection(collection)
+        self._content = client.collection(content_collection)
         self._retry = retry
         self._timeout = timeout
 
@@ -337,13 +425,163 @@ class FirestoreRecordStore:
             # The transaction re-runs on contention (ABORTED) by itself.
             return replace_if_unchanged(self._client.transaction())
 
+    def for_object(self, bucket: str, key: str) -> list[ImageRecord]:
+        from google.cloud.firestore_v1.base_query import FieldFilter
+
+        # One equality filter: Firestore's automatic single-field index serves it.
+        query = self._collection.where(filter=FieldFilter(OBJECT_FIELD, "==", f"{bucket}/{key}"))
+        with translated_outages(RecordStoreUnavailable, f"looking up the records of {key}"):
+            snapshots = list(query.stream(retry=self._retry, timeout=self._timeout))
+        return [ImageRecord.from_dict(snapshot.to_dict()) for snapshot in snapshots]
+
+    def add_content_reference(self, content_sha256: str, record_id: str, now: datetime) -> bool:
+        def add(item: _ContentItem) -> tuple[bool, Any]:
+            if item.deleting_until is not None and item.deleting_until > now:
+                return False, UNCHANGED
+            # A deleter that outlived its lease lost it.
+            return True, _content_data(item.holders | {record_id})
+
+        return self._change_content(content_sha256, add, "adding a reference on")
+
+    def release_content_reference(
+        self, content_sha256: str, record_id: str, *, now: datetime, deletion_lease_until: datetime
+    ) -> bool:
+        def release(item: _ContentItem) -> tuple[bool, Any]:
+            if (item.deleter, item.deleting_until) == (record_id, deletion_lease_until):
+                return True, UNCHANGED  # our own write, landed before its answer was lost
+            holders = item.holders - {record_id}
+            if holders or (item.deleting_until is not None and item.deleting_until > now):
+                return False, _content_data(holders, item.deleting_until, item.deleter)
+            return True, _content_data(holders, deletion_lease_until, record_id)
+
+        return self._change_content(content_sha256, release, "releasing a reference on")
+
+    def finish_content_deletion(self, content_sha256: str) -> None:
+        def finish(item: _ContentItem) -> tuple[None, Any]:
+            return None, (UNCHANGED if item.holders else None)
+
+        self._change_content(content_sha256, finish, "finishing the deletion of")
+
+    def _change_content(
+        self,
+        content_sha256: str,
+        change: Callable[[_ContentItem], tuple[Any, Any]],
+        what: str,
+    ) -> Any:
+        """Read the content document, `change` it (a result, and the document to write:
+        `UNCHANGED`, or None to delete it), and write it only if nobody wrote it since.
+
+        A compare-and-set on the document's update time, as atomic as a transaction on one
+        document; unlike the SDK's transactions, every call in it takes this store's retry,
+        so an outage ends within the function's budget instead of the SDK's own minute.
+        """
+        document = self._content.document(content_sha256)
+        calls = {"retry": self._retry, "timeout": self._timeout}
+        with translated_outages(RecordStoreUnavailable, f"{what} {content_sha256}"):
+            for _ in range(CONTENT_WRITE_ATTEMPTS):
+                snapshot = document.get(**calls)
+                result, data = change(_ContentItem.of(snapshot))
+                try:
+                    if data is UNCHANGED or (data is None and not snapshot.exists):
+                        return result
+                    if not snapshot.exists:
+                        document.create(data, **calls)
+                    else:
+                        unchanged_since = self._client.write_option(
+                            last_update_time=snapshot.update_time
+                        )
+                        if data is None:
+                            document.delete(option=unchanged_since, **calls)
+                        else:
+                            document.update(data, option=unchanged_since, **calls)
+                    return result
+                except (api_exceptions.Conflict, api_exceptions.FailedPrecondition):
+                    continue  # written by another delivery in between: read it again
+        raise RecordStoreUnavailable(
+            f"{what} {content_sha256} failed: {CONTENT_WRITE_ATTEMPTS} concurrent writers won"
+        )
+
+
+@dataclass(frozen=True)
+class _ContentItem:
+    """One content document: the record ids holding the bytes' renditions, and a deleter's
+    lease (nothing, for a document that does not exist)."""
+
+    holders: frozenset[str] = frozenset()
+    deleting_until: datetime | None = None
+    deleter: str | None = None
+
+    @classmethod
+    def of(cls, snapshot: Any) -> _ContentItem:
+        data = (snapshot.to_dict() if snapshot.exists else None) or {}
+        return cls(
+            frozenset(data.get(CONTENT_HOLDERS) or ()),
+            data.get(CONTENT_DELETING_UNTIL),
+            data.get(CONTENT_DELETER),
+        )
+
+
+def _content_data(
+    holders: frozenset[str], deleting_until: datetime | None = None, deleter: str | None = None
+) -> dict[str, Any]:
+    return {
+        CONTENT_HOLDERS: sorted(holders),
+        CONTENT_DELETING_UNTIL: deleting_until,
+        CONTENT_DELETER: deleter if deleting_until is not None else None,
+    }
+
 
 def _document(record: ImageRecord) -> dict[str, Any]:
     data = record.to_dict()
+    data[OBJECT_FIELD] = f"{record.source.bucket}/{record.source.key}"
     if record.status is Status.COMPLETED and record.source.sha256:
         # Only finished records carry the `by-content` index's field.
         data[CONTENT_FIELD] = record.source.sha256
     return data
+
+
+# --- Cloud CDN -----------------------------------------------------------------------------
+
+COMPUTE_API = "https://compute.googleapis.com/compute/v1"
+
+
+class CloudCdnInvalidator:
+    """Drops deleted renditions from Cloud CDN's caches: one `urlMaps.invalidateCache` call
+    per content prefix (`/<sha256>/*`), which covers every rendition of those bytes.
+
+    `session` is an authorized HTTP session (google-auth's `AuthorizedSession` on GCP);
+    `url_map` the URL map's name, or its whole `projects/<p>/global/urlMaps/<name>`.
+    """
+
+    def __init__(self, session: Any, project: str, url_map: str, *, timeout: float = 30.0) -> None:
+        self._session = session
+        path = url_map if "/" in url_map else f"projects/{project}/global/urlMaps/{url_map}"
+        self._url = f"{COMPUTE_API}/{path}/invalidateCache"
+        self._timeout = timeout
+
+    def invalidate(self, keys: Sequence[str]) -> None:
+        for path in invalidation_paths(keys):
+            with translated_outages(StorageUnavailable, f"invalidating {path} in Cloud CDN"):
+                response = self._session.post(self._url, json={"path": path}, timeout=self._timeout)
+            # The call answers a long-running operation at once; the caches drop the
+            # objects within minutes, and nothing here waits for that.
+            if response.status_code >= 500 or response.status_code == 429:
+                raise StorageUnavailable(
+                    f"invalidating {path} in Cloud CDN failed: HTTP {response.status_code}"
+                )
+            if response.status_code >= 400:
+                raise RuntimeError(
+                    f"Cloud CDN refused to invalidate {path}: HTTP {response.status_code} "
+                    f"{response.text[:200]}"
+                )
+
+
+def invalidation_paths(keys: Sequence[str]) -> list[str]:
+    """`/<prefix>/*` for each content prefix among `keys`; a key without one as itself."""
+    paths = {
+        f"/{quote(key.partition('/')[0])}/*" if "/" in key else f"/{quote(key)}" for key in keys
+    }
+    return sorted(paths)
 
 
 # --- Pub/Sub -------------------------------------------------------------------------------

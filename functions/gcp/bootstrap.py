@@ -16,6 +16,7 @@ from functions.core.events import event_source
 from functions.core.records import ClaimHeld, ObjectRef, PipelineError, Status
 from functions.core.uploads import UploadApi
 from functions.gcp.adapters import (
+    CloudCdnInvalidator,
     FirestoreRecordStore,
     GcsBlobStore,
     GcsRenditionUrls,
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
 # Where browsers POST uploads and fetch signed renditions; the SDK's own emulator variable
 # says where it is locally.
 STORAGE_ENDPOINT = "https://storage.googleapis.com"
+CLOUD_PLATFORM_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
 
 
 def build_pipeline(env: FunctionEnvironment) -> Pipeline:
@@ -54,7 +56,23 @@ def build_pipeline(env: FunctionEnvironment) -> Pipeline:
         event_source=event_source("gcp", env.function_name),
         max_event_age=timedelta(seconds=env.max_event_age_seconds),
         lease=timedelta(seconds=env.lease_seconds),
+        archive_bucket=env.archive_bucket,
+        cdn=build_cdn(env),
     )
+
+
+def build_cdn(env: FunctionEnvironment, session: Any = None) -> CloudCdnInvalidator | None:
+    """The Cloud CDN invalidator when the stack has a CDN (its URL map is set), else None.
+    `session` defaults to the function's own credentials, authorized for the compute API."""
+    if not env.cdn_url_map:
+        return None
+    if session is None:
+        import google.auth
+        from google.auth.transport.requests import AuthorizedSession
+
+        credentials, _ = google.auth.default(scopes=[CLOUD_PLATFORM_SCOPE])
+        session = AuthorizedSession(credentials)
+    return CloudCdnInvalidator(session, env.project, env.cdn_url_map)
 
 
 def build_api(env: ApiEnvironment) -> UploadApi:

@@ -70,6 +70,8 @@ OBJECT_FIELD = "source_object"
 CONTENT_COLLECTION_NAME = "image_content"
 CONTENT_HOLDERS = "holders"
 CONTENT_DELETING_UNTIL = "deleting_until"
+# Who holds that lease: a deleter whose write landed but whose answer was lost knows it won.
+CONTENT_DELETER = "deleter"
 STATUS_INDEX = "by-status"
 CONTENT_INDEX = "by-content"
 RECORDS_INDEXES: dict[str, tuple[tuple[str, str], ...]] = {

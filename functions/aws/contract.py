@@ -41,6 +41,9 @@ MAX_ATTEMPTS = 1 + RETRY_ATTEMPTS
 # the handler treats the last receive as the last attempt.
 WORK_MAX_RECEIVES = MAX_ATTEMPTS
 DEFAULT_BACKFILL_CONCURRENCY = 5  # the event source mapping's maximumConcurrency
+# Work items per invocation (the event source mapping's batch size): one, so a backfill of
+# N objects is N invocations, and one slow image never holds up others in its batch.
+WORK_BATCH_SIZE = 1
 # S3 notifications the function takes: uploads, and deletes that propagate.
 UPLOAD_EVENTS = ("s3:ObjectCreated:*",)
 DELETE_EVENTS = ("s3:ObjectRemoved:*",)

@@ -1,11 +1,17 @@
-"""AWS Lambda entry point: S3 ObjectCreated notifications in, `Pipeline.process` per record.
+"""AWS Lambda entry point, one function for three kinds of event: S3 ObjectCreated
+(`Pipeline.process` per record), S3 ObjectRemoved (`Pipeline.delete` per record) and SQS
+batches from the work queue (backfill, redrive: `Pipeline.process` per WorkItem).
 
 Errors: a permanent one (bad image, too large, gone) is already a FAILED record and a
 failure event when `Pipeline.process` returns, so the handler returns normally and nothing
 is retried. A transient one (S3, DynamoDB or SNS unavailable, or another invocation's
-live claim on the image) is raised after every record of the event had its turn: Lambda
+live claim on the image) is raised after every record of an S3 event had its turn: Lambda
 retries the event twice, then sends it to the dead-letter queue. Records finished before
 the retry are duplicates the second time, and duplicates change and publish nothing.
+From the work queue, the messages that met one are answered as batch item failures: SQS
+delivers them again, and after WORK_MAX_RECEIVES receives moves them to the work queue's
+dead-letter queue; the rest of the batch is done. A work message that is no WorkItem is
+logged and dropped: no redelivery can make it one.
 """
 
 from __future__ import annotations
@@ -23,8 +29,14 @@ from aws_lambda_powertools.metrics import MetricUnit, single_metric
 from aws_lambda_powertools.metrics.functions import is_metrics_disabled
 
 from functions.aws.bootstrap import build_pipeline
-from functions.aws.contract import SERVICE_NAME, from_env
-from functions.aws.trigger import is_test_event, object_refs
+from functions.aws.contract import SERVICE_NAME, WORK_MAX_RECEIVES, from_env
+from functions.aws.trigger import (
+    RemovedObject,
+    is_sqs_event,
+    is_test_event,
+    object_refs,
+    removed_objects,
+)
 from functions.core.metrics import (
     ACTION_COUNTERS,
     ERROR_CODE,
@@ -32,8 +44,9 @@ from functions.core.metrics import (
     PROCESSING_MS,
     TIMED_ACTIONS,
 )
-from functions.core.records import ObjectRef, PipelineError
+from functions.core.records import MalformedEvent, ObjectRef, PipelineError
 from functions.core.service import DEFAULT_LEASE, Outcome, Pipeline
+from functions.core.work import WorkItem
 
 # A claim outlives the invocation by this much. If the invocation dies (timeout, crash),
 # Lambda's own retry comes a minute or more later and finds the claim expired, so it
@@ -89,10 +102,12 @@ def lease_for(context: Any) -> timedelta:
 def handle_event(
     event: Mapping[str, Any], pipeline: Pipeline, lease: timedelta = DEFAULT_LEASE
 ) -> dict[str, Any]:
-    """Process every object of one S3 notification; raise the first transient error at the end."""
+    """Handle one S3 notification or one work-queue batch (see the module's docstring)."""
     if is_test_event(event):
         logger.info("ignored the s3:TestEvent sent when the notification was configured")
         return {"records": []}
+    if is_sqs_event(event):
+        return handle_work(event["Records"], pipeline, lease)
     summaries: list[dict[str, Any]] = []
     first_error: Exception | None = None
     for ref in object_refs(event):
@@ -104,9 +119,82 @@ def handle_event(
             first_error = first_error or error
             continue
         summaries.append(_report(ref, outcome, _elapsed_ms(started)))
+    for removed in removed_objects(event):
+        started = time.perf_counter()
+        try:
+            outcomes = pipeline.delete(removed.bucket, removed.key, removed.version)
+        except Exception as error:  # noqa: BLE001 - re-raised below, after the other records
+            _report_retry(_removed_ref(removed), error, _elapsed_ms(started))
+            first_error = first_error or error
+            continue
+        summaries.extend(_report_deleted(removed, outcomes, _elapsed_ms(started)))
     if first_error is not None:
         raise first_error
     return {"records": summaries}
+
+
+def handle_work(
+    messages: list[Mapping[str, Any]], pipeline: Pipeline, lease: timedelta
+) -> dict[str, Any]:
+    """Process each WorkItem of an SQS batch; answer the ones that met a transient error
+    as batch item failures (the event source mapping's ReportBatchItemFailures)."""
+    failures: list[dict[str, str]] = []
+    for message in messages:
+        message_id = str(message.get("messageId", ""))
+        try:
+            body = message.get("body")
+            if not isinstance(body, str):
+                raise MalformedEvent("the work message has no body")
+            item = WorkItem.from_json(body)
+        except MalformedEvent as error:
+            logger.error(
+                f"dropped work message {message_id}: {error}",
+                extra={"outcome": "malformed", "message_id": message_id},
+            )
+            continue
+        receives = _receive_count(message)
+        started = time.perf_counter()
+        try:
+            outcome = pipeline.process(
+                item.ref,
+                lease,
+                reclaim=item.reclaim,
+                last_attempt=receives >= WORK_MAX_RECEIVES,
+            )
+        except Exception as error:  # noqa: BLE001 - SQS delivers it again
+            _report_retry(item.ref, error, _elapsed_ms(started))
+            failures.append({"itemIdentifier": message_id})
+            continue
+        _report(item.ref, outcome, _elapsed_ms(started))
+    return {"batchItemFailures": failures}
+
+
+def _receive_count(message: Mapping[str, Any]) -> int:
+    try:
+        return int(message.get("attributes", {}).get("ApproximateReceiveCount", 1))
+    except (TypeError, ValueError, AttributeError):
+        return 1  # no count to go by: not the last receive, so a failure is retried
+
+
+def _removed_ref(removed: RemovedObject, version: str | None = None) -> ObjectRef:
+    """A removed object as the log lines name objects (its record's version, if known)."""
+    return ObjectRef(removed.bucket, removed.key, version or removed.version or "")
+
+
+def _report_deleted(
+    removed: RemovedObject, outcomes: list[Outcome], ms: float
+) -> list[dict[str, Any]]:
+    if not outcomes:
+        # Never processed, or removed by the `originals` setting: nothing of ours to change.
+        logger.info(
+            f"no record to delete: {removed.key}",
+            extra={"outcome": "ignored", "bucket": removed.bucket, "key": removed.key, "ms": ms},
+        )
+        return []
+    return [
+        _report(_removed_ref(removed, outcome.record.source.version), outcome, ms)
+        for outcome in outcomes
+    ]
 
 
 def _report(ref: ObjectRef, outcome: Outcome, ms: float) -> dict[str, Any]:

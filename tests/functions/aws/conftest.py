@@ -204,6 +204,14 @@ class EmulatedStack:
                 )
 
     def items(self) -> list[dict[str, Any]]:
+        """The table's image records (not the content reference items beside them)."""
+        return [
+            item
+            for item in self.all_items()
+            if not item["id"]["S"].startswith(contract.CONTENT_REFERENCE_PREFIX)
+        ]
+
+    def all_items(self) -> list[dict[str, Any]]:
         return self.dynamodb.scan(TableName=self.table, ConsistentRead=True)["Items"]
 
     def rendition_keys(self) -> list[str]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from functions.aws import contract as aws_contract
 from functions.core.settings import PipelineSettings
 from functions.core.uploads import ApiOptions
 
@@ -17,6 +18,9 @@ OPEN_API_WARNING = (
     "imagepipe:apiAuth is none: anyone with the apiUrl can upload to this stack; "
     "use it for demos only."
 )
+# Lambda's maximumConcurrency of an SQS event source mapping is 2-1000; GCP's work queue
+# takes the same range, so a stack's value means the same on both clouds.
+BACKFILL_CONCURRENCY_RANGE = (2, 1000)
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,10 @@ class PipelineArgs:
     unless you write one)."""
     api_upload_expiry_seconds: int = 300
     """How long a presigned POST stays valid."""
+    # One config key for both clouds' work queues, so one declared default: each cloud's args
+    # take their own contract's, and tests/infra/test_main_config.py keeps the two equal.
+    backfill_concurrency: int = aws_contract.DEFAULT_BACKFILL_CONCURRENCY
+    """Most work-queue deliveries (backfill, reprocess, redrive) processed at once."""
 
     def api_options(self) -> ApiOptions | None:
         """What the API function is told; None without the API. `SettingsError` if unusable."""

@@ -159,7 +159,7 @@ def defaults(args_type: type) -> dict[str, Any]:
 
 def shared_options(reader: ConfigReader, limits: dict[str, int]) -> dict[str, Any]:
     """Options both clouds have (`PipelineArgs` fields), with each cloud's bounds."""
-    from components.args import PipelineArgs
+    from components.args import BACKFILL_CONCURRENCY_RANGE, PipelineArgs
 
     default = defaults(PipelineArgs)
     return {
@@ -186,6 +186,9 @@ def shared_options(reader: ConfigReader, limits: dict[str, int]) -> dict[str, An
             default["api_upload_expiry_seconds"],
             1,
             MAX_UPLOAD_EXPIRY_SECONDS,
+        ),
+        "backfill_concurrency": reader.integer(
+            "backfillConcurrency", default["backfill_concurrency"], *BACKFILL_CONCURRENCY_RANGE
         ),
     }
 

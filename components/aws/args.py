@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from components.args import PipelineArgs
+from functions.aws import contract
 
 AWS_ARCHITECTURES = ("arm64", "x86_64")
 
@@ -38,3 +39,5 @@ class AwsImagePipelineArgs(PipelineArgs):
     """Steady requests per second the API's stage lets through (API Gateway throttling)."""
     api_burst_limit: int = 100
     """Requests the API's stage lets through at once, above the steady rate."""
+    backfill_concurrency: int = contract.DEFAULT_BACKFILL_CONCURRENCY
+    """The work queue's event source mapping's maximumConcurrency: invocations at once."""

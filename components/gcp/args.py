@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from components.args import PipelineArgs
+from functions.gcp import contract
 
 GCP_DELIVERY_MODES = ("signed-urls", "public", "cdn")
 GCP_CPUS = ("0.5", "1", "2", "4", "8")
@@ -28,3 +29,5 @@ class GcpImagePipelineArgs(PipelineArgs):
     delivery_mode: Literal["signed-urls", "public", "cdn"] = "signed-urls"
     """How renditions reach viewers: signed URLs (private bucket), public read, or Cloud CDN
     through a backend bucket and a global load balancer (opt-in: it has a monthly cost)."""
+    backfill_concurrency: int = contract.DEFAULT_BACKFILL_CONCURRENCY
+    """The Cloud Tasks queue's max_concurrent_dispatches: tasks dispatched at once."""

@@ -1,5 +1,8 @@
 """`AwsImagePipeline`: uploads bucket -> Lambda -> DynamoDB + SNS, renditions behind CloudFront.
 
+Beside the uploads' notifications, the same function takes a work queue (SQS, through an
+event source mapping capped at `backfill_concurrency`) that backfill and redrive fill.
+
 Every child is parented to the component and named `<name>-<role>`. Policy
 documents come from the pure builders in `components.aws.policies`; no resource
 is ever created inside an `apply`.
@@ -15,6 +18,7 @@ import pulumi
 import pulumi_aws as aws
 
 from components import outputs
+from components.args import BACKFILL_CONCURRENCY_RANGE
 from components.aws import policies
 from components.aws.api import create_upload_api
 from components.aws.args import AWS_LOG_RETENTION_DAYS, AwsImagePipelineArgs
@@ -28,6 +32,14 @@ TYPE_TOKEN = "imagepipe:index:AwsImagePipeline"
 FAILED_EVENT_TYPE = "imagepipe.image.failed"
 _PHYSICAL_NAME_LIMIT = 64  # Lambda function and CloudFront OAC names
 AWS_MAX_MEMORY_MB = 10240
+# What `originals: archive` moves uploads into: the coldest class read back in milliseconds.
+# The adapter writes each copy in it; the bucket's lifecycle moves anything written otherwise.
+ARCHIVE_STORAGE_CLASS = "GLACIER_IR"
+# AWS advises a source queue's visibility timeout of at least six times the function's
+# timeout: a message whose invocation was throttled or timed out is not received again while
+# a retry may still be running, and every receive after the first counts toward the DLQ.
+WORK_VISIBILITY_TIMEOUT_FACTOR = 6
+SQS_MAX_RETENTION_SECONDS = 14 * 24 * 3600  # a backfill of millions may take days
 # CloudFront takes viewer certificates from ACM in us-east-1 only, whatever the stack's region.
 _CDN_CERTIFICATE_ARN = re.compile(r"^arn:aws[a-z-]*:acm:us-east-1:\d{12}:certificate/\S+$")
 
@@ -61,6 +73,14 @@ class AwsImagePipeline(pulumi.ComponentResource):
     """Name of the Lambda function."""
     dead_letter_queue: pulumi.Output[str]
     """URL of the SQS queue of events that failed every retry."""
+    work_queue: pulumi.Output[str]
+    """URL of the SQS queue backfill and redrive enqueue work items to."""
+    work_dead_letter_queue: pulumi.Output[str]
+    """URL of the SQS queue of work items received `WORK_MAX_RECEIVES` times unprocessed."""
+    archive_bucket: pulumi.Output[str] | None
+    """Name of the bucket finished uploads are moved to (originals `archive`); else None."""
+    settings: pulumi.Output[str]
+    """The function's settings as JSON: what `imagepipe backfill --stale` compares with."""
     uploads_prefix: pulumi.Output[str]
     """Only keys under this prefix are processed ("" for all); clients upload under it."""
     api_url: pulumi.Output[str] | None
@@ -85,8 +105,12 @@ class AwsImagePipeline(pulumi.ComponentResource):
         # --- buckets: private, owner-enforced, encrypted, TLS only --------------------
         uploads = aws.s3.Bucket(f"{name}-uploads", tags=tags, opts=child)
         renditions = aws.s3.Bucket(f"{name}-renditions", tags=tags, opts=child)
+        buckets = {"uploads": uploads, "renditions": renditions}
+        settings = args.settings
+        if settings.originals == "archive":
+            buckets["archive"] = aws.s3.Bucket(f"{name}-archive", tags=tags, opts=child)
         public_access_blocks = {}
-        for role, bucket in (("uploads", uploads), ("renditions", renditions)):
+        for role, bucket in buckets.items():
             public_access_blocks[role] = aws.s3.BucketPublicAccessBlock(
                 f"{name}-{role}-public-access",
                 bucket=bucket.id,
@@ -138,6 +162,35 @@ class AwsImagePipeline(pulumi.ComponentResource):
             # Policies racing the public-access block fail with OperationAborted.
             opts=pulumi.ResourceOptions(parent=self, depends_on=[public_access_blocks["uploads"]]),
         )
+        archive_bucket = buckets.get("archive")
+        if archive_bucket is not None:
+            aws.s3.BucketLifecycleConfiguration(
+                f"{name}-archive-lifecycle",
+                bucket=archive_bucket.id,
+                rules=[
+                    {
+                        "id": "abort-incomplete-multipart-uploads",
+                        "status": "Enabled",
+                        "filter": {},
+                        "abort_incomplete_multipart_upload": {"days_after_initiation": 7},
+                    },
+                    {
+                        "id": "archive-storage-class",
+                        "status": "Enabled",
+                        "filter": {},
+                        "transitions": [{"days": 0, "storage_class": ARCHIVE_STORAGE_CLASS}],
+                    },
+                ],
+                opts=child,
+            )
+            aws.s3.BucketPolicy(
+                f"{name}-archive-policy",
+                bucket=archive_bucket.id,
+                policy=_json(archive_bucket.arn.apply(policies.archive_bucket_policy)),
+                opts=pulumi.ResourceOptions(
+                    parent=self, depends_on=[public_access_blocks["archive"]]
+                ),
+            )
 
         # --- records, events, dead letters --------------------------------------------
         records = aws.dynamodb.Table(
@@ -170,7 +223,33 @@ class AwsImagePipeline(pulumi.ComponentResource):
         dlq = aws.sqs.Queue(
             f"{name}-dlq",
             sqs_managed_sse_enabled=True,
-            message_retention_seconds=14 * 24 * 3600,
+            message_retention_seconds=SQS_MAX_RETENTION_SECONDS,
+            tags=tags,
+            opts=child,
+        )
+        # The work queue: backfill and redrive enqueue here, the platform fans out at
+        # backfill_concurrency; what is received WORK_MAX_RECEIVES times moves to its own
+        # dead-letter queue, which redrive reads.
+        work_dlq = aws.sqs.Queue(
+            f"{name}-work-dlq",
+            sqs_managed_sse_enabled=True,
+            message_retention_seconds=SQS_MAX_RETENTION_SECONDS,
+            tags=tags,
+            opts=child,
+        )
+        work = aws.sqs.Queue(
+            f"{name}-work",
+            sqs_managed_sse_enabled=True,
+            message_retention_seconds=SQS_MAX_RETENTION_SECONDS,
+            visibility_timeout_seconds=WORK_VISIBILITY_TIMEOUT_FACTOR * args.timeout_seconds,
+            redrive_policy=_json(
+                work_dlq.arn.apply(
+                    lambda arn: {
+                        "deadLetterTargetArn": arn,
+                        "maxReceiveCount": contract.WORK_MAX_RECEIVES,
+                    }
+                )
+            ),
             tags=tags,
             opts=child,
         )
@@ -192,104 +271,6 @@ class AwsImagePipeline(pulumi.ComponentResource):
                 filter_policy_scope="MessageAttributes",
                 opts=child,
             )
-
-        # --- the function ---------------------------------------------------------------
-        logs, role = function_logs_and_role(self, name, function_physical_name, args)
-        role_policy = aws.iam.RolePolicy(
-            f"{name}-role-policy",
-            role=role.id,
-            policy=_json(
-                pulumi.Output.all(
-                    uploads.arn, renditions.arn, records.arn, events.arn, dlq.arn, logs.arn
-                ).apply(
-                    lambda arns: policies.function_policy(
-                        uploads_bucket_arn=arns[0],
-                        renditions_bucket_arn=arns[1],
-                        records_table_arn=arns[2],
-                        events_topic_arn=arns[3],
-                        dead_letter_queue_arn=arns[4],
-                        log_group_arn=arns[5],
-                        tracing=args.tracing,
-                        uploads_prefix=args.uploads_prefix,
-                    )
-                )
-            ),
-            opts=child,
-        )
-        function = aws.lambda_.Function(
-            f"{name}-fn",
-            name=function_physical_name,
-            role=role.arn,
-            handler=contract.HANDLER,
-            runtime=f"python{args.python_version}",
-            architectures=[args.architecture],
-            # Also what the function's decode budget is derived from (the settings carry it).
-            memory_size=args.settings.limits.memory_mb,
-            timeout=args.timeout_seconds,
-            # Unset: the account's unreserved pool, with no ceiling of its own.
-            reserved_concurrent_executions=args.reserved_concurrency,
-            code=pulumi.FileArchive(str(archive.path)),
-            source_code_hash=archive.source_code_hash,
-            logging_config=json_logging(logs),
-            tracing_config={"mode": "Active" if args.tracing else "PassThrough"},
-            environment={
-                "variables": contract.to_env(
-                    settings=args.settings,
-                    renditions_bucket=renditions.bucket,
-                    records_table=records.name,
-                    events_topic_arn=events.arn,
-                )
-            },
-            tags=tags,
-            # The first invocations must find their log and data permissions in place.
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[role_policy]),
-        )
-        aws.lambda_.FunctionRecursionConfig(
-            f"{name}-recursion",
-            function_name=function.name,
-            recursive_loop="Terminate",
-            opts=child,
-        )
-        aws.lambda_.FunctionEventInvokeConfig(
-            f"{name}-async",
-            function_name=function.name,
-            maximum_retry_attempts=contract.RETRY_ATTEMPTS,
-            maximum_event_age_in_seconds=args.max_event_age_seconds,
-            destination_config={"on_failure": {"destination": dlq.arn}},
-            # Lambda checks the role may SendMessage to the destination when this is created.
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[role_policy]),
-        )
-
-        # --- trigger: the permission must exist before S3 validates the notification ----
-        permission = aws.lambda_.Permission(
-            f"{name}-s3-invoke",
-            action="lambda:InvokeFunction",
-            function=function.name,
-            principal="s3.amazonaws.com",
-            source_arn=uploads.arn,
-            source_account=account_id,
-            opts=child,
-        )
-        notification_filter = {
-            key: value
-            for key, value in (
-                ("filter_prefix", args.uploads_prefix),
-                ("filter_suffix", args.uploads_suffix),
-            )
-            if value
-        }
-        aws.s3.BucketNotification(
-            f"{name}-uploads-notification",
-            bucket=uploads.id,
-            lambda_functions=[
-                {
-                    "lambda_function_arn": function.arn,
-                    "events": ["s3:ObjectCreated:*"],
-                    **notification_filter,
-                }
-            ],
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[permission]),
-        )
 
         # --- delivery: CloudFront reads the renditions bucket through OAC --------------
         origin_access = aws.cloudfront.OriginAccessControl(
@@ -346,6 +327,134 @@ class AwsImagePipeline(pulumi.ComponentResource):
             ),
         )
 
+        # --- the function ---------------------------------------------------------------
+        logs, role = function_logs_and_role(self, name, function_physical_name, args)
+        # Only with the settings that use them: what to delete, where to archive, which CDN.
+        arns = {
+            "uploads_bucket_arn": uploads.arn,
+            "renditions_bucket_arn": renditions.arn,
+            "records_table_arn": records.arn,
+            "events_topic_arn": events.arn,
+            "dead_letter_queue_arn": dlq.arn,
+            "work_queue_arn": work.arn,
+            "log_group_arn": logs.arn,
+        }
+        if archive_bucket is not None:
+            arns["archive_bucket_arn"] = archive_bucket.arn
+        if settings.delete_renditions_with_original:
+            arns["distribution_arn"] = distribution.arn
+        role_policy = aws.iam.RolePolicy(
+            f"{name}-role-policy",
+            role=role.id,
+            policy=_json(
+                pulumi.Output.all(**arns).apply(
+                    lambda resolved: policies.function_policy(
+                        **resolved,
+                        tracing=args.tracing,
+                        uploads_prefix=args.uploads_prefix,
+                        delete_uploads=settings.originals != "keep",
+                        delete_renditions=settings.delete_renditions_with_original,
+                    )
+                )
+            ),
+            opts=child,
+        )
+        function = aws.lambda_.Function(
+            f"{name}-fn",
+            name=function_physical_name,
+            role=role.arn,
+            handler=contract.HANDLER,
+            runtime=f"python{args.python_version}",
+            architectures=[args.architecture],
+            # Also what the function's decode budget is derived from (the settings carry it).
+            memory_size=args.settings.limits.memory_mb,
+            timeout=args.timeout_seconds,
+            # Unset: the account's unreserved pool, with no ceiling of its own.
+            reserved_concurrent_executions=args.reserved_concurrency,
+            code=pulumi.FileArchive(str(archive.path)),
+            source_code_hash=archive.source_code_hash,
+            logging_config=json_logging(logs),
+            tracing_config={"mode": "Active" if args.tracing else "PassThrough"},
+            environment={
+                "variables": contract.to_env(
+                    settings=settings,
+                    renditions_bucket=renditions.bucket,
+                    records_table=records.name,
+                    events_topic_arn=events.arn,
+                    archive_bucket=archive_bucket.bucket if archive_bucket is not None else None,
+                    cdn_distribution_id=(
+                        distribution.id if settings.delete_renditions_with_original else None
+                    ),
+                )
+            },
+            tags=tags,
+            # The first invocations must find their log and data permissions in place.
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[role_policy]),
+        )
+        aws.lambda_.FunctionRecursionConfig(
+            f"{name}-recursion",
+            function_name=function.name,
+            recursive_loop="Terminate",
+            opts=child,
+        )
+        aws.lambda_.FunctionEventInvokeConfig(
+            f"{name}-async",
+            function_name=function.name,
+            maximum_retry_attempts=contract.RETRY_ATTEMPTS,
+            maximum_event_age_in_seconds=args.max_event_age_seconds,
+            destination_config={"on_failure": {"destination": dlq.arn}},
+            # Lambda checks the role may SendMessage to the destination when this is created.
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[role_policy]),
+        )
+        aws.lambda_.EventSourceMapping(
+            f"{name}-work-mapping",
+            event_source_arn=work.arn,
+            function_name=function.arn,
+            # One work item per invocation: the timeout is sized for one image, the queue's
+            # concurrency is then the number of images in flight, and an invocation per object
+            # is what backfill promises (and the bench counts).
+            batch_size=1,
+            scaling_config={"maximum_concurrency": args.backfill_concurrency},
+            # The handler names the items that failed instead of failing the whole batch.
+            function_response_types=["ReportBatchItemFailures"],
+            tags=tags,
+            # Lambda checks the role may receive from the queue when this is created.
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[role_policy]),
+        )
+
+        # --- trigger: the permission must exist before S3 validates the notification ----
+        permission = aws.lambda_.Permission(
+            f"{name}-s3-invoke",
+            action="lambda:InvokeFunction",
+            function=function.name,
+            principal="s3.amazonaws.com",
+            source_arn=uploads.arn,
+            source_account=account_id,
+            opts=child,
+        )
+        notification_filter = {
+            key: value
+            for key, value in (
+                ("filter_prefix", args.uploads_prefix),
+                ("filter_suffix", args.uploads_suffix),
+            )
+            if value
+        }
+        aws.s3.BucketNotification(
+            f"{name}-uploads-notification",
+            bucket=uploads.id,
+            lambda_functions=[
+                {
+                    "lambda_function_arn": function.arn,
+                    # Uploads, and deletes that propagate (to the record and, unless another
+                    # upload holds them, the renditions), under the same filter.
+                    "events": [*contract.UPLOAD_EVENTS, *contract.DELETE_EVENTS],
+                    **notification_filter,
+                }
+            ],
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[permission]),
+        )
+
         # --- alarms: anything above zero is worth a look --------------------------------
         alarms = (
             ("errors", "AWS/Lambda", "Errors", "Sum", {"FunctionName": function.name}),
@@ -363,6 +472,14 @@ class AwsImagePipeline(pulumi.ComponentResource):
                 "ApproximateNumberOfMessagesVisible",
                 "Maximum",
                 {"QueueName": dlq.name},
+            ),
+            # Work items that ran out of receives: `imagepipe redrive` brings them back.
+            (
+                "work-dlq-depth",
+                "AWS/SQS",
+                "ApproximateNumberOfMessagesVisible",
+                "Maximum",
+                {"QueueName": work_dlq.name},
             ),
             # The handler's own metric (EMF): any upload that ended FAILED.
             (
@@ -409,6 +526,10 @@ class AwsImagePipeline(pulumi.ComponentResource):
         self.events_topic = events.arn
         self.function_name = function.name
         self.dead_letter_queue = dlq.url
+        self.work_queue = work.url
+        self.work_dead_letter_queue = work_dlq.url
+        self.archive_bucket = archive_bucket.bucket if archive_bucket is not None else None
+        self.settings = pulumi.Output.from_input(settings.to_json())
         self.uploads_prefix = pulumi.Output.from_input(args.uploads_prefix or "")
         self.register_outputs(self.stack_outputs())
 
@@ -446,8 +567,10 @@ class AwsImagePipeline(pulumi.ComponentResource):
 
     def stack_outputs(self) -> dict[str, pulumi.Output]:
         """The stack outputs, camelCase as `pulumi stack output` shows them; `apiUrl` only
-        with the upload API."""
-        api = {outputs.API_URL: self.api_url} if self.api_url is not None else {}
+        with the upload API, `archiveBucket` only with originals `archive`."""
+        optional = {outputs.API_URL: self.api_url} if self.api_url is not None else {}
+        if self.archive_bucket is not None:
+            optional[outputs.ARCHIVE_BUCKET] = self.archive_bucket
         return {
             outputs.UPLOADS_BUCKET: self.uploads_bucket,
             outputs.UPLOADS_PREFIX: self.uploads_prefix,
@@ -457,7 +580,10 @@ class AwsImagePipeline(pulumi.ComponentResource):
             outputs.EVENTS_TOPIC: self.events_topic,
             outputs.FUNCTION_NAME: self.function_name,
             outputs.DEAD_LETTER_QUEUE: self.dead_letter_queue,
-            **api,
+            outputs.SETTINGS: self.settings,
+            outputs.WORK_QUEUE: self.work_queue,
+            outputs.WORK_DEAD_LETTER_QUEUE: self.work_dead_letter_queue,
+            **optional,
         }
 
 
@@ -501,6 +627,20 @@ def _check_args(args: AwsImagePipelineArgs) -> None:
         raise SettingsError(
             f"imagepipe:memoryMb is {memory_mb}; Lambda functions have at most "
             f"{AWS_MAX_MEMORY_MB} MB."
+        )
+    low, high = BACKFILL_CONCURRENCY_RANGE
+    if not low <= args.backfill_concurrency <= high:
+        raise SettingsError(
+            f"imagepipe:backfillConcurrency is {shown(args.backfill_concurrency)}; use a whole "
+            f"number from {low} to {high} (the event source mapping's maximumConcurrency)."
+        )
+    if args.reserved_concurrency is not None and (
+        args.backfill_concurrency > args.reserved_concurrency
+    ):
+        raise SettingsError(
+            f"imagepipe:backfillConcurrency is {args.backfill_concurrency}, above "
+            f"imagepipe:reservedConcurrency ({args.reserved_concurrency}); Lambda would throttle "
+            "the work queue's invocations and each throttle counts toward its dead-letter queue."
         )
     if args.log_retention_days not in AWS_LOG_RETENTION_DAYS:
         allowed = ", ".join(str(days) for days in AWS_LOG_RETENTION_DAYS)

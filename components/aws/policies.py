@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from functions.aws.contract import CONTENT_INDEX
+from functions.aws.contract import CONTENT_INDEX, OBJECT_INDEX
 
 PolicyDocument = dict[str, Any]
 
@@ -48,6 +48,11 @@ def uploads_bucket_policy(bucket_arn: str) -> PolicyDocument:
     return {"Version": VERSION, "Statement": [_deny_insecure_transport(bucket_arn)]}
 
 
+def archive_bucket_policy(bucket_arn: str) -> PolicyDocument:
+    """The archive (originals `archive`): TLS only, granted nothing, as the uploads bucket."""
+    return uploads_bucket_policy(bucket_arn)
+
+
 def renditions_bucket_policy(bucket_arn: str, distribution_arn: str) -> PolicyDocument:
     """Renditions: TLS only, and readable by this stack's CloudFront distribution alone (OAC)."""
     return {
@@ -79,15 +84,28 @@ def function_policy(
     records_table_arn: str,
     events_topic_arn: str,
     dead_letter_queue_arn: str,
+    work_queue_arn: str,
     log_group_arn: str,
     tracing: bool,
     uploads_prefix: str | None = None,
+    delete_uploads: bool = False,
+    archive_bucket_arn: str | None = None,
+    delete_renditions: bool = False,
+    distribution_arn: str | None = None,
 ) -> PolicyDocument:
     """What the function does and nothing more: read an upload, write renditions, keep its
-    record (GetItem, and conditional PutItem for every write), find a finished record of the
-    same bytes (Query on the `by-content` index alone) and check its renditions are still there
-    (HEAD), publish its event, write its own logs; and what Lambda does with the role:
-    dead-letter the events that failed every retry.
+    record (GetItem, conditional PutItem, UpdateItem and DeleteItem: the records and the
+    reference items of shared renditions), find a finished record of the same bytes (Query on
+    `by-content`) and every record of a deleted key (Query on `by-object`), check renditions
+    are still there (HEAD), publish its event, write its own logs; and what Lambda does with
+    the role: dead-letter the events that failed every retry, and read the work queue for
+    its event source mapping.
+
+    Only with the settings that need them: `delete_uploads` (originals delete or archive)
+    deletes an upload once its image COMPLETED, `archive_bucket_arn` (archive) writes it
+    there first; `delete_renditions` (deleteRenditionsWithOriginal) lists and deletes the
+    renditions of bytes no live record holds any more, and invalidates them in the
+    distribution `distribution_arn`.
 
     With `uploads_prefix` the uploads grants stop at the keys that can trigger the function."""
     upload_keys = f"{iam_literal(uploads_prefix)}*" if uploads_prefix else "*"
@@ -125,8 +143,8 @@ def function_policy(
         },
         {
             # HEAD is authorized as s3:GetObject; renditions are public through the CDN anyway.
-            # No s3:ListBucket here: a missing rendition then answers 403, which the adapter
-            # takes as "not there" and the function renders it again.
+            # Without s3:ListBucket (deleteRenditionsWithOriginal false) a missing rendition
+            # answers 403, which the adapter takes as "not there": it is rendered again.
             "Sid": "CheckRenditions",
             "Effect": "Allow",
             "Action": "s3:GetObject",
@@ -135,7 +153,12 @@ def function_policy(
         {
             "Sid": "KeepRecords",
             "Effect": "Allow",
-            "Action": ["dynamodb:GetItem", "dynamodb:PutItem"],
+            "Action": [
+                "dynamodb:GetItem",
+                "dynamodb:PutItem",
+                "dynamodb:UpdateItem",
+                "dynamodb:DeleteItem",
+            ],
             "Resource": records_table_arn,
         },
         {
@@ -143,6 +166,13 @@ def function_policy(
             "Effect": "Allow",
             "Action": "dynamodb:Query",
             "Resource": f"{records_table_arn}/index/{CONTENT_INDEX}",
+        },
+        {
+            # A delete event names a key (and no version on an unversioned bucket).
+            "Sid": "FindRecordsOfADeletedUpload",
+            "Effect": "Allow",
+            "Action": "dynamodb:Query",
+            "Resource": f"{records_table_arn}/index/{OBJECT_INDEX}",
         },
         {
             "Sid": "PublishEvents",
@@ -159,12 +189,68 @@ def function_policy(
             "Resource": dead_letter_queue_arn,
         },
         {
+            # Used by Lambda, not by the handler: the event source mapping polls the work queue
+            # with the function's role (what AWSLambdaSQSQueueExecutionRole grants, on this
+            # queue alone). Enqueueing is the operator's (imagepipe backfill, redrive).
+            "Sid": "ReceiveWork",
+            "Effect": "Allow",
+            "Action": ["sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes"],
+            "Resource": work_queue_arn,
+        },
+        {
             "Sid": "WriteOwnLogs",
             "Effect": "Allow",
             "Action": ["logs:CreateLogStream", "logs:PutLogEvents"],
             "Resource": f"{log_group_arn}:*",
         },
     ]
+    if delete_uploads:
+        statements.append(
+            {
+                # originals delete/archive: the upload goes once its image COMPLETED. A
+                # version id, when the adapter names one, is DeleteObjectVersion's.
+                "Sid": "RemoveFinishedUploads",
+                "Effect": "Allow",
+                "Action": ["s3:DeleteObject", "s3:DeleteObjectVersion"],
+                "Resource": f"{uploads_bucket_arn}/{upload_keys}",
+            }
+        )
+    if archive_bucket_arn is not None:
+        statements.append(
+            {
+                # A copy from the uploads (read with ReadUploads) to YYYY/MM/DD/<key>.
+                "Sid": "ArchiveUploads",
+                "Effect": "Allow",
+                "Action": "s3:PutObject",
+                "Resource": f"{archive_bucket_arn}/*",
+            }
+        )
+    if delete_renditions:
+        # The last record of some bytes out deletes every rendition under their content
+        # hash: listed by that prefix, then deleted.
+        statements += [
+            {
+                "Sid": "ListUnheldRenditions",
+                "Effect": "Allow",
+                "Action": "s3:ListBucket",
+                "Resource": renditions_bucket_arn,
+            },
+            {
+                "Sid": "DeleteUnheldRenditions",
+                "Effect": "Allow",
+                "Action": "s3:DeleteObject",
+                "Resource": f"{renditions_bucket_arn}/*",
+            },
+        ]
+        if distribution_arn is not None:
+            statements.append(
+                {
+                    "Sid": "ForgetDeletedRenditions",
+                    "Effect": "Allow",
+                    "Action": "cloudfront:CreateInvalidation",
+                    "Resource": distribution_arn,
+                }
+            )
     if tracing:
         statements.append(
             {

@@ -25,6 +25,7 @@ SHARED_OUTPUT_NAMES = set(outputs.SHARED)
 AWS_OUTPUT_NAMES = set(outputs.AWS)
 GCP_OUTPUT_NAMES = set(outputs.GCP)
 WITH_API_OUTPUT_NAMES = set(outputs.WITH_API)  # on both clouds, with imagepipe:api true
+WITH_ARCHIVE_OUTPUT_NAMES = set(outputs.WITH_ARCHIVE)  # on both, with originals archive
 
 ACCOUNT_ID = "123456789012"
 AWS_REGION = "eu-west-1"

@@ -33,6 +33,7 @@ TAGGABLE = {
     "aws:sns/topic:Topic",
     "aws:dynamodb/table:Table",
     "aws:cloudfront/distribution:Distribution",
+    "aws:lambda/eventSourceMapping:EventSourceMapping",
 }
 
 
@@ -67,6 +68,16 @@ def as_list(value) -> list:
     return value if isinstance(value, list) else [value]
 
 
+def mocks_queue_url(resource_name: str) -> str:
+    """The URL the mocks give the queue named `resource_name` (no physical name is set)."""
+    return f"https://sqs.eu-west-1.amazonaws.com/{ACCOUNT_ID}/{resource_name}-1a2b3c"
+
+
+def queue(mocks, role: str):
+    (found,) = [q for q in mocks.of_type("aws:sqs/queue:Queue") if q.name == f"imagepipe-{role}"]
+    return found
+
+
 # --- component shape -------------------------------------------------------------------
 
 
@@ -82,6 +93,9 @@ def test_outputs_are_present_and_resolved(deploy):
     assert outputs["cdnUrl"] == "https://d111111abcdef8.cloudfront.net"
     assert outputs["functionName"] == "imagepipe-test"  # <component>-<stack>
     assert outputs["deadLetterQueue"].startswith("https://sqs.")
+    assert outputs["workQueue"] == mocks_queue_url("imagepipe-work")
+    assert outputs["workDeadLetterQueue"] == mocks_queue_url("imagepipe-work-dlq")
+    assert PipelineSettings.from_json(outputs["settings"]) == ARGS.settings
 
 
 def test_every_child_is_parented_to_the_component(deploy):
@@ -279,6 +293,8 @@ def test_function_configuration(deploy):
         renditions_bucket=outputs["renditionsBucket"],
         records_table=outputs["recordsTable"],
         events_topic_arn=outputs["eventsTopic"],
+        # deleteRenditionsWithOriginal (on by default) invalidates them in this distribution.
+        cdn_distribution_id=mocks.one("aws:cloudfront/distribution:Distribution").state["id"],
     )
     assert variables["POWERTOOLS_SERVICE_NAME"] == contract.SERVICE_NAME  # Powertools' own
 
@@ -347,18 +363,29 @@ def test_role_is_least_privilege_without_tracing(deploy):
     uploads_arn = f"arn:aws:s3:::{outputs['uploadsBucket']}"
     renditions_arn = f"arn:aws:s3:::{outputs['renditionsBucket']}"
     table_arn = mocks.one("aws:dynamodb/table:Table").state["arn"]
-    dlq_arn = mocks.one("aws:sqs/queue:Queue").state["arn"]
+    dlq_arn = queue(mocks, "dlq").state["arn"]
+    work_arn = queue(mocks, "work").state["arn"]
     log_group_arn = mocks.one("aws:cloudwatch/logGroup:LogGroup").state["arn"]
+    distribution_arn = mocks.one("aws:cloudfront/distribution:Distribution").state["arn"]
     assert grants == {
-        # Uploads are read; renditions only checked with HEAD before they are reused.
+        # Uploads are read (never deleted: originals keep); renditions checked with HEAD
+        # before they are reused, and listed and deleted once no live record holds them.
         "s3:GetObject": [f"{uploads_arn}/*", f"{renditions_arn}/*"],
-        "s3:ListBucket": [uploads_arn],
+        "s3:ListBucket": [uploads_arn, renditions_arn],
         "s3:PutObject": [f"{renditions_arn}/*"],
+        "s3:DeleteObject": [f"{renditions_arn}/*"],
+        "cloudfront:CreateInvalidation": [distribution_arn],
         "dynamodb:GetItem": [table_arn],
         "dynamodb:PutItem": [table_arn],
-        "dynamodb:Query": [f"{table_arn}/index/by-content"],
+        "dynamodb:UpdateItem": [table_arn],
+        "dynamodb:DeleteItem": [table_arn],
+        "dynamodb:Query": [f"{table_arn}/index/by-content", f"{table_arn}/index/by-object"],
         "sns:Publish": [outputs["eventsTopic"]],
         "sqs:SendMessage": [dlq_arn],
+        # The event source mapping's, on the work queue alone; nothing may enqueue.
+        "sqs:ReceiveMessage": [work_arn],
+        "sqs:DeleteMessage": [work_arn],
+        "sqs:GetQueueAttributes": [work_arn],
         "logs:CreateLogStream": [f"{log_group_arn}:*"],
         "logs:PutLogEvents": [f"{log_group_arn}:*"],
     }
@@ -372,7 +399,7 @@ def test_role_is_least_privilege_without_tracing(deploy):
         }
     ]
     assert "managedPolicyArns" not in role  # no AWS-managed policy with broad logs rights
-    listing = next(s for s in document["Statement"] if s["Action"] == "s3:ListBucket")
+    listing = next(s for s in document["Statement"] if s["Sid"] == "TellMissingUploadsApart")
     assert "Condition" not in listing  # no prefix: every key of the bucket can trigger
 
 
@@ -431,7 +458,8 @@ def test_notification_depends_on_a_permission_scoped_to_bucket_and_account(deplo
     (target,) = notification.inputs["lambdaFunctions"]
     function_state = mocks.one("aws:lambda/function:Function").state
     assert target["lambdaFunctionArn"] == function_state["arn"]
-    assert target["events"] == ["s3:ObjectCreated:*"]
+    # Uploads, and deletes that propagate: the same function, the same filter.
+    assert target["events"] == ["s3:ObjectCreated:*", "s3:ObjectRemoved:*"]
     assert "filterPrefix" not in target and "filterSuffix" not in target
 
 
@@ -445,7 +473,7 @@ def test_notification_filters(deploy):
 def test_async_invocations_retry_twice_then_dead_letter(deploy):
     mocks, outputs = deploy(replace(ARGS, max_event_age_seconds=900))
     config = mocks.one("aws:lambda/functionEventInvokeConfig:FunctionEventInvokeConfig").inputs
-    dlq = mocks.one("aws:sqs/queue:Queue")
+    dlq = queue(mocks, "dlq")
     assert config["functionName"] == outputs["functionName"]
     assert config["maximumRetryAttempts"] == 2
     assert config["maximumEventAgeInSeconds"] == 900
@@ -468,27 +496,17 @@ def test_records_table_matches_the_handler_contract(deploy):
     table = mocks.one("aws:dynamodb/table:Table").inputs
     assert table["billingMode"] == "PAY_PER_REQUEST"
     assert table["hashKey"] == "id"
-    assert {a["name"]: a["type"] for a in table["attributes"]} == {
-        "id": "S",
-        "status": "S",
-        "updated_at": "S",
-        "completed_sha256": "S",
-    }
-    assert table["globalSecondaryIndexes"] == [
-        {
-            "name": "by-status",
-            "hashKey": "status",
-            "rangeKey": "updated_at",
-            "projectionType": "ALL",
-        },
-        {
-            # Sparse: only COMPLETED records carry completed_sha256.
-            "name": "by-content",
-            "hashKey": "completed_sha256",
-            "rangeKey": "updated_at",
-            "projectionType": "ALL",
-        },
-    ]
+    # Every attribute and index the contract declares, and at least the ones named here.
+    assert {a["name"]: a["type"] for a in table["attributes"]} == contract.RECORDS_ATTRIBUTES
+    indexes = {index.pop("name"): index for index in table["globalSecondaryIndexes"]}
+    assert set(indexes) == set(contract.RECORDS_INDEXES)
+    assert all(index["projectionType"] == "ALL" for index in indexes.values())
+    keys = {name: (index["hashKey"], index["rangeKey"]) for name, index in indexes.items()}
+    assert keys["by-status"] == ("status", "updated_at")
+    # Sparse: only COMPLETED records carry completed_sha256.
+    assert keys["by-content"] == ("completed_sha256", "updated_at")
+    # Every record of one key: a delete event names the key.
+    assert keys["by-object"] == ("source_object", "updated_at")
     assert table["pointInTimeRecovery"] == {"enabled": True}
     assert table["serverSideEncryption"] == {"enabled": True}
 
@@ -502,11 +520,14 @@ def test_events_topic_is_encrypted(deploy):
 def test_alarms_watch_errors_throttles_recursion_dlq_depth_and_failed_images(deploy):
     mocks, outputs = deploy()
     ops_arn = mocks.one("aws:sns/topic:Topic", "ops").state["arn"]
-    dlq_name = mocks.one("aws:sqs/queue:Queue").state["name"]
+    dlq_name = queue(mocks, "dlq").state["name"]
+    every_alarm = mocks.of_type("aws:cloudwatch/metricAlarm:MetricAlarm")
     alarms = {
         alarm.inputs["metricName"]: alarm.inputs
-        for alarm in mocks.of_type("aws:cloudwatch/metricAlarm:MetricAlarm")
+        for alarm in every_alarm
+        if alarm.name != "imagepipe-alarm-work-dlq-depth"  # the same metric, another queue
     }
+    assert len(every_alarm) == len(alarms) + 1
     assert set(alarms) == {
         "Errors",
         "Throttles",

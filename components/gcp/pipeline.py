@@ -3,18 +3,22 @@
 One component stands the whole pipeline up in one project and region. Every
 child is parented to the component and named `<name>-<role>`; the function's
 service account gets only what the function does, each grant on the narrowest
-resource that takes an IAM binding.
+resource that takes an IAM binding. Beside the uploads' finalize and delete events,
+the same function takes a work queue (Cloud Tasks, capped at `backfill_concurrency`)
+that backfill and redrive fill.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
+from urllib.parse import urlsplit
 
 import pulumi
 import pulumi_gcp as gcp
 
 from components import outputs
+from components.args import BACKFILL_CONCURRENCY_RANGE
 from components.gcp.api import API_REQUIRED_APIS, create_upload_api, uploads_cors
 from components.gcp.args import GcpImagePipelineArgs
 from components.gcp.function_source import MAIN_FUNCTION
@@ -26,6 +30,7 @@ from functions.core.metrics import (
     PROCESSING_MS,
     TIMED_ACTIONS,
 )
+from functions.core.settings import SettingsError, shown
 from functions.gcp import contract
 
 TYPE_TOKEN = "imagepipe:index:GcpImagePipeline"
@@ -43,6 +48,7 @@ REQUIRED_APIS = {
     "iam": "the function's service account",
     "logging": "the log-based metrics",
     "monitoring": "the alert policies",
+    "cloudtasks": "the work queue (backfill, redrive)",
 }
 CDN_API = "compute"  # only in delivery mode "cdn": the load balancer and backend bucket
 STORAGE_BASE_URL = "https://storage.googleapis.com/"
@@ -63,6 +69,24 @@ UPLOADS_READER_ROLE = "roles/storage.objectViewer"
 # adds reading and updating every rendition. legacyBucketWriter is create, delete and list
 # objects plus reading bucket metadata: it cannot read a rendition back.
 RENDITIONS_WRITER_ROLE = "roles/storage.legacyBucketWriter"
+# That role already lists and deletes: the renditions of deleted uploads (reference-counted)
+# need nothing more. With originals delete or archive the function also deletes the upload
+# once its image COMPLETED: objectUser is objectViewer plus create, update and delete, and no
+# IAM (object ACLs are off under uniform access anyway); no predefined role deletes without
+# creating.
+UPLOADS_REMOVER_ROLE = "roles/storage.objectUser"
+# originals archive: a copy into the archive bucket is storage.objects.create alone.
+ARCHIVE_WRITER_ROLE = "roles/storage.objectCreator"
+# What `originals: archive` moves uploads into: the bucket's default class, so every copy
+# lands in it without the adapter saying so.
+ARCHIVE_STORAGE_CLASS = "ARCHIVE"
+# With the CDN and deleteRenditionsWithOriginal, the function tells Cloud CDN to forget the
+# renditions it deleted; no predefined role has this permission without much more.
+CDN_INVALIDATION_PERMISSIONS = ["compute.urlMaps.invalidateCache"]
+CLOUD_RUN_INVOKER_ROLE = "roles/run.invoker"
+# Most a task may back off between attempts (Cloud Tasks' own default); the least is the
+# function's lease, so a retry finds a crashed delivery's claim expired instead of held.
+WORK_MAX_BACKOFF = "3600s"
 
 
 def service_account_id(name: str, stack: str) -> str:
@@ -72,6 +96,21 @@ def service_account_id(name: str, stack: str) -> str:
         slug = f"ip-{slug}"
     digest = hashlib.sha256(f"{name}/{stack}".encode()).hexdigest()[:6]
     return f"{slug[:20].rstrip('-')}-{digest}"
+
+
+def custom_role_id(name: str, stack: str, purpose: str) -> str:
+    """A custom role id (letters, digits, `_`; at most 64), unique per component and stack.
+
+    A deleted custom role keeps its id for up to 37 days: a stack destroyed and stood up
+    again within 7 days gets it undeleted, between 7 and 37 days `pulumi up` fails on it."""
+    slug = re.sub(r"[^A-Za-z0-9_]+", "_", f"{name}_{stack}").strip("_")
+    digest = hashlib.sha256(f"{name}/{stack}".encode()).hexdigest()[:6]
+    return f"{slug[:40].rstrip('_')}_{digest}_{purpose}"
+
+
+def url_host(url: str) -> str:
+    """`https://fn-abc-ew.a.run.app` -> `fn-abc-ew.a.run.app`."""
+    return urlsplit(url).hostname or ""
 
 
 def database_condition_expression(project_id: str, database: str) -> str:
@@ -119,6 +158,16 @@ class GcpImagePipeline(pulumi.ComponentResource):
     """Only objects under this prefix are processed ("" for all); clients upload under it."""
     api_url: pulumi.Output[str] | None
     """Base URL of the upload API (`POST /uploads`, `GET /images/{id}`); None without it."""
+    work_queue: pulumi.Output[str]
+    """The Cloud Tasks queue of backfill and redrive: `projects/<p>/locations/<l>/queues/<q>`."""
+    work_url: pulumi.Output[str]
+    """URL of the function's Cloud Run service: what the work queue's tasks call."""
+    work_invoker: pulumi.Output[str]
+    """E-mail of the service account the tasks' OIDC tokens name (the function's invoker)."""
+    archive_bucket: pulumi.Output[str] | None
+    """Name of the bucket finished uploads are moved to (originals `archive`); else None."""
+    settings: pulumi.Output[str]
+    """The function's settings as JSON: what `imagepipe backfill --stale` compares with."""
 
     def __init__(
         self,
@@ -127,7 +176,9 @@ class GcpImagePipeline(pulumi.ComponentResource):
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         super().__init__(TYPE_TOKEN, name, {}, opts)
+        _check_args(args)
         api_options = args.api_options()  # an unusable API stops before any resource exists
+        settings = args.settings
         labels = {"app": "imagepipe", "imagepipe-component": name, **args.tags}
         project = gcp.organizations.get_project_output()
         project_id = project.project_id
@@ -181,6 +232,18 @@ class GcpImagePipeline(pulumi.ComponentResource):
             labels=labels,
             opts=pulumi.ResourceOptions(parent=self, depends_on=[apis["storage"]]),
         )
+        archive_bucket = None
+        if settings.originals == "archive":
+            archive_bucket = gcp.storage.Bucket(
+                f"{name}-archive",
+                location=args.region,
+                storage_class=ARCHIVE_STORAGE_CLASS,
+                uniform_bucket_level_access=True,
+                public_access_prevention="enforced",
+                force_destroy=False,
+                labels=labels,
+                opts=pulumi.ResourceOptions(parent=self, depends_on=[apis["storage"]]),
+            )
 
         # --- Delivery -----------------------------------------------------------------
         if renditions_public:
@@ -194,6 +257,7 @@ class GcpImagePipeline(pulumi.ComponentResource):
                 member="allUsers",
                 opts=pulumi.ResourceOptions(parent=self, depends_on=[apis["storage"]]),
             )
+        url_map = None
         if args.delivery_mode == "cdn":
             compute_api = gcp.projects.Service(
                 f"{name}-api-{CDN_API}",
@@ -261,6 +325,7 @@ class GcpImagePipeline(pulumi.ComponentResource):
             deletion_policy="ABANDON",
             opts=pulumi.ResourceOptions(parent=self, depends_on=[apis["firestore"]]),
         )
+        # The content-reference collection needs none: its documents are read by id (the hash).
         for index, fields in contract.RECORDS_INDEXES.items():
             gcp.firestore.Index(
                 f"{name}-records-{index}",
@@ -293,11 +358,12 @@ class GcpImagePipeline(pulumi.ComponentResource):
             description="Runs the imagepipe function and is the identity of its trigger.",
             opts=pulumi.ResourceOptions(parent=self, depends_on=[apis["iam"]]),
         )
+        removes_uploads = settings.originals != "keep"
         grants = [
             gcp.storage.BucketIAMMember(
-                f"{name}-uploads-reader",
+                f"{name}-uploads-user" if removes_uploads else f"{name}-uploads-reader",
                 bucket=uploads.name,
-                role=UPLOADS_READER_ROLE,
+                role=UPLOADS_REMOVER_ROLE if removes_uploads else UPLOADS_READER_ROLE,
                 member=account.member,
                 opts=pulumi.ResourceOptions(parent=self, depends_on=[apis["storage"]]),
             ),
@@ -332,6 +398,35 @@ class GcpImagePipeline(pulumi.ComponentResource):
                 opts=pulumi.ResourceOptions(parent=self, depends_on=[apis["eventarc"]]),
             ),
         ]
+        if archive_bucket is not None:
+            grants.append(
+                gcp.storage.BucketIAMMember(
+                    f"{name}-archive-writer",
+                    bucket=archive_bucket.name,
+                    role=ARCHIVE_WRITER_ROLE,
+                    member=account.member,
+                    opts=pulumi.ResourceOptions(parent=self, depends_on=[apis["storage"]]),
+                )
+            )
+        invalidates_cdn = url_map is not None and settings.delete_renditions_with_original
+        if invalidates_cdn:
+            invalidator = gcp.projects.IAMCustomRole(
+                f"{name}-cdn-invalidator",
+                role_id=custom_role_id(name, pulumi.get_stack(), "cdnInvalidator"),
+                title=f"imagepipe CDN invalidator ({name})",
+                description="Invalidates Cloud CDN's cache of deleted renditions.",
+                permissions=CDN_INVALIDATION_PERMISSIONS,
+                opts=pulumi.ResourceOptions(parent=self, depends_on=[apis["iam"]]),
+            )
+            grants.append(
+                gcp.projects.IAMMember(
+                    f"{name}-cdn-invalidator-member",
+                    project=project_id,
+                    role=invalidator.name,
+                    member=account.member,
+                    opts=pulumi.ResourceOptions(parent=self),
+                )
+            )
         # Cloud Storage publishes its events through Pub/Sub as its own service agent;
         # without this grant the trigger is created but never fires.
         storage_agent = gcp.storage.get_project_service_account_output(project=project_id)
@@ -380,7 +475,7 @@ class GcpImagePipeline(pulumi.ComponentResource):
                 all_traffic_on_latest_revision=True,
                 service_account_email=account.email,
                 environment_variables=contract.to_env(
-                    settings=args.settings,
+                    settings=settings,
                     renditions_bucket=renditions.name,
                     records_collection=contract.RECORDS_COLLECTION_NAME,
                     events_topic=topic.id,
@@ -389,6 +484,8 @@ class GcpImagePipeline(pulumi.ComponentResource):
                     project=project_id,
                     uploads_prefix=args.uploads_prefix,
                     uploads_suffix=args.uploads_suffix,
+                    archive_bucket=archive_bucket.name if archive_bucket is not None else None,
+                    cdn_url_map=url_map.name if invalidates_cdn else None,
                 ),
             ),
             event_trigger=gcp.cloudfunctionsv2.FunctionEventTriggerArgs(
@@ -417,13 +514,80 @@ class GcpImagePipeline(pulumi.ComponentResource):
         # The trigger's identity must be allowed to invoke the function's Cloud Run service,
         # and only that service (a gen2 function runs as a service of the same name). Granted
         # once the service exists; an event delivered before that is refused and retried.
-        gcp.cloudrunv2.ServiceIamMember(
+        trigger_invoker = gcp.cloudrunv2.ServiceIamMember(
             f"{name}-trigger-invoker",
             location=args.region,
             name=function.name,
-            role="roles/run.invoker",
+            role=CLOUD_RUN_INVOKER_ROLE,
             member=account.member,
             opts=pulumi.ResourceOptions(parent=self, depends_on=[apis["run"]]),
+        )
+        # Deletes that propagate: a second Eventarc trigger on the same service, as the same
+        # identity (event receiver, invoker) and through the same storage agent as the
+        # function's own. Its retries are Eventarc's default (with backoff); the function
+        # judges an event's age as it does an upload's.
+        gcp.eventarc.Trigger(
+            f"{name}-delete-trigger",
+            location=args.region,
+            matching_criterias=[
+                gcp.eventarc.TriggerMatchingCriteriaArgs(
+                    attribute="type", value=contract.DELETE_EVENT_TYPE
+                ),
+                gcp.eventarc.TriggerMatchingCriteriaArgs(attribute="bucket", value=uploads.name),
+            ],
+            destination=gcp.eventarc.TriggerDestinationArgs(
+                cloud_run_service=gcp.eventarc.TriggerDestinationCloudRunServiceArgs(
+                    service=function.name, region=args.region
+                )
+            ),
+            service_account=account.email,
+            labels=labels,
+            opts=pulumi.ResourceOptions(
+                parent=self, depends_on=[apis["eventarc"], agent_publisher, trigger_invoker]
+            ),
+        )
+
+        # --- The work queue: Cloud Tasks calls the function as an account of its own ------
+        work_account = gcp.serviceaccount.Account(
+            f"{name}-work-sa",
+            account_id=service_account_id(f"{name}-work", pulumi.get_stack()),
+            display_name=f"imagepipe work queue ({name})",
+            description="The identity Cloud Tasks calls the imagepipe function as.",
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[apis["iam"]]),
+        )
+        work_invoker = gcp.cloudrunv2.ServiceIamMember(
+            f"{name}-work-invoker",
+            location=args.region,
+            name=function.name,
+            role=CLOUD_RUN_INVOKER_ROLE,
+            member=work_account.member,
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[apis["run"]]),
+        )
+        service_uri = function.service_config.apply(lambda service: service.uri)
+        lease_seconds = args.timeout_seconds + contract.LEASE_MARGIN_SECONDS
+        work_queue = gcp.cloudtasks.Queue(
+            f"{name}-work",
+            location=args.region,
+            rate_limits=gcp.cloudtasks.QueueRateLimitsArgs(
+                max_concurrent_dispatches=args.backfill_concurrency
+            ),
+            retry_config=gcp.cloudtasks.QueueRetryConfigArgs(
+                max_attempts=contract.WORK_MAX_ATTEMPTS,
+                min_backoff=f"{lease_seconds}s",
+                max_backoff=WORK_MAX_BACKOFF,
+            ),
+            # Whatever a task says, it reaches this function with a token of this account.
+            http_target=gcp.cloudtasks.QueueHttpTargetArgs(
+                uri_override=gcp.cloudtasks.QueueHttpTargetUriOverrideArgs(
+                    scheme="HTTPS",
+                    host=service_uri.apply(url_host),
+                    uri_override_enforce_mode="ALWAYS",
+                ),
+                oidc_token=gcp.cloudtasks.QueueHttpTargetOidcTokenArgs(
+                    service_account_email=work_account.email, audience=service_uri
+                ),
+            ),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[apis["cloudtasks"], work_invoker]),
         )
 
         # --- Observability: the same metrics as on AWS, from the function's log lines ----
@@ -495,6 +659,13 @@ class GcpImagePipeline(pulumi.ComponentResource):
         self.uploads_prefix = pulumi.Output.from_input(args.uploads_prefix or "")
         self.events_topic = topic.id
         self.function_name = function.name
+        self.work_queue = pulumi.Output.concat(
+            "projects/", project_id, "/locations/", work_queue.location, "/queues/", work_queue.name
+        )
+        self.work_url = service_uri
+        self.work_invoker = work_account.email
+        self.archive_bucket = archive_bucket.name if archive_bucket is not None else None
+        self.settings = pulumi.Output.from_input(settings.to_json())
         self.register_outputs(self.stack_outputs())
 
     def _log_metric(
@@ -593,8 +764,10 @@ class GcpImagePipeline(pulumi.ComponentResource):
 
     def stack_outputs(self) -> dict[str, pulumi.Output]:
         """What `__main__.py` exports, by the stack output names of the contract; `apiUrl`
-        only with the upload API."""
-        api = {outputs.API_URL: self.api_url} if self.api_url is not None else {}
+        only with the upload API, `archiveBucket` only with originals `archive`."""
+        optional = {outputs.API_URL: self.api_url} if self.api_url is not None else {}
+        if self.archive_bucket is not None:
+            optional[outputs.ARCHIVE_BUCKET] = self.archive_bucket
         return {
             outputs.UPLOADS_BUCKET: self.uploads_bucket,
             outputs.UPLOADS_PREFIX: self.uploads_prefix,
@@ -603,5 +776,25 @@ class GcpImagePipeline(pulumi.ComponentResource):
             outputs.RECORDS_COLLECTION: self.records_collection,
             outputs.EVENTS_TOPIC: self.events_topic,
             outputs.FUNCTION_NAME: self.function_name,
-            **api,
+            outputs.SETTINGS: self.settings,
+            outputs.WORK_QUEUE: self.work_queue,
+            outputs.WORK_URL: self.work_url,
+            outputs.WORK_INVOKER: self.work_invoker,
+            **optional,
         }
+
+
+def _check_args(args: GcpImagePipelineArgs) -> None:
+    """Values GCP would take and then fail on at run time."""
+    low, high = BACKFILL_CONCURRENCY_RANGE
+    if not low <= args.backfill_concurrency <= high:
+        raise SettingsError(
+            f"imagepipe:backfillConcurrency is {shown(args.backfill_concurrency)}; use a whole "
+            f"number from {low} to {high} (the work queue's max concurrent dispatches)."
+        )
+    if args.backfill_concurrency > args.max_instances:
+        raise SettingsError(
+            f"imagepipe:backfillConcurrency is {args.backfill_concurrency}, above "
+            f"imagepipe:maxInstances ({args.max_instances}); each instance takes one task at a "
+            "time, so Cloud Run would refuse the rest and every refusal uses up an attempt."
+        )

@@ -70,7 +70,8 @@ def test_without_api_nothing_of_it_exists_and_the_outputs_are_unchanged(pulumi_m
     exported = deploy(api=False)
     assert set(exported) == GCP_OUTPUT_NAMES
     assert len(pulumi_mocks.of_type(FUNCTION)) == 1
-    assert len(pulumi_mocks.of_type(ACCOUNT)) == 1
+    # The function's, and the one the work queue's tasks call it as.
+    assert {a.name for a in pulumi_mocks.of_type(ACCOUNT)} == {"imagepipe-sa", "imagepipe-work-sa"}
     assert "iamcredentials.googleapis.com" not in {
         s.inputs["service"] for s in pulumi_mocks.of_type(SERVICE)
     }

@@ -71,7 +71,9 @@ def test_trigger_fires_on_finalized_uploads_in_the_bucket_region_and_retries(pul
     assert trigger["triggerRegion"] == REGION
     assert pulumi_mocks.one(BUCKET, "uploads").inputs["location"] == REGION
     assert trigger["retryPolicy"] == "RETRY_POLICY_RETRY"
-    account_email = pulumi_mocks.one("gcp:serviceaccount/account:Account").state["email"]
+    account_email = pulumi_mocks.one("gcp:serviceaccount/account:Account", "imagepipe-sa").state[
+        "email"
+    ]
     assert trigger["serviceAccountEmail"] == account_email
 
 
@@ -103,6 +105,7 @@ def test_required_apis_stay_enabled_on_destroy_and_their_users_wait_for_them(pul
         "firestore",
         "pubsub",
         "storage",
+        "cloudtasks",
     ):
         assert f"{api}.googleapis.com" in services, api
     assert all(s.inputs["disableOnDestroy"] is False for s in services.values())
@@ -116,7 +119,7 @@ def test_required_apis_stay_enabled_on_destroy_and_their_users_wait_for_them(pul
     assert "imagepipe-api-firestore" in depends_on(pulumi_mocks, records)
     topic = pulumi_mocks.one("gcp:pubsub/topic:Topic")
     assert "imagepipe-api-pubsub" in depends_on(pulumi_mocks, topic)
-    account = pulumi_mocks.one("gcp:serviceaccount/account:Account")
+    account = pulumi_mocks.one("gcp:serviceaccount/account:Account", "imagepipe-sa")
     assert "imagepipe-api-iam" in depends_on(pulumi_mocks, account)
 
 
@@ -150,7 +153,7 @@ def test_originals_expiry_deletes_uploads_only(pulumi_mocks):
 
 def test_function_account_grants_are_scoped_to_one_resource_each(pulumi_mocks):
     outputs = deploy()
-    member = pulumi_mocks.one("gcp:serviceaccount/account:Account").state["member"]
+    member = pulumi_mocks.one("gcp:serviceaccount/account:Account", "imagepipe-sa").state["member"]
 
     bucket_grants = {
         (g.inputs["bucket"], g.inputs["role"])
@@ -179,9 +182,12 @@ def test_function_account_grants_are_scoped_to_one_resource_each(pulumi_mocks):
         condition["expression"] == f'resource.name == "projects/{GCP_PROJECT}/databases/(default)"'
     )
 
-    (invoker,) = pulumi_mocks.of_type("gcp:cloudrunv2/serviceIamMember:ServiceIamMember")
+    (invoker,) = [
+        g
+        for g in pulumi_mocks.of_type("gcp:cloudrunv2/serviceIamMember:ServiceIamMember")
+        if g.inputs["member"] == member
+    ]
     assert invoker.inputs["role"] == "roles/run.invoker"
-    assert invoker.inputs["member"] == member
     assert invoker.inputs["name"] == outputs["functionName"]
     assert invoker.inputs["location"] == REGION
 
@@ -189,7 +195,7 @@ def test_function_account_grants_are_scoped_to_one_resource_each(pulumi_mocks):
 @pytest.mark.parametrize("mode", ["signed-urls", "public", "cdn"])
 def test_renditions_are_written_by_the_function_and_at_most_fetched_by_anyone(pulumi_mocks, mode):
     outputs = deploy(delivery_mode=mode)
-    member = pulumi_mocks.one("gcp:serviceaccount/account:Account").state["member"]
+    member = pulumi_mocks.one("gcp:serviceaccount/account:Account", "imagepipe-sa").state["member"]
 
     on_renditions = {
         g.inputs["member"]: g.inputs["role"]
@@ -236,7 +242,7 @@ def test_function_runs_the_entry_point_with_its_own_account_and_environment(pulu
     assert service["availableCpu"] == "2"
     assert service["timeoutSeconds"] == 120
     assert service["maxInstanceCount"] == 7
-    account = pulumi_mocks.one("gcp:serviceaccount/account:Account")
+    account = pulumi_mocks.one("gcp:serviceaccount/account:Account", "imagepipe-sa")
     assert service["serviceAccountEmail"] == account.state["email"]
     assert service["ingressSettings"] == "ALLOW_INTERNAL_ONLY"
     # What the function will read back: the contract's own reader, over what was set.
@@ -287,6 +293,7 @@ def test_the_same_metrics_as_on_aws_come_from_the_function_log_lines(pulumi_mock
     assert set(metrics) == {
         "imagepipe/ImagesCompleted",
         "imagepipe/ImagesFailed",
+        "imagepipe/ImagesDeleted",
         "imagepipe/Duplicates",
         "imagepipe/ObjectsSkipped",
         "imagepipe/ProcessingMs",

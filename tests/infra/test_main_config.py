@@ -209,3 +209,97 @@ def test_each_declared_default_is_its_fields_default(options, args_type):
         assert str(declared).lower() == str(defaults[field]).lower(), key
         compared += 1
     assert compared >= 3
+
+
+# --- operations: the work queue and what happens to originals -----------------------------
+
+
+def test_backfill_concurrency_has_one_declared_default_both_contracts_name():
+    from functions.aws import contract as aws_contract
+    from functions.gcp import contract as gcp_contract
+
+    declared = DECLARED["imagepipe:backfillConcurrency"]["default"]
+    assert declared == aws_contract.DEFAULT_BACKFILL_CONCURRENCY
+    assert declared == gcp_contract.DEFAULT_BACKFILL_CONCURRENCY
+    from components.aws.args import AwsImagePipelineArgs
+    from components.gcp.args import GcpImagePipelineArgs
+
+    assert config.defaults(AwsImagePipelineArgs)["backfill_concurrency"] == declared
+    assert config.defaults(GcpImagePipelineArgs)["backfill_concurrency"] == declared
+
+
+def test_the_settings_keys_the_core_reads_are_declared_with_its_defaults():
+    from functions.core.settings import PipelineSettings
+
+    defaults = PipelineSettings()
+    assert DECLARED["imagepipe:originals"]["default"] == defaults.originals
+    assert (
+        DECLARED["imagepipe:deleteRenditionsWithOriginal"]["default"]
+        is defaults.delete_renditions_with_original
+    )
+
+
+@pytest.mark.parametrize(
+    ("cloud", "mapping_value"),
+    [
+        (
+            "aws",
+            lambda mocks: mocks.one("aws:lambda/eventSourceMapping:EventSourceMapping").inputs[
+                "scalingConfig"
+            ]["maximumConcurrency"],
+        ),
+        (
+            "gcp",
+            lambda mocks: mocks.one("gcp:cloudtasks/queue:Queue").inputs["rateLimits"][
+                "maxConcurrentDispatches"
+            ],
+        ),
+    ],
+)
+def test_the_stacks_backfill_concurrency_reaches_the_work_queue(mocked, cloud, mapping_value):
+    config_values = stack(f"{cloud}-dev")
+    set_config(config_values)
+    run_main()
+    assert mapping_value(mocked) == int(config_values["imagepipe:backfillConcurrency"])
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        (
+            "imagepipe:backfillConcurrency",
+            "1",
+            "imagepipe:backfillConcurrency is '1'; use a whole number from 2 to 1000.",
+        ),
+        (
+            "imagepipe:backfillConcurrency",
+            "5000",
+            "imagepipe:backfillConcurrency is '5000'; use a whole number from 2 to 1000.",
+        ),
+        (
+            "imagepipe:originals",
+            "move",
+            "imagepipe:originals is 'move'; use one of keep, delete, archive.",
+        ),
+        (
+            "imagepipe:deleteRenditionsWithOriginal",
+            "yes",
+            "imagepipe:deleteRenditionsWithOriginal is 'yes'; use true or false.",
+        ),
+    ],
+)
+@pytest.mark.parametrize("stack_name", ["aws-dev", "gcp-dev"])
+def test_a_bad_operations_value_stops_the_program_naming_the_key(
+    mocked, stack_name, key, value, message
+):
+    assert main_error({**stack(stack_name), key: value}) == message
+    assert not [r for r in mocked.resources if r.type.endswith("/function:Function")]
+
+
+def test_gcp_backfill_concurrency_stops_at_max_instances(mocked):
+    message = main_error(
+        {**stack("gcp-dev"), "imagepipe:maxInstances": "4", "imagepipe:backfillConcurrency": "6"}
+    )
+    assert message.startswith(
+        "imagepipe:backfillConcurrency is 6, above imagepipe:maxInstances (4);"
+    )

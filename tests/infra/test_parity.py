@@ -6,17 +6,22 @@ under Pulumi mocks; a role one cloud lacks fails here, not in production.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
+from functions.aws import contract as aws_contract
+from functions.core.settings import PipelineSettings
+from functions.gcp import contract as gcp_contract
 from tests.infra.aws_fakes import fake_wheel_dirs, offline_lambda_builds  # noqa: F401 - fixtures
 from tests.infra.conftest import (
     AWS_OUTPUT_NAMES,
     GCP_OUTPUT_NAMES,
     SHARED_OUTPUT_NAMES,
     WITH_API_OUTPUT_NAMES,
+    WITH_ARCHIVE_OUTPUT_NAMES,
     RecordingMocks,
     set_config,
 )
@@ -28,12 +33,75 @@ Question = Callable[[RecordingMocks, dict[str, Any]], bool]
 def _aws_trigger(mocks: RecordingMocks, outputs: dict[str, Any]) -> bool:
     (notification,) = mocks.of_type("aws:s3/bucketNotification:BucketNotification")
     (target,) = notification.inputs["lambdaFunctions"]
-    return target["events"] == ["s3:ObjectCreated:*"] and target["filterPrefix"] == "incoming/"
+    return "s3:ObjectCreated:*" in target["events"] and target["filterPrefix"] == "incoming/"
 
 
 def _gcp_trigger(mocks: RecordingMocks, outputs: dict[str, Any]) -> bool:
     trigger = mocks.one("gcp:cloudfunctionsv2/function:Function").inputs["eventTrigger"]
     return trigger["eventType"] == "google.cloud.storage.object.v1.finalized"
+
+
+def _aws_deletes(mocks: RecordingMocks, outputs: dict[str, Any]) -> bool:
+    (notification,) = mocks.of_type("aws:s3/bucketNotification:BucketNotification")
+    (target,) = notification.inputs["lambdaFunctions"]
+    return "s3:ObjectRemoved:*" in target["events"] and target["filterPrefix"] == "incoming/"
+
+
+def _gcp_deletes(mocks: RecordingMocks, outputs: dict[str, Any]) -> bool:
+    (trigger,) = mocks.of_type("gcp:eventarc/trigger:Trigger")
+    criteria = {c["attribute"]: c["value"] for c in trigger.inputs["matchingCriterias"]}
+    destination = trigger.inputs["destination"]["cloudRunService"]["service"]
+    return (
+        criteria == {"type": gcp_contract.DELETE_EVENT_TYPE, "bucket": outputs["uploadsBucket"]}
+        and destination == outputs["functionName"]
+    )
+
+
+def _aws_work_queue(mocks: RecordingMocks, outputs: dict[str, Any]) -> bool:
+    (mapping,) = mocks.of_type("aws:lambda/eventSourceMapping:EventSourceMapping")
+    (function,) = mocks.of_type("aws:lambda/function:Function")
+    work = [
+        q for q in mocks.of_type("aws:sqs/queue:Queue") if q.state["url"] == outputs["workQueue"]
+    ]
+    return (
+        len(work) == 1
+        and mapping.inputs["eventSourceArn"] == work[0].state["arn"]
+        and mapping.inputs["functionName"] == function.state["arn"]
+        and mapping.inputs["scalingConfig"]["maximumConcurrency"] == BACKFILL_CONCURRENCY
+    )
+
+
+def _gcp_work_queue(mocks: RecordingMocks, outputs: dict[str, Any]) -> bool:
+    (queue,) = mocks.of_type("gcp:cloudtasks/queue:Queue")
+    return (
+        outputs["workQueue"].endswith(f"/queues/{queue.state['name']}")
+        and queue.inputs["httpTarget"]["oidcToken"]["audience"] == outputs["workUrl"]
+        and queue.inputs["httpTarget"]["oidcToken"]["serviceAccountEmail"] == outputs["workInvoker"]
+        and queue.inputs["rateLimits"]["maxConcurrentDispatches"] == BACKFILL_CONCURRENCY
+    )
+
+
+def _aws_work_retries(mocks: RecordingMocks, outputs: dict[str, Any]) -> bool:
+    queues = {q.state["url"]: q for q in mocks.of_type("aws:sqs/queue:Queue")}
+    redrive = json.loads(queues[outputs["workQueue"]].inputs["redrivePolicy"])
+    dead_letters = queues[outputs["workDeadLetterQueue"]].state["arn"]
+    return redrive == {
+        "deadLetterTargetArn": dead_letters,
+        "maxReceiveCount": aws_contract.WORK_MAX_RECEIVES,
+    }
+
+
+def _gcp_work_retries(mocks: RecordingMocks, outputs: dict[str, Any]) -> bool:
+    (queue,) = mocks.of_type("gcp:cloudtasks/queue:Queue")
+    retry = queue.inputs["retryConfig"]
+    return retry["maxAttempts"] == gcp_contract.WORK_MAX_ATTEMPTS and bool(retry["minBackoff"])
+
+
+def _settings_exported(mocks: RecordingMocks, outputs: dict[str, Any]) -> bool:
+    settings = PipelineSettings.from_json(outputs["settings"])
+    return [spec.name for spec in settings.renditions] == RENDITION_NAMES[
+        "aws" if "recordsTable" in outputs else "gcp"
+    ]
 
 
 def _aws_index(hash_key: str) -> Question:
@@ -133,6 +201,24 @@ ROLES: dict[str, dict[str, Question]] = {
         "aws": _aws_alerts_reach_the_email,
         "gcp": _gcp_alerts_reach_the_email,
     },
+    "deletes of uploads reach the function": {"aws": _aws_deletes, "gcp": _gcp_deletes},
+    "a work queue in front of the same function, at backfillConcurrency": {
+        "aws": _aws_work_queue,
+        "gcp": _gcp_work_queue,
+    },
+    "work items retried the contract's number of times": {
+        "aws": _aws_work_retries,
+        "gcp": _gcp_work_retries,
+    },
+    "the function's settings exported for backfill --stale": {
+        "aws": _settings_exported,
+        "gcp": _settings_exported,
+    },
+}
+BACKFILL_CONCURRENCY = 4  # deployed() sets it: the stacks' own values differ
+RENDITION_NAMES = {
+    cloud: [text.split(":")[0] for text in stack(f"{cloud}-dev")["imagepipe:renditions"]]
+    for cloud in ("aws", "gcp")
 }
 
 
@@ -142,7 +228,11 @@ def mocked(pulumi_mocks, offline_lambda_builds):  # noqa: F811 - pytest fixture 
 
 
 def deployed(cloud: str) -> dict[str, Any]:
-    config = {**stack(f"{cloud}-dev"), "imagepipe:alarmEmail": "ops@example.com"}
+    config = {
+        **stack(f"{cloud}-dev"),
+        "imagepipe:alarmEmail": "ops@example.com",
+        "imagepipe:backfillConcurrency": str(BACKFILL_CONCURRENCY),
+    }
     if cloud == "gcp":
         config["imagepipe:uploadsPrefix"] = "incoming/"
     set_config(config)
@@ -191,3 +281,35 @@ def test_with_the_api_both_clouds_serve_it_and_export_its_url(mocked, cloud, nam
     assert set(outputs) == names | WITH_API_OUTPUT_NAMES
     assert outputs["apiUrl"].startswith("https://")
     assert {"aws": _aws_api, "gcp": _gcp_api}[cloud](mocked, outputs)
+
+
+def _aws_archive(mocks: RecordingMocks, outputs: dict[str, Any]) -> bool:
+    (bucket,) = [b for b in mocks.of_type("aws:s3/bucket:Bucket") if b.name.endswith("-archive")]
+    (lifecycle,) = [
+        r
+        for r in mocks.of_type("aws:s3/bucketLifecycleConfiguration:BucketLifecycleConfiguration")
+        if r.name.endswith("-archive-lifecycle")
+    ]
+    classes = {
+        t["storageClass"] for rule in lifecycle.inputs["rules"] for t in rule.get("transitions", [])
+    }
+    return bucket.state["bucket"] == outputs["archiveBucket"] and classes == {"GLACIER_IR"}
+
+
+def _gcp_archive(mocks: RecordingMocks, outputs: dict[str, Any]) -> bool:
+    (bucket,) = [
+        b for b in mocks.of_type("gcp:storage/bucket:Bucket") if b.name.endswith("-archive")
+    ]
+    return bucket.state["name"] == outputs["archiveBucket"] and (
+        bucket.inputs["storageClass"] == "ARCHIVE"
+    )
+
+
+@pytest.mark.parametrize(("cloud", "names"), [("aws", AWS_OUTPUT_NAMES), ("gcp", GCP_OUTPUT_NAMES)])
+def test_with_originals_archive_both_clouds_archive_cold_and_export_the_bucket(
+    mocked, cloud, names
+):
+    set_config({**stack(f"{cloud}-dev"), "imagepipe:originals": "archive"})
+    outputs = run_main()
+    assert set(outputs) == names | WITH_ARCHIVE_OUTPUT_NAMES
+    assert {"aws": _aws_archive, "gcp": _gcp_archive}[cloud](mocked, outputs)

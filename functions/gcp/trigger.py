@@ -1,10 +1,12 @@
-"""The trigger's event: Eventarc's `object.v1.finalized` CloudEvent -> the object version.
+"""The function's events: Eventarc's `object.v1.finalized` and `object.v1.deleted`
+CloudEvents -> the object version, and the work queue's -> its `WorkItem`.
 
 GCS names arrive unencoded (unlike S3 keys) and the generation is the version.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -12,22 +14,29 @@ from typing import Any
 
 from functions.core.records import MalformedEvent, ObjectRef
 from functions.core.service import RENDITION_MARKER
-from functions.gcp.contract import UPLOAD_EVENT_TYPE
+from functions.core.work import WorkItem
+from functions.gcp.contract import DELETE_EVENT_TYPE, UPLOAD_EVENT_TYPE, WORK_EVENT_TYPE
+
+STORAGE_EVENT_TYPES = (UPLOAD_EVENT_TYPE, DELETE_EVENT_TYPE)
+EVENT_TYPES = (*STORAGE_EVENT_TYPES, WORK_EVENT_TYPE)
 
 
 @dataclass(frozen=True)
-class StorageUpload:
+class StorageEvent:
     ref: ObjectRef
     event_time: datetime | None
     is_rendition: bool  # the object carries the rendition marker: never process it again
+    deleted: bool = False  # `object.v1.deleted`: that generation is gone for good
 
 
-def parse_storage_event(attributes: Mapping[str, Any], data: Any) -> StorageUpload:
-    """The object version an `object.v1.finalized` CloudEvent names, and when it happened."""
-    event_type = attributes.get("type")
-    if event_type and event_type != UPLOAD_EVENT_TYPE:
+def parse_storage_event(attributes: Mapping[str, Any], data: Any) -> StorageEvent:
+    """The object version an `object.v1.finalized` (or `.deleted`) CloudEvent names, and
+    when it happened."""
+    event_type = attributes.get("type") or UPLOAD_EVENT_TYPE
+    if event_type not in STORAGE_EVENT_TYPES:
         raise MalformedEvent(
-            f"event type {event_type!r} is not handled; expected {UPLOAD_EVENT_TYPE}"
+            f"event type {str(event_type)[:80]!r} is not handled; expected "
+            f"{' or '.join(STORAGE_EVENT_TYPES)}"
         )
     if not isinstance(data, Mapping):
         raise MalformedEvent("the event data is not a JSON object with bucket, name, generation")
@@ -46,7 +55,19 @@ def parse_storage_event(attributes: Mapping[str, Any], data: Any) -> StorageUplo
     # The CloudEvent time stays the same on every redelivery, so it measures how long
     # retries have been going on; timeCreated is the fallback for a bare event.
     when = attributes.get("time") or data.get("timeCreated")
-    return StorageUpload(ref, _instant(when) if when else None, is_rendition)
+    return StorageEvent(
+        ref, _instant(when) if when else None, is_rendition, event_type == DELETE_EVENT_TYPE
+    )
+
+
+def parse_work_event(data: Any) -> WorkItem:
+    """The `WorkItem` a work-queue CloudEvent carries as its data (functions-framework has
+    parsed a JSON body already; anything else arrives as text or bytes)."""
+    if isinstance(data, Mapping):
+        data = json.dumps(data)
+    if not isinstance(data, (str, bytes)):
+        raise MalformedEvent("the work event has no data")
+    return WorkItem.from_json(data)
 
 
 def _digits(value: Any, field: str) -> str:

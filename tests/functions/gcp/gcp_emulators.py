@@ -116,3 +116,8 @@ def finalized_event(blob: Any, *, time: str | None = None) -> dict[str, Any]:
             "metadata": blob.metadata or {},
         },
     }
+
+
+def deleted_event(blob: Any, *, time: str | None = None) -> dict[str, Any]:
+    """The `object.v1.deleted` CloudEvent of `blob`'s generation (the same object resource)."""
+    return {**finalized_event(blob, time=time), "type": "google.cloud.storage.object.v1.deleted"}

@@ -90,9 +90,9 @@ def test_an_object_carrying_the_rendition_marker_is_flagged():
         ({**ATTRIBUTES, "time": "yesterday"}, DATA, "time 'yesterday' is not RFC 3339"),
         ({**ATTRIBUTES, "time": "2026-05-01T10:00:00"}, DATA, "has no time zone"),
         (
-            {**ATTRIBUTES, "type": "google.cloud.storage.object.v1.deleted"},
+            {**ATTRIBUTES, "type": "google.cloud.storage.object.v1.archived"},
             DATA,
-            "is not handled; expected google.cloud.storage.object.v1.finalized",
+            "is not handled; expected google.cloud.storage.object.v1.finalized or",
         ),
     ],
 )

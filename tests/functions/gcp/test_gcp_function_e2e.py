@@ -16,15 +16,23 @@ import pytest
 from PIL import Image, ImageDraw
 
 from functions.core.records import ImageRecord, ObjectRef, Source, Status
-from functions.core.service import IMMUTABLE_CACHE_CONTROL, isoformat
+from functions.core.service import IMMUTABLE_CACHE_CONTROL, Reclaim, isoformat
+from functions.core.work import WorkItem
 from functions.gcp import contract
-from tests.functions.gcp.gcp_emulators import finalized_event, free_port, pull_messages
+from tests.functions.gcp.gcp_emulators import (
+    deleted_event,
+    finalized_event,
+    free_port,
+    pull_messages,
+)
 
 pytestmark = pytest.mark.emulator
 
 
-def a_photo(width: int = 1600, height: int = 1200) -> bytes:
-    image = Image.new("RGB", (width, height), (30, 90, 160))
+def a_photo(width: int = 1600, height: int = 1200, *, shade: int = 0) -> bytes:
+    """`shade` makes other bytes: the content references (one collection for the whole
+    session, as on a stack) then belong to this test alone."""
+    image = Image.new("RGB", (width, height), (30, 90, 160 + shade))
     draw = ImageDraw.Draw(image)
     draw.ellipse((width // 4, height // 4, width * 3 // 4, height * 3 // 4), fill=(240, 200, 40))
     buffer = io.BytesIO()
@@ -113,10 +121,10 @@ def test_an_upload_gets_renditions_a_completed_document_and_one_event(
     assert event["id"].startswith(f"{record_id}-completed-")
     # The event goes out before the final write, so only the record has the notify timing;
     # the content index's field is the store's, not the record's.
-    without_timings = {
-        k: v for k, v in document.items() if k not in ("stage_ms", contract.CONTENT_FIELD)
-    }
+    store_fields = ("stage_ms", contract.CONTENT_FIELD, contract.OBJECT_FIELD)
+    without_timings = {k: v for k, v in document.items() if k not in store_fields}
     assert document[contract.CONTENT_FIELD] == document["source"]["sha256"]
+    assert document[contract.OBJECT_FIELD] == f"{blob.bucket.name}/{blob.name}"
     assert {k: v for k, v in event["data"].items() if k != "stage_ms"} == without_timings
 
     [entry] = entries_for(function, record_id)
@@ -311,3 +319,146 @@ def test_objects_outside_the_uploads_prefix_are_acknowledged_counted_and_left_al
     assert actions == {"elsewhere/a.jpg": "skipped", "incoming/a.jpg": "completed"}
     [completed] = [e for e in function.log_entries() if e.get("action") == "completed"]
     assert completed["ms"] > 0  # what the ProcessingMs distribution extracts
+
+
+# --- deletes and the work queue ---------------------------------------------------------------
+
+
+def event_types(gcp_clients, gcp_names) -> list[str]:
+    messages = pull_messages(gcp_clients.subscriber, gcp_names.subscription, settle=0.5)
+    return [m.attributes["type"] for m in messages]
+
+
+def test_a_deleted_original_marks_its_record_deleted_and_takes_its_renditions_along(
+    serve_function, gcp_clients, gcp_names, upload
+):
+    function = serve_function(gcp_names)
+    blob = upload("holiday/gone.jpg", a_photo(640, 480, shade=7))
+    assert function.deliver(finalized_event(blob)).status_code == 200
+    assert rendition_names(gcp_clients, gcp_names)
+    assert event_types(gcp_clients, gcp_names) == ["imagepipe.image.completed"]
+    blob.delete()
+
+    deleted = deleted_event(blob)
+    assert function.deliver(deleted).status_code == 200
+    assert function.deliver(deleted).status_code == 200  # Eventarc's at-least-once
+
+    document = record_documents(gcp_clients, gcp_names)[record_id_of(blob)]
+    assert document["status"] == "DELETED"
+    assert rendition_names(gcp_clients, gcp_names) == []
+    assert event_types(gcp_clients, gcp_names) == ["imagepipe.image.deleted"]
+    actions = [e["action"] for e in function.log_entries() if e.get("key") == blob.name]
+    assert actions == ["completed", "deleted", "duplicate"]
+
+
+def test_a_delete_of_an_image_being_processed_is_retried_and_of_an_unknown_one_skipped(
+    serve_function, gcp_clients, gcp_names, upload
+):
+    function = serve_function(gcp_names, **{contract.UPLOADS_PREFIX: "incoming/"})
+    busy = upload("incoming/busy.jpg", a_photo(320, 240))
+    claimed_elsewhere(gcp_clients, gcp_names, busy, lease=timedelta(minutes=10))
+    never = upload("incoming/never.jpg", a_photo(320, 240))
+    outside = upload("elsewhere/a.jpg", a_photo(320, 240))
+
+    assert function.deliver(deleted_event(busy)).status_code == 409
+    assert function.deliver(deleted_event(never)).status_code == 200
+    assert function.deliver(deleted_event(outside)).status_code == 200
+
+    statuses = {
+        d["source"]["key"]: d["status"] for d in record_documents(gcp_clients, gcp_names).values()
+    }
+    assert statuses == {"incoming/busy.jpg": "PROCESSING"}
+    actions = {
+        e["key"]: (e["action"], e.get("reason")) for e in function.log_entries() if "action" in e
+    }
+    assert actions == {
+        "incoming/busy.jpg": ("retry", None),
+        "incoming/never.jpg": ("skipped", "no record to delete"),
+        "elsewhere/a.jpg": ("skipped", "outside the uploads prefix or suffix"),
+    }
+
+
+def work_event(item: WorkItem, retry_count: int | None = 0) -> tuple[dict[str, str], bytes]:
+    """What the Cloud Tasks queue posts for one item (`CloudTasksWorkQueue.task`)."""
+    headers = {
+        "ce-specversion": "1.0",
+        "ce-type": contract.WORK_EVENT_TYPE,
+        "ce-source": "//cloudtasks.googleapis.com/projects/p/locations/l/queues/q",
+        "ce-id": "task-1",
+        "Content-Type": "application/json",
+        "X-CloudTasks-QueueName": "q",
+        "X-CloudTasks-TaskName": "1234",
+    }
+    if retry_count is not None:
+        headers[contract.TASK_RETRY_COUNT_HEADER] = str(retry_count)
+    return headers, item.to_json().encode()
+
+
+def post(function, headers: dict[str, str], body: bytes):
+    import requests
+
+    return requests.post(function.url, data=body, headers=headers, timeout=60)
+
+
+def test_a_work_item_outside_the_trigger_prefix_is_processed(
+    serve_function, gcp_clients, gcp_names, upload
+):
+    function = serve_function(gcp_names, **{contract.UPLOADS_PREFIX: "incoming/"})
+    blob = upload("from-before/old.jpg", a_photo(640, 480))
+    ref = ObjectRef(blob.bucket.name, blob.name, str(blob.generation), blob.size)
+
+    assert post(function, *work_event(WorkItem(ref))).status_code == 200
+    assert post(function, *work_event(WorkItem(ref))).status_code == 200  # a second backfill
+
+    document = record_documents(gcp_clients, gcp_names)[ref.record_id]
+    assert document["status"] == "COMPLETED"
+    assert event_types(gcp_clients, gcp_names) == ["imagepipe.image.completed"]
+    actions = [e["action"] for e in function.log_entries() if e.get("key") == blob.name]
+    assert actions == ["completed", "duplicate"]
+
+
+def test_the_queues_last_attempt_ends_an_outage_failed_and_a_redrive_completes_it(
+    serve_function, gcp_clients, gcp_names, upload
+):
+    closed = f"http://127.0.0.1:{free_port()}"
+    down = serve_function(
+        gcp_names, STORAGE_EMULATOR_HOST=closed, **{contract.SDK_RETRY_SECONDS: "1"}
+    )
+    blob = upload("incoming/outage.jpg", a_photo(320, 240))
+    ref = ObjectRef(blob.bucket.name, blob.name, str(blob.generation), blob.size)
+
+    assert post(down, *work_event(WorkItem(ref), retry_count=0)).status_code == 500
+    pending = record_documents(gcp_clients, gcp_names)[ref.record_id]
+    assert (pending["status"], pending["error"]["code"]) == ("PENDING", "storage_unavailable")
+    last = contract.WORK_MAX_ATTEMPTS - 1
+    assert post(down, *work_event(WorkItem(ref), retry_count=last)).status_code == 500
+    failed = record_documents(gcp_clients, gcp_names)[ref.record_id]
+    assert (failed["status"], failed["error"]["code"]) == ("FAILED", "retries_exhausted")
+    assert event_types(gcp_clients, gcp_names) == ["imagepipe.image.failed"]
+
+    function = serve_function(gcp_names)
+    plain = post(function, *work_event(WorkItem(ref)))  # no reclaim: FAILED stays FAILED
+    assert plain.status_code == 200
+    assert record_documents(gcp_clients, gcp_names)[ref.record_id]["status"] == "FAILED"
+    redrive = WorkItem(ref, frozenset({Reclaim.FAILED}))
+    assert post(function, *work_event(redrive)).status_code == 200
+    assert record_documents(gcp_clients, gcp_names)[ref.record_id]["status"] == "COMPLETED"
+    assert event_types(gcp_clients, gcp_names) == ["imagepipe.image.completed"]
+
+
+def test_a_malformed_work_body_is_acknowledged_with_one_line(serve_function, gcp_names):
+    function = serve_function(gcp_names)
+    headers, _ = work_event(WorkItem(ObjectRef("b", "k", "1")))
+    bodies = [
+        b'{"kind": "something else"}',
+        b'{"kind": "imagepipe.work.v1", "bucket": "b"}',
+        b'{"kind": "imagepipe.work.v1", "bucket": "b", "key": "k", "version": "1", '
+        b'"reclaim": ["all"]}',
+    ]
+    for body in bodies:
+        assert post(function, headers, body).status_code == 200, body
+    text = {"Content-Type": "text/plain"}
+    assert post(function, {**headers, **text}, b"not json").status_code == 200
+    errors = [e["message"] for e in function.log_entries() if e.get("severity") == "ERROR"]
+    assert len(errors) == 4 and all(m.startswith("ignored work event task-1") for m in errors)
+    assert "lacks key, version" in errors[1] and "reclaim" in errors[2]

@@ -10,6 +10,7 @@ from __future__ import annotations
 IMAGES_COMPLETED = "ImagesCompleted"
 IMAGES_FAILED = "ImagesFailed"  # also per ERROR_CODE, so a dashboard can tell codes apart
 IMAGES_DELETED = "ImagesDeleted"  # originals deleted by their owner; records now DELETED
+ORIGINALS_EXPIRED = "OriginalsExpired"  # removed by originalsExpiryDays; images kept
 DUPLICATES = "Duplicates"  # a delivery of a finished record: changed and published nothing
 OBJECTS_SKIPPED = "ObjectsSkipped"  # outside the uploads prefix/suffix, or a rendition
 PROCESSING_MS = "ProcessingMs"  # a distribution, for completed and failed images
@@ -20,6 +21,7 @@ ACTION_COUNTERS = {
     "completed": IMAGES_COMPLETED,
     "failed": IMAGES_FAILED,
     "deleted": IMAGES_DELETED,
+    "expired": ORIGINALS_EXPIRED,
     "duplicate": DUPLICATES,
     "skipped": OBJECTS_SKIPPED,
 }

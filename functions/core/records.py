@@ -135,6 +135,9 @@ class MalformedEvent(ValueError):
 
 
 ORIGINAL_DELETED = "deleted"  # `ImageRecord.original` when originals: delete removed it
+# ... when the uploads bucket's lifecycle rule (originalsExpiryDays) removed it: plain expiry,
+# the image and its renditions stay.
+ORIGINAL_EXPIRED = "expired"
 
 
 @dataclass(frozen=True)
@@ -227,7 +230,7 @@ class ImageRecord:
     # (the worker that claimed it died or timed out).
     lease_expires_at: str | None = None
     # What the `originals` setting did with the upload once the image COMPLETED: None
-    # while it is kept, ORIGINAL_DELETED, or the archived copy's URL (s3://..., gs://...).
+    # while it is kept, ORIGINAL_DELETED, "archived:<bucket>/<key>", or ORIGINAL_EXPIRED.
     # Set before the upload is touched, so the delete event that follows is known as ours.
     original: str | None = None
 

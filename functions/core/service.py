@@ -40,6 +40,7 @@ from functions.core.ports import BlobStore, CdnInvalidator, EventPublisher, Reco
 from functions.core.records import (
     FINAL_STATUSES,
     ORIGINAL_DELETED,
+    ORIGINAL_EXPIRED,
     RETRIES_EXHAUSTED,
     ClaimHeld,
     ErrorInfo,
@@ -76,7 +77,7 @@ DELETION_LEASE = timedelta(minutes=5)
 # `ImageRecord.original` of an archived upload: "archived:<archive bucket>/<archive key>".
 ORIGINAL_ARCHIVED_PREFIX = "archived:"
 
-Action = Literal["completed", "failed", "deleted", "duplicate"]
+Action = Literal["completed", "failed", "deleted", "expired", "duplicate"]
 
 
 class Reclaim(StrEnum):
@@ -161,19 +162,39 @@ class Pipeline:
         A redelivery finds the records DELETED and finishes releasing their renditions.
         Raises `ClaimHeld` while a delivery is still processing one of them.
         """
-        if version is not None:
-            found = self.records.get(record_id(bucket, key, version))
-            candidates = [found] if found is not None else self.records.for_object(bucket, key)
-            if found is None:  # a delete marker's id, or a version never processed
-                candidates = [r for r in candidates if r.status is not Status.DELETED]
-        else:
-            candidates = self.records.for_object(bucket, key)
         outcomes = []
-        for record in sorted(candidates, key=lambda r: r.created_at):
+        for record in self._records_of(bucket, key, version):
             if record.original is not None:
                 continue
             outcomes.append(self._delete_record(record))
         return outcomes
+
+    def expire(self, bucket: str, key: str, version: str | None = None) -> list[Outcome]:
+        """The uploads bucket's lifecycle rule (`originalsExpiryDays`) removed an original:
+        plain expiry. Its records say so (`original` ORIGINAL_EXPIRED) and stay as they are,
+        renditions included; no event, nothing else changes. Found as `delete` finds them."""
+        outcomes = []
+        for record in self._records_of(bucket, key, version):
+            if record.original is not None or record.status is Status.DELETED:
+                continue
+            expired = record.evolve(original=ORIGINAL_EXPIRED, updated_at=isoformat(self.clock()))
+            if not self.records.replace(
+                expired, expected_status=record.status, expected_attempts=record.attempts
+            ):
+                raise ClaimHeld(f"{record.source.key} changed while it expired; retrying")
+            outcomes.append(Outcome("expired", expired))
+        return outcomes
+
+    def _records_of(self, bucket: str, key: str, version: str | None) -> list[ImageRecord]:
+        """The records a removal event names: that version's, else every one of the key."""
+        if version is not None:
+            found = self.records.get(record_id(bucket, key, version))
+            if found is not None:
+                return [found]
+            # A delete marker's id, or a version never processed.
+            candidates = self.records.for_object(bucket, key)
+            return [r for r in candidates if r.status is not Status.DELETED]
+        return sorted(self.records.for_object(bucket, key), key=lambda r: r.created_at)
 
     def _delete_record(self, record: ImageRecord) -> Outcome:
         now = self.clock()

@@ -13,6 +13,7 @@ from functions.core.events import COMPLETED_TYPE, DELETED_TYPE, FAILED_TYPE
 from functions.core.memory import COLD_STORAGE_CLASS, InMemoryCdn
 from functions.core.records import (
     ORIGINAL_DELETED,
+    ORIGINAL_EXPIRED,
     ClaimHeld,
     ErrorInfo,
     MalformedEvent,
@@ -355,3 +356,17 @@ def test_backfill_decides_from_the_record() -> None:
     assert backfill_decision(failed, settings, stale=True) is Decision.FAILED
     flying = done.evolve(status=Status.PROCESSING)
     assert backfill_decision(flying, settings, stale=True) is Decision.IN_FLIGHT
+
+
+def test_plain_expiry_keeps_the_image_and_its_renditions() -> None:
+    stack = FakeStack()
+    ref = stack.upload("a.jpg", PHOTO)
+    stack.process(ref)
+    [outcome] = stack.pipeline().expire("uploads", "a.jpg", ref.version)
+    assert outcome.action == "expired"
+    stored = stack.records.get(ref.record_id)
+    assert (stored.status, stored.original) == (Status.COMPLETED, ORIGINAL_EXPIRED)
+    assert len(stack.renditions()) == 2
+    assert types(stack) == [COMPLETED_TYPE]  # no event: nothing happened to the image
+    assert stack.pipeline().expire("uploads", "a.jpg") == []  # a redelivery: already said
+    assert stack.pipeline().delete("uploads", "a.jpg") == []  # and no delete follows it

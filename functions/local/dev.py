@@ -3,7 +3,8 @@
 AWS (`DevPipeline`): moto's server plays S3, DynamoDB, SNS and SQS;
 `lambda_service.AsyncInvoker` plays the Lambda service and calls the real handler
 (`functions.aws.main`) in this process, with the environment the component gives the
-function; `cdn.RenditionServer` plays CloudFront.
+function, and `lambda_service.EventSourceMapping` plays the work queue's event source
+mapping in front of the same handler; `cdn.RenditionServer` plays CloudFront.
 
 GCP (`GcpDevPipeline`): Google's Firestore and Pub/Sub emulators and fake-gcs-server
 (see `emulated_gcp`) play the services; the real entry point (`functions.gcp.main`) is
@@ -44,8 +45,10 @@ from functions.core.uploads import CORS_MAX_AGE_SECONDS
 from functions.gcp import contract as gcp_contract
 from functions.local.api_gateway import ApiGateway, FunctionProxy, LambdaProxy
 from functions.local.cdn import GcsRenditionReader, RenditionServer, S3RenditionReader
+from functions.local.cloud_tasks import CloudTasksEmulator, TasksBackoff
 from functions.local.emulated_aws import (
     REGION,
+    WORK_VISIBILITY_SECONDS,
     MotoServer,
     PipelineResources,
     PortInUse,
@@ -70,7 +73,13 @@ from functions.local.emulated_gcp import (
 )
 from functions.local.eventarc import EventarcTrigger, PubSubNotificationSource, RetryPolicy
 from functions.local.exits import EXIT_FAILED, EXIT_OK, EXIT_USAGE
-from functions.local.lambda_service import DEFAULT_RETRY_DELAYS, AsyncInvoker, Handler
+from functions.local.gcp_client import CLOUD_TASKS_ENDPOINT_OUTPUT
+from functions.local.lambda_service import (
+    DEFAULT_RETRY_DELAYS,
+    AsyncInvoker,
+    EventSourceMapping,
+    Handler,
+)
 from functions.local.processes import OrphanGuard, ServerDidNotStart, how_it_ended
 from functions.local.stack_config import LocalStackConfig, read_stack_config
 from functions.local.target import DEFAULT_OUTPUTS
@@ -126,8 +135,9 @@ class DevPipeline:
     One at a time per process: the handler module, moto's backends and the
     environment variables are process-wide, as they are in one Lambda sandbox.
 
-    `wrap_handler` receives the real handler and returns what the workers call:
-    the way to inject a fault for one object without patching any module.
+    `wrap_handler` receives the real handler and returns what the trigger's workers call:
+    the way to inject a fault for one object without patching any module;
+    `wrap_work_handler` does the same for the work queue's (which hands it SQS batches).
     """
 
     def __init__(
@@ -142,6 +152,8 @@ class DevPipeline:
         workers: int = 3,
         retry_delays: Sequence[int] = DEFAULT_RETRY_DELAYS,
         wrap_handler: Callable[[Handler], Handler] | None = None,
+        wrap_work_handler: Callable[[Handler], Handler] | None = None,
+        work_visibility_seconds: int = WORK_VISIBILITY_SECONDS,
     ) -> None:
         self.stack = stack or LocalStackConfig()
         self.settings: PipelineSettings = self.stack.settings
@@ -153,11 +165,15 @@ class DevPipeline:
         self._workers = workers
         self._retry_delays = retry_delays
         self._wrap_handler = wrap_handler
+        self._wrap_work_handler = wrap_work_handler
+        self._work_visibility_seconds = work_visibility_seconds
         self._saved_environ: dict[str, str | None] = {}
         self._cdn: RenditionServer | None = None
         self._api: ApiGateway | None = None
         self.invoker: AsyncInvoker | None = None
+        self.work: EventSourceMapping | None = None
         self.resources: PipelineResources | None = None
+        self._invocations_before = 0  # of the invokers of an earlier start()
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -176,24 +192,44 @@ class DevPipeline:
             _active = self
         try:
             self.resources = create_pipeline_resources(
-                self.endpoint, self.name, self.stack.uploads_prefix, self.stack.uploads_suffix
+                self.endpoint,
+                self.name,
+                self.stack.uploads_prefix,
+                self.stack.uploads_suffix,
+                archive=self.settings.originals == "archive",
+                work_visibility_seconds=self._work_visibility_seconds,
             )
             self._set_environ(self.function_environment())
-            handler = load_lambda_handler()
+            real_handler = load_lambda_handler()
+            handler = real_handler
             if self._wrap_handler is not None:
                 handler = self._wrap_handler(handler)
+            function_arn = f"arn:aws:lambda:{REGION}:{ACCOUNT_ID}:function:{self.function_name}"
             self.invoker = AsyncInvoker(
                 sqs=boto3_client("sqs", self.endpoint),
                 trigger_queue_url=self.resources.trigger_queue_url,
                 dead_letter_queue_url=self.resources.dead_letter_queue_url,
                 handler=handler,
                 function_name=self.function_name,
-                function_arn=f"arn:aws:lambda:{REGION}:{ACCOUNT_ID}:function:{self.function_name}",
+                function_arn=function_arn,
                 workers=self._workers,
                 retry_delays=self._retry_delays,
                 max_event_age_seconds=self.stack.max_event_age_seconds,
             )
             self.invoker.start()
+            work_handler = real_handler
+            if self._wrap_work_handler is not None:
+                work_handler = self._wrap_work_handler(work_handler)
+            self.work = EventSourceMapping(
+                sqs=boto3_client("sqs", self.endpoint),
+                queue_url=self.resources.work_queue_url,
+                queue_arn=self.resources.work_queue_arn,
+                handler=work_handler,
+                function_name=self.function_name,
+                function_arn=function_arn,
+                concurrency=self.stack.backfill_concurrency,
+            )
+            self.work.start()
             reader = S3RenditionReader(
                 boto3_client("s3", self.endpoint), self.resources.renditions_bucket
             )
@@ -245,9 +281,12 @@ class DevPipeline:
         if self._api is not None:
             self._api.stop()
             self._api = None
+        if self.work is not None:
+            self.work.stop(timeout)
         if self.invoker is not None:
             self.invoker.stop(timeout)
-            self.invoker = None
+        self._invocations_before = self.invocations
+        self.invoker = self.work = None
         if self._cdn is not None:
             self._cdn.stop()
             self._cdn = None
@@ -277,7 +316,25 @@ class DevPipeline:
                 f"{self._workers - self.invoker.workers_alive} of the {self._workers} Lambda "
                 "workers stopped; uploads would wait for ever"
             )
+        pollers = self.stack.backfill_concurrency
+        if self.work is not None and self.work.workers_alive < pollers:
+            return (
+                f"{pollers - self.work.workers_alive} of the {pollers} work queue pollers "
+                "stopped; backfills would wait for ever"
+            )
         return None
+
+    @property
+    def invocations(self) -> int:
+        """Handler invocations so far, by the trigger and the work queue (every attempt)."""
+        return self._invocations_before + sum(
+            pool.invocations for pool in (self.invoker, self.work) if pool is not None
+        )
+
+    @property
+    def work_invocations(self) -> int:
+        """Of those, the work queue's: one per work item delivered (the bench's count)."""
+        return self.work.invocations if self.work is not None else 0
 
     # --- what the stack would tell you --------------------------------------------------------
 
@@ -299,6 +356,7 @@ class DevPipeline:
                 renditions_bucket=self.resources.renditions_bucket,
                 records_table=self.resources.records_table,
                 events_topic_arn=self.resources.events_topic_arn,
+                archive_bucket=self.resources.archive_bucket,
             ),
             # Lambda's own variable; the handler names its event source after it.
             contract.FUNCTION_NAME: self.function_name,
@@ -335,6 +393,14 @@ class DevPipeline:
             output_names.EVENTS_TOPIC: self.resources.events_topic_arn,
             output_names.FUNCTION_NAME: self.function_name,
             output_names.DEAD_LETTER_QUEUE: self.resources.dead_letter_queue_url,
+            output_names.SETTINGS: self.settings.to_json(),
+            output_names.WORK_QUEUE: self.resources.work_queue_url,
+            output_names.WORK_DEAD_LETTER_QUEUE: self.resources.work_dead_letter_queue_url,
+            **(
+                {output_names.ARCHIVE_BUCKET: self.resources.archive_bucket}
+                if self.resources.archive_bucket
+                else {}
+            ),
             output_names.API_URL: self._api.url,
             "eventsQueue": self.resources.events_queue_url,
             "endpoint": self.endpoint,
@@ -379,12 +445,15 @@ class GcpDevPipeline:
         retry: RetryPolicy | None = None,
         function_log: Path | None = None,
         function_environment_overrides: Mapping[str, str] | None = None,
+        tasks_backoff: TasksBackoff | None = None,
     ) -> None:
         self.stack = stack or LocalStackConfig()
         self.settings: PipelineSettings = self.stack.settings
         self.name = name
         self.timeout_seconds = timeout_seconds
         self.resources = GcpPipelineResources.named(name)
+        self._tasks_backoff = tasks_backoff or TasksBackoff()
+        self.work: CloudTasksEmulator | None = None
         self._storage_port = storage_port
         self._cdn_port = cdn_port
         self._api_port = api_port
@@ -410,6 +479,7 @@ class GcpDevPipeline:
     def start(self) -> GcpDevPipeline:
         """Raises `PortInUse`, `ToolMissing` or `ServerDidNotStart`, having stopped what began."""
         self._log_dir = Path(tempfile.mkdtemp(prefix="imagepipe-dev-gcp-"))
+        backfill_concurrency = self.stack.backfill_concurrency
         # Each server leads a process group of its own: should this process be killed
         # outright, the guard ends them, so no JVM outlives `imagepipe dev`.
         self._guard = OrphanGuard().start()
@@ -427,7 +497,9 @@ class GcpDevPipeline:
             self.function = CloudFunctionServer(
                 self.function_environment(),
                 log=self._function_log,
-                concurrency=self._workers,
+                # On GCP each delivery gets an instance: here the trigger's and the work
+                # queue's deliveries share one server, so neither waits for the other.
+                concurrency=self._workers + backfill_concurrency,
                 guard=self._guard,
             )
             self.function.launch()
@@ -446,8 +518,16 @@ class GcpDevPipeline:
                 ack_deadline_seconds=self.timeout_seconds + ACK_DEADLINE_MARGIN_SECONDS,
                 storage=self._storage,
                 subscriber=self._subscriber,
+                archive=self.settings.originals == "archive",
             )
             self.function.wait_ready()
+            self.work = CloudTasksEmulator(
+                self.resources.work_queue,
+                max_concurrent_dispatches=backfill_concurrency,
+                backoff=self._tasks_backoff,
+                dispatch_timeout_seconds=self.timeout_seconds,
+            )
+            self.work.start()
             source = PubSubNotificationSource(self._subscriber, self.resources.trigger_subscription)
             self.trigger = EventarcTrigger(
                 source,
@@ -475,6 +555,9 @@ class GcpDevPipeline:
         if self.trigger is not None:
             self.trigger.stop(timeout)
             self.trigger = None
+        if self.work is not None:
+            self.work.stop(timeout)
+            self.work = None
         # Every server winds down at once; each is then waited for.
         for server in (self.function, self.api_function, self.emulators):
             if server is not None:
@@ -518,7 +601,17 @@ class GcpDevPipeline:
                 f"{self._workers - self.trigger.workers_alive} of the {self._workers} Eventarc "
                 "workers stopped; uploads would wait for ever"
             )
+        if (
+            self.work is not None
+            and self.work.dispatchers_alive < self.work.max_concurrent_dispatches
+        ):
+            return "a Cloud Tasks dispatcher stopped; the work queue would wait for ever"
         return None
+
+    @property
+    def dispatches(self) -> int:
+        """The work queue's deliveries to the function so far (its invocations from there)."""
+        return self.work.dispatches if self.work is not None else 0
 
     # --- what the stack would tell you --------------------------------------------------------
 
@@ -542,10 +635,16 @@ class GcpDevPipeline:
                 project=self.resources.project,
                 uploads_prefix=self.stack.uploads_prefix,
                 uploads_suffix=self.stack.uploads_suffix,
+                archive_bucket=self.archive_bucket,
             ),
             gcp_contract.FUNCTION_NAME: self.function_name,  # Cloud Run sets it
             **self._overrides,
         }
+
+    @property
+    def archive_bucket(self) -> str | None:
+        """The bucket `originals: archive` moves uploads to; None with another setting."""
+        return self.resources.archive_bucket if self.settings.originals == "archive" else None
 
     def api_function_environment(self) -> dict[str, str]:
         """What the component sets on the API function, with a key of its own to sign with.
@@ -581,6 +680,8 @@ class GcpDevPipeline:
         """The stack outputs (same names as `pulumi stack output`), plus what a client needs
         to reach the emulators."""
         assert self.emulators is not None and self._cdn is not None and self._api is not None
+        assert self.function is not None and self.work is not None
+        archive = {output_names.ARCHIVE_BUCKET: self.archive_bucket} if self.archive_bucket else {}
         return {
             "cloud": "gcp",
             output_names.UPLOADS_BUCKET: self.resources.uploads_bucket,
@@ -591,9 +692,15 @@ class GcpDevPipeline:
             output_names.EVENTS_TOPIC: self.resources.events_topic,
             output_names.FUNCTION_NAME: self.function_name,
             output_names.API_URL: self._api.url,
+            output_names.SETTINGS: self.settings.to_json(),
+            output_names.WORK_QUEUE: self.resources.work_queue,
+            output_names.WORK_URL: self.function.url,
+            output_names.WORK_INVOKER: self.resources.work_invoker,
+            **archive,
             "storageEndpoint": self.emulators.storage_endpoint,
             "firestoreEmulatorHost": self.emulators.firestore_host,
             "pubsubEmulatorHost": self.emulators.pubsub_host,
+            CLOUD_TASKS_ENDPOINT_OUTPUT: self.work.url,
             "project": self.resources.project,
         }
 
@@ -790,6 +897,8 @@ def _aws_banner(outputs: Mapping[str, Any], stack: DevStack, outputs_path: Path)
         + f" aws s3 cp photo.jpg s3://{outputs['uploadsBucket']}/{outputs['uploadsPrefix']}"
         + f" --endpoint-url {outputs['endpoint']}",
         f"then:                    imagepipe status {outputs['uploadsPrefix']}photo.jpg --dev",
+        "objects already there:   imagepipe backfill --dev   (what ran out of retries: "
+        "imagepipe redrive --dev)",
     ]
 
 
@@ -810,6 +919,8 @@ def _gcp_banner(outputs: Mapping[str, Any], stack: DevStack, outputs_path: Path)
         "or gcloud:": f"CLOUDSDK_API_ENDPOINT_OVERRIDES_STORAGE={storage}/storage/v1/ "
         f"CLOUDSDK_AUTH_DISABLE_CREDENTIALS=true gcloud storage cp photo.jpg gs://{bucket}/{key}",
         "then:": f"imagepipe status {key} --dev",
+        "objects from before:": "imagepipe backfill --dev  (through the work queue, a Cloud "
+        f"Tasks stand-in at {outputs[CLOUD_TASKS_ENDPOINT_OUTPUT]})",
         "other clients:": clients,
     }
     width = max(len(label) for label in how) + 1

@@ -33,6 +33,10 @@ FAKE_CREDENTIALS: Mapping[str, str] = {
 # Longer than the handler can take (the stack's function timeout), so a message is
 # redelivered only when the worker holding it died.
 TRIGGER_VISIBILITY_SECONDS = 60
+# The work queue's: a message its handler reported failed comes back after this long, as
+# from a real work queue (whose timeout is six times the function's: minutes, not seconds).
+WORK_VISIBILITY_SECONDS = 30
+DEAD_LETTER_RETENTION_SECONDS = 14 * 24 * 3600  # SQS's longest
 
 
 class PortInUse(OSError):
@@ -214,14 +218,26 @@ class PipelineResources:
     dead_letter_queue_arn: str
     trigger_queue_url: str  # stands in for the S3 -> Lambda notification
     events_queue_url: str  # subscribed to the events topic, for watching events
+    work_queue_url: str  # backfill and redrive; read by the event source mapping's stand-in
+    work_queue_arn: str
+    work_dead_letter_queue_url: str  # where SQS moves what was received WORK_MAX_RECEIVES times
+    archive_bucket: str | None = None  # with originals: archive
 
 
 def create_pipeline_resources(
-    endpoint: str, name: str = "imagepipe", uploads_prefix: str = "", uploads_suffix: str = ""
+    endpoint: str,
+    name: str = "imagepipe",
+    uploads_prefix: str = "",
+    uploads_suffix: str = "",
+    *,
+    archive: bool = False,
+    work_visibility_seconds: int = WORK_VISIBILITY_SECONDS,
 ) -> PipelineResources:
     """Create the component's resources with its role words: `<name>-uploads`, `-records`, ...
 
     The notification has the stack's prefix/suffix filter: a key outside it triggers nothing.
+    It sends uploads and deletes to the queue standing in for the function, as the stack
+    sends both to the function. `archive` adds the archive bucket (originals: archive).
     """
     s3 = boto3_client("s3", endpoint)
     dynamodb = boto3_client("dynamodb", endpoint)
@@ -229,8 +245,10 @@ def create_pipeline_resources(
     sqs = boto3_client("sqs", endpoint)
 
     uploads, renditions = f"{name}-uploads", f"{name}-renditions"
-    for bucket in (uploads, renditions):
-        s3.create_bucket(Bucket=bucket)
+    archive_bucket = f"{name}-archive" if archive else None
+    for bucket in (uploads, renditions, archive_bucket):
+        if bucket is not None:
+            s3.create_bucket(Bucket=bucket)
 
     table = f"{name}-records"
     # The component's own table definition: the same key, attributes and indexes.
@@ -238,7 +256,25 @@ def create_pipeline_resources(
 
     topic_arn = sns.create_topic(Name=f"{name}-events")["TopicArn"]
     dlq_url = sqs.create_queue(
-        QueueName=f"{name}-dlq", Attributes={"MessageRetentionPeriod": str(14 * 24 * 3600)}
+        QueueName=f"{name}-dlq",
+        Attributes={"MessageRetentionPeriod": str(DEAD_LETTER_RETENTION_SECONDS)},
+    )["QueueUrl"]
+    work_dlq_url = sqs.create_queue(
+        QueueName=f"{name}-work-dlq",
+        Attributes={"MessageRetentionPeriod": str(DEAD_LETTER_RETENTION_SECONDS)},
+    )["QueueUrl"]
+    work_url = sqs.create_queue(
+        QueueName=f"{name}-work",
+        Attributes={
+            "VisibilityTimeout": str(work_visibility_seconds),
+            # SQS itself moves a message received this many times: the stand-in need not.
+            "RedrivePolicy": json.dumps(
+                {
+                    "deadLetterTargetArn": _queue_arn(sqs, work_dlq_url),
+                    "maxReceiveCount": contract.WORK_MAX_RECEIVES,
+                }
+            ),
+        },
     )["QueueUrl"]
     trigger_url = sqs.create_queue(
         QueueName=f"{name}-fn-invocations",
@@ -249,7 +285,7 @@ def create_pipeline_resources(
     notification: dict[str, Any] = {
         "Id": f"{name}-fn",
         "QueueArn": _queue_arn(sqs, trigger_url),
-        "Events": ["s3:ObjectCreated:*"],
+        "Events": [*contract.UPLOAD_EVENTS, *contract.DELETE_EVENTS],
     }
     rules = [
         {"Name": name_, "Value": value}
@@ -271,6 +307,10 @@ def create_pipeline_resources(
         dead_letter_queue_arn=_queue_arn(sqs, dlq_url),
         trigger_queue_url=trigger_url,
         events_queue_url=events_url,
+        work_queue_url=work_url,
+        work_queue_arn=_queue_arn(sqs, work_url),
+        work_dead_letter_queue_url=work_dlq_url,
+        archive_bucket=archive_bucket,
     )
 
 

@@ -1,4 +1,5 @@
-"""The stand-in for the Lambda service: asynchronous invocation of the real handler.
+"""The stand-in for the Lambda service: asynchronous invocation of the real handler, and
+the work queue's SQS event source mapping (`EventSourceMapping`, at the end).
 
 moto cannot run Lambda code without Docker, so the uploads bucket notifies an
 SQS queue instead, and these workers do what Lambda's async invoke does with
@@ -251,3 +252,106 @@ class AsyncInvoker(WorkerPool):
             DEAD_LETTER, "send_message", QueueUrl=self._dlq, MessageBody=json.dumps(record)
         )
         self._sqs_call(DELETE, "delete_message", QueueUrl=self._trigger, ReceiptHandle=receipt)
+
+
+# --- The work queue's event source mapping ----------------------------------------------------
+
+WORK_RECEIVE = "receiving from the work queue"
+WORK_DELETE = "deleting processed work messages (they come back after their visibility timeout)"
+WORK_DELIVER = "delivering a work batch"
+
+
+def sqs_event_record(message: Mapping[str, Any], queue_arn: str) -> dict[str, Any]:
+    """One received SQS message as Lambda's event source mapping hands it to the function."""
+    return {
+        "messageId": message["MessageId"],
+        "receiptHandle": message["ReceiptHandle"],
+        "body": message["Body"],
+        "attributes": dict(message.get("Attributes", {})),
+        "messageAttributes": {},
+        "md5OfBody": message.get("MD5OfBody", ""),
+        "eventSource": "aws:sqs",
+        "eventSourceARN": queue_arn,
+        "awsRegion": queue_arn.split(":")[3] if queue_arn.count(":") >= 5 else "",
+    }
+
+
+class EventSourceMapping(WorkerPool):
+    """Lambda's SQS event source mapping for the work queue: at most `concurrency` handler
+    invocations at once (the mapping's maximumConcurrency: one poller thread each), each
+    with a batch of `batch_size` messages.
+
+    The handler answers ReportBatchItemFailures; the messages it does not name are deleted,
+    the ones it names (all of them, if it raised) are left for SQS, which delivers them
+    again after the queue's visibility timeout and, once received WORK_MAX_RECEIVES times,
+    moves them to the work queue's dead-letter queue by its own redrive policy.
+    """
+
+    def __init__(
+        self,
+        *,
+        sqs: Any,
+        queue_url: str,
+        queue_arn: str,
+        handler: Handler,
+        function_name: str,
+        function_arn: str,
+        concurrency: int = contract.DEFAULT_BACKFILL_CONCURRENCY,
+        batch_size: int = contract.WORK_BATCH_SIZE,
+    ) -> None:
+        self._sqs = sqs
+        self._queue_url = queue_url
+        self._queue_arn = queue_arn
+        self._handler = handler
+        self._function_name = function_name
+        self._function_arn = function_arn
+        self._batch_size = batch_size
+        super().__init__("work-poller", concurrency, log, WORK_DELIVER)
+        self.invocations = 0  # handler calls, each one Lambda invocation
+        self._count_lock = threading.Lock()
+
+    def _work_once(self, session: object) -> None:
+        response = self._call(
+            WORK_RECEIVE,
+            self._sqs.receive_message,
+            QueueUrl=self._queue_url,
+            MaxNumberOfMessages=self._batch_size,
+            WaitTimeSeconds=POLL_SECONDS,
+            AttributeNames=["All"],
+        )
+        messages = response.get("Messages", [])  # type: ignore[attr-defined]
+        if messages:
+            self._invoke(messages)
+
+    def _invoke(self, messages: Sequence[Mapping[str, Any]]) -> None:
+        context = LambdaContext(self._function_name, self._function_arn)
+        event = {"Records": [sqs_event_record(m, self._queue_arn) for m in messages]}
+        with self._count_lock:
+            self.invocations += 1
+        try:
+            result = self._handler(event, context)
+            failed = {
+                str(failure.get("itemIdentifier"))
+                for failure in (result or {}).get("batchItemFailures", [])
+            }
+        except (Exception, SystemExit) as error:  # noqa: BLE001 - the whole batch failed
+            log.warning(
+                "work invocation %s failed (%s: %s); its %d messages come back after their "
+                "visibility timeout",
+                context.aws_request_id,
+                type(error).__name__,
+                error,
+                len(messages),
+                extra=_about(context),
+            )
+            return
+        done = [m for m in messages if m["MessageId"] not in failed]
+        if done:
+            self._call(
+                WORK_DELETE,
+                self._sqs.delete_message_batch,
+                QueueUrl=self._queue_url,
+                Entries=[
+                    {"Id": str(n), "ReceiptHandle": m["ReceiptHandle"]} for n, m in enumerate(done)
+                ],
+            )

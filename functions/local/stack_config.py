@@ -59,6 +59,8 @@ class LocalStackConfig:
     api: ApiOptions = field(default_factory=local_api_options)
     # GCP's imagepipe:deliveryMode: in signed-urls the API answers signed rendition URLs.
     delivery_mode: str | None = None
+    # imagepipe:backfillConcurrency: most work-queue deliveries processed at once.
+    backfill_concurrency: int = field(default_factory=lambda: _default("backfill_concurrency"))
 
 
 def settings_from_stack_config(path: str | Path) -> PipelineSettings:
@@ -94,6 +96,7 @@ def read_stack_config(path: str | Path) -> LocalStackConfig:
         cloud=cloud,
         api=local_api_options(args),
         delivery_mode=getattr(args, "delivery_mode", None),
+        backfill_concurrency=args.backfill_concurrency,
     )
 
 

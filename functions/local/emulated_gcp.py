@@ -46,6 +46,7 @@ from functions.local.processes import (
 )
 
 DEV_PROJECT = "imagepipe-dev"  # never a real project: nothing here may reach one
+DEV_LOCATION = "local"  # the work queue's location, as a region names it on GCP
 READY_TIMEOUT_SECONDS = 90  # two JVMs side by side on a busy 2-core machine
 FUNCTION_READY_TIMEOUT_SECONDS = 30
 ACK_DEADLINE_MARGIN_SECONDS = 30
@@ -138,6 +139,9 @@ class GcpPipelineResources:
     events_topic: str  # projects/<project>/topics/<name>-events, the component's topic.id
     trigger_topic: str  # the uploads bucket's notifications
     trigger_subscription: str  # what the Eventarc stand-in pulls
+    archive_bucket: str  # made only with originals: archive
+    work_queue: str  # projects/<project>/locations/<location>/queues/<name>-work
+    work_invoker: str  # the account the work queue's OIDC tokens name
 
     @classmethod
     def named(cls, name: str, project: str = DEV_PROJECT) -> GcpPipelineResources:
@@ -150,6 +154,9 @@ class GcpPipelineResources:
             events_topic=f"projects/{project}/topics/{name}-events",
             trigger_topic=f"projects/{project}/topics/{name}-fn-trigger",
             trigger_subscription=f"projects/{project}/subscriptions/{name}-fn-trigger",
+            archive_bucket=f"{name}-archive",
+            work_queue=f"projects/{project}/locations/{DEV_LOCATION}/queues/{name}-work",
+            work_invoker=f"{name}-work@{project}.iam.gserviceaccount.com",
         )
 
 
@@ -207,7 +214,8 @@ class GcpEmulators:
             "-event.pubsub-project-id", project,
             "-event.pubsub-topic", trigger_topic,
             "-event.bucket", self.resources.uploads_bucket,
-            "-event.list", "finalize",
+            # Deletes too: the component's second trigger (deletes that propagate).
+            "-event.list", "finalize,delete",
         ]  # fmt: skip
         firestore_command = [
             "gcloud",
@@ -342,9 +350,15 @@ def subscriber_client(host: str) -> Any:
 
 
 def create_pipeline_resources(
-    emulators: GcpEmulators, *, ack_deadline_seconds: int, storage: Any, subscriber: Any
+    emulators: GcpEmulators,
+    *,
+    ack_deadline_seconds: int,
+    storage: Any,
+    subscriber: Any,
+    archive: bool = False,
 ) -> None:
-    """Create the buckets, the events topic and the trigger's topic and subscription.
+    """Create the buckets (the archive bucket with `archive`), the events topic and the
+    trigger's topic and subscription.
 
     The collection needs no creating (Firestore makes it with its first document), and the
     notification config was given to the GCS emulator when it started. `ack_deadline_seconds`
@@ -354,6 +368,8 @@ def create_pipeline_resources(
     resources = emulators.resources
     for bucket in (resources.uploads_bucket, resources.renditions_bucket):
         storage.create_bucket(bucket)
+    if archive:
+        storage.create_bucket(resources.archive_bucket)
     publisher = publisher_client(emulators.pubsub_host)
     try:
         publisher.create_topic(name=resources.events_topic)

@@ -1,5 +1,6 @@
 """The stand-in for Eventarc: the uploads bucket's Pub/Sub notifications, delivered to the
-function over HTTP as the `object.v1.finalized` CloudEvents Eventarc sends.
+function over HTTP as the `object.v1.finalized` (and `object.v1.deleted`) CloudEvents
+Eventarc sends: the component's two triggers on the one function.
 
 Eventarc's storage trigger is a Pub/Sub notification on the bucket and a push
 subscription to the function; the GCS emulator publishes the notification, and these
@@ -33,7 +34,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from functions.gcp.contract import UPLOAD_EVENT_TYPE
+from functions.gcp.contract import DELETE_EVENT_TYPE, UPLOAD_EVENT_TYPE
 from functions.local.workers import WorkerPool
 
 log = logging.getLogger("imagepipe.dev")
@@ -41,6 +42,9 @@ log = logging.getLogger("imagepipe.dev")
 POLL_SECONDS = 1.0  # one pull's wait: also how quickly stop() is noticed
 # Pauses after 1, 2, 3 and more failed pulls in a row: brief, growing, bounded.
 FINALIZE = "OBJECT_FINALIZE"  # the notification's eventType for a new object version
+DELETE = "OBJECT_DELETE"  # ... for a version deleted (or overwritten) for good
+# What Eventarc delivers for each notification type the triggers take.
+EVENT_TYPES = {FINALIZE: UPLOAD_EVENT_TYPE, DELETE: DELETE_EVENT_TYPE}
 PULL = "pulling from the trigger subscription"
 ACKNOWLEDGE = "acknowledging a delivered event (it comes back after its ack deadline)"
 DELAY_RETRY = "delaying a redelivery (it comes back after its ack deadline instead)"
@@ -129,14 +133,19 @@ class PubSubNotificationSource:
 
 
 class NotAnUploadEvent(ValueError):
-    """A notification that is not an object's finalize in JSON_API_V1: nothing to deliver."""
+    """A notification that is not an object's finalize or delete in JSON_API_V1: nothing to
+    deliver."""
 
 
 def finalized_cloud_event(notification: Notification) -> tuple[dict[str, str], bytes]:
-    """The binary-mode CloudEvent (headers, body) Eventarc delivers for a finalize notification."""
+    """The binary-mode CloudEvent (headers, body) Eventarc delivers for a finalize (or delete)
+    notification."""
     attributes = notification.attributes
-    if attributes.get("eventType") != FINALIZE:
-        raise NotAnUploadEvent(f"event type {attributes.get('eventType')!r} is not {FINALIZE}")
+    event_type = EVENT_TYPES.get(attributes.get("eventType", ""))
+    if event_type is None:
+        raise NotAnUploadEvent(
+            f"event type {attributes.get('eventType')!r} is not {' or '.join(EVENT_TYPES)}"
+        )
     if attributes.get("payloadFormat", "JSON_API_V1") != "JSON_API_V1":
         raise NotAnUploadEvent(f"payload format {attributes['payloadFormat']!r} has no object")
     try:
@@ -158,7 +167,7 @@ def finalized_cloud_event(notification: Notification) -> tuple[dict[str, str], b
     headers = {
         "ce-specversion": "1.0",
         "ce-id": notification.message_id,
-        "ce-type": UPLOAD_EVENT_TYPE,
+        "ce-type": event_type,
         "ce-source": f"//storage.googleapis.com/projects/_/buckets/{bucket}",
         "ce-subject": f"objects/{name}",
         "ce-time": time,

@@ -279,9 +279,9 @@ def test_a_failing_event_past_the_maximum_age_is_acknowledged_not_retried() -> N
     assert (trigger.expired, trigger.redelivered) == (1, 0)
 
 
-def test_notifications_other_than_a_finalize_are_acknowledged_undelivered() -> None:
-    deleted = a_notification(eventType="OBJECT_DELETE")
-    source = InMemoryNotificationSource([deleted])
+def test_notifications_other_than_a_finalize_or_delete_are_acknowledged_undelivered() -> None:
+    updated = a_notification(eventType="OBJECT_METADATA_UPDATE")
+    source = InMemoryNotificationSource([updated])
     with ScriptedFunction([200]) as function:
         trigger = run_trigger(source, function.url, RetryPolicy())
         try:
@@ -582,6 +582,12 @@ OUTPUT_KEYS = {
     "firestoreEmulatorHost",
     "pubsubEmulatorHost",
     "project",
+    # Operations: the settings, the work queue and its stand-in.
+    "settings",
+    "workQueue",
+    "workUrl",
+    "workInvoker",
+    "cloudTasksEndpoint",
 }
 
 

@@ -60,14 +60,16 @@ SETTLE_SECONDS = 2.0
 
 
 @contextmanager
-def dev_pipeline(cloud: str) -> Iterator[Any]:
+def dev_pipeline(cloud: str, folder: Path) -> Iterator[Any]:
+    """The cloud's dev pipeline; its function's log lines go to a file in `folder`, not to
+    the bench's output."""
     from functions.local.dev import DevPipeline, GcpDevPipeline
 
     stack = LocalStackConfig(uploads_prefix=TRIGGER_PREFIX)
     pipeline = (
         DevPipeline(port=0, stack=stack, log_level="WARNING")
         if cloud == "aws"
-        else GcpDevPipeline(stack=stack)
+        else GcpDevPipeline(stack=stack, function_log=folder / "function.log")
     )
     with pipeline:
         yield pipeline
@@ -102,6 +104,7 @@ def settled_invocations(pipeline: Any) -> int | None:
 
 
 def write_images(folder: Path, count: int, first_seed: int) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for n in range(count):
         path = folder / f"{first_seed + n:06}.png"
@@ -135,7 +138,7 @@ class CloudResult:
 
 
 def run_cloud(cloud: str, objects: int, timeout: float) -> CloudResult:
-    with tempfile.TemporaryDirectory() as tmp, dev_pipeline(cloud) as pipeline:
+    with tempfile.TemporaryDirectory() as tmp, dev_pipeline(cloud, Path(tmp)) as pipeline:
         folder = Path(tmp)
         target = PipelineTarget.from_outputs(pipeline.outputs(), f"the {cloud} dev pipeline")
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 from functions.core.settings import SETTINGS_ENV, PipelineSettings, SettingsError
@@ -36,6 +37,10 @@ SIGN_RENDITION_URLS = "IMAGEPIPE_SIGN_RENDITION_URLS"
 # the URL map whose Cloud CDN cache deleted renditions are invalidated in (with the CDN).
 ARCHIVE_BUCKET = "IMAGEPIPE_ARCHIVE_BUCKET"
 CDN_URL_MAP = "IMAGEPIPE_CDN_URL_MAP"
+# The uploads bucket's lifecycle age (originalsExpiryDays), set only with one: GCS reports
+# a lifecycle deletion as a plain object.v1.deleted, so the function tells one by the
+# deleted object's age.
+ORIGINALS_EXPIRY_DAYS = "IMAGEPIPE_ORIGINALS_EXPIRY_DAYS"
 PROJECT = "GOOGLE_CLOUD_PROJECT"  # Google's own variable; the SDK clients read it too
 FUNCTION_NAME = "K_SERVICE"  # Cloud Run's own: a gen2 function is a service of its name
 
@@ -106,10 +111,18 @@ class FunctionEnvironment:
     uploads_suffix: str = ""
     archive_bucket: str | None = None
     cdn_url_map: str | None = None
+    originals_expiry_days: int | None = None
 
     def watches(self, key: str) -> bool:
         """Whether an object under `key` is an upload to process (S3's filter rule)."""
         return key.startswith(self.uploads_prefix) and key.endswith(self.uploads_suffix)
+
+    def expired(self, created: datetime | None, deleted_at: datetime) -> bool:
+        """Whether a deleted upload created at `created` is one the lifecycle rule removed:
+        at least `originals_expiry_days` old (the rule's age condition)."""
+        if self.originals_expiry_days is None or created is None:
+            return False
+        return deleted_at - created >= timedelta(days=self.originals_expiry_days)
 
 
 def to_env(
@@ -125,6 +138,7 @@ def to_env(
     uploads_suffix: str | None = None,
     archive_bucket: Any = None,
     cdn_url_map: Any = None,
+    originals_expiry_days: int | None = None,
 ) -> dict[str, Any]:
     """The function's environment variables (values may be Pulumi Inputs)."""
     optional = {
@@ -132,6 +146,7 @@ def to_env(
         UPLOADS_SUFFIX: uploads_suffix,
         ARCHIVE_BUCKET: archive_bucket,
         CDN_URL_MAP: cdn_url_map,
+        ORIGINALS_EXPIRY_DAYS: str(originals_expiry_days) if originals_expiry_days else None,
     }
     return {
         **{name: value for name, value in optional.items() if value},
@@ -178,6 +193,11 @@ def from_env(environ: Mapping[str, str]) -> FunctionEnvironment:
         uploads_suffix=environ.get(UPLOADS_SUFFIX, ""),
         archive_bucket=environ.get(ARCHIVE_BUCKET, "").strip() or None,
         cdn_url_map=environ.get(CDN_URL_MAP, "").strip() or None,
+        originals_expiry_days=(
+            _seconds(environ[ORIGINALS_EXPIRY_DAYS].strip(), ORIGINALS_EXPIRY_DAYS, "days")
+            if environ.get(ORIGINALS_EXPIRY_DAYS, "").strip()
+            else None
+        ),
     )
 
 
@@ -250,9 +270,9 @@ def api_from_env(environ: Mapping[str, str]) -> ApiEnvironment:
     )
 
 
-def _seconds(text: str, name: str) -> int:
+def _seconds(text: str, name: str, unit: str = "seconds") -> int:
     if not text.isdigit() or int(text) == 0:
         raise SettingsError(
-            f"{name} is {text[:80]!r}; it must be a whole number of seconds above 0."
+            f"{name} is {text[:80]!r}; it must be a whole number of {unit} above 0."
         )
     return int(text)

@@ -28,6 +28,7 @@ from cloudevents.http import CloudEvent
 
 from functions.core.records import ClaimHeld, MalformedEvent, ObjectRef
 from functions.core.settings import SettingsError
+from functions.core.timing import utc_now
 from functions.gcp.bootstrap import (
     build_pipeline,
     configure_json_logging,
@@ -77,7 +78,8 @@ def handle_upload(cloud_event: CloudEvent) -> None:
         log.info("skipped gs://%s/%s", ref.bucket, ref.key, extra={"json_fields": fields})
         return None
     if event.deleted:
-        return handle_delete(ref)
+        deleted_at = event.event_time or utc_now()
+        return handle_delete(ref, expired=ENVIRONMENT.expired(event.created, deleted_at))
     return process(ref, event_time=event.event_time)
 
 
@@ -120,11 +122,13 @@ def process(
     log.log(level, "%s %s", outcome.action, ref.key, extra={"json_fields": fields})
 
 
-def handle_delete(ref: ObjectRef) -> None:
-    """An original was deleted (`DELETE_EVENT_TYPE`): its records become DELETED."""
+def handle_delete(ref: ObjectRef, *, expired: bool) -> None:
+    """An original was deleted (`DELETE_EVENT_TYPE`): its records become DELETED, unless the
+    lifecycle rule `expired` it (plain expiry: the image stays)."""
     started = time.perf_counter()
+    remove = PIPELINE.expire if expired else PIPELINE.delete
     try:
-        outcomes = PIPELINE.delete(ref.bucket, ref.key, ref.version)
+        outcomes = remove(ref.bucket, ref.key, ref.version)
     except ClaimHeld as error:  # still being processed: the delete comes back after
         fields = retry_fields(ref, error)
         log.info("will retry the delete of %s: %s", ref.key, error, extra={"json_fields": fields})

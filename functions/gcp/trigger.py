@@ -27,6 +27,7 @@ class StorageEvent:
     event_time: datetime | None
     is_rendition: bool  # the object carries the rendition marker: never process it again
     deleted: bool = False  # `object.v1.deleted`: that generation is gone for good
+    created: datetime | None = None  # the generation's timeCreated
 
 
 def parse_storage_event(attributes: Mapping[str, Any], data: Any) -> StorageEvent:
@@ -55,8 +56,13 @@ def parse_storage_event(attributes: Mapping[str, Any], data: Any) -> StorageEven
     # The CloudEvent time stays the same on every redelivery, so it measures how long
     # retries have been going on; timeCreated is the fallback for a bare event.
     when = attributes.get("time") or data.get("timeCreated")
+    created = data.get("timeCreated")
     return StorageEvent(
-        ref, _instant(when) if when else None, is_rendition, event_type == DELETE_EVENT_TYPE
+        ref,
+        _instant(when) if when else None,
+        is_rendition,
+        deleted=event_type == DELETE_EVENT_TYPE,
+        created=_instant(created) if created else None,
     )
 
 

@@ -137,6 +137,7 @@ def test_the_pipeline_is_built_from_the_variables_the_component_sets(monkeypatch
         ({contract.SETTINGS: "{"}, f"{contract.SETTINGS} is not valid JSON"),
         ({contract.MAX_EVENT_AGE_SECONDS: "1h"}, "must be a whole number of seconds"),
         ({contract.MAX_EVENT_AGE_SECONDS: "0"}, "must be a whole number of seconds above 0"),
+        ({contract.ORIGINALS_EXPIRY_DAYS: "a month"}, "must be a whole number of days above 0"),
     ],
 )
 def test_a_bad_environment_is_refused_with_one_line_naming_the_variable(changes, message):

@@ -462,3 +462,27 @@ def test_a_malformed_work_body_is_acknowledged_with_one_line(serve_function, gcp
     errors = [e["message"] for e in function.log_entries() if e.get("severity") == "ERROR"]
     assert len(errors) == 4 and all(m.startswith("ignored work event task-1") for m in errors)
     assert "lacks key, version" in errors[1] and "reclaim" in errors[2]
+
+
+def test_a_delete_by_the_lifecycle_rule_is_plain_expiry_and_the_image_stays(
+    serve_function, gcp_clients, gcp_names, upload
+):
+    function = serve_function(gcp_names, **{contract.ORIGINALS_EXPIRY_DAYS: "30"})
+    old = upload("incoming/old.jpg", a_photo(320, 240, shade=11))
+    young = upload("incoming/young.jpg", a_photo(320, 240, shade=12))
+    for blob in (old, young):
+        assert function.deliver(finalized_event(blob)).status_code == 200
+    event_types(gcp_clients, gcp_names)  # the completed events, read and dropped
+    aged = deleted_event(old)
+    aged["data"]["timeCreated"] = "2026-01-01T00:00:00Z"  # past the rule's 30 days
+
+    assert function.deliver(aged).status_code == 200
+    assert function.deliver(deleted_event(young)).status_code == 200  # a person's delete
+
+    documents = record_documents(gcp_clients, gcp_names)
+    kept = documents[record_id_of(old)]
+    assert (kept["status"], kept["original"]) == ("COMPLETED", "expired")
+    assert documents[record_id_of(young)]["status"] == "DELETED"
+    remaining = rendition_names(gcp_clients, gcp_names)
+    assert sorted(r["key"] for r in kept["renditions"]) == remaining
+    assert event_types(gcp_clients, gcp_names) == ["imagepipe.image.deleted"]

@@ -34,7 +34,7 @@ from functions.local.dev import DevPipeline
 from functions.local.render import Row, print_rows
 from functions.local.samples import small_png
 from functions.local.target import PipelineTarget
-from tests.local.conftest import UPLOADS_PREFIX
+from tests.local.conftest import UPLOADS_PREFIX, wait_for
 
 CliRun = Callable[[Sequence[str]], tuple[int, str, str]]  # argv -> (exit code, stdout, stderr)
 
@@ -385,3 +385,59 @@ def test_status_of_an_original_the_pipeline_removed_is_its_completed_record() ->
     assert (code, err) == (0, "")
     row = json.loads(out)
     assert (row["status"], row["original"]) == ("COMPLETED", "deleted")
+
+
+# --- a deleted original on the dev pipelines: the readers' by-object lookups ------------------
+
+
+def deleted_then_status(
+    run_cli: CliRun, pipeline: Any, tmp_path: Path, delete: Callable[[str], None]
+) -> None:
+    """Upload, delete the upload, wait for its DELETED record; `status KEY` prints it."""
+    path = tmp_path / "outputs.json"
+    path.write_text(json.dumps(pipeline.outputs()), encoding="utf-8")
+    target_args = ["--outputs", str(path)]
+    photo = tmp_path / f"deleted-{uuid.uuid4().hex[:8]}.png"
+    photo.write_bytes(small_png(side=96, seed=304))
+    key = f"{UPLOADS_PREFIX}{photo.name}"
+    code, out, err = run_cli(["upload", str(photo), "--json", "--timeout", "60", *target_args])
+    assert code == 0, err
+    rid = json.loads(out)["id"]
+
+    delete(key)
+    target = PipelineTarget.from_outputs(pipeline.outputs(), "the test pipeline")
+
+    def deleted() -> bool:
+        record = target.records.get_many([rid]).get(rid)
+        return record is not None and record.status is Status.DELETED
+
+    assert wait_for(deleted, timeout=30), "the delete never reached the record"
+
+    code, out, err = run_cli(["status", key, "--json", *target_args])
+    assert (code, err) == (1, "")
+    row = json.loads(out)
+    assert (row["id"], row["key"], row["status"]) == (rid, key, "DELETED")
+
+
+@pytest.mark.emulator
+@pytest.mark.timeout(90)
+def test_status_of_a_deleted_original_on_the_aws_dev_pipeline(
+    run_cli: CliRun, dev_pipeline: DevPipeline, target: Any, tmp_path: Path
+) -> None:
+    s3 = target.client("s3")
+    deleted_then_status(
+        run_cli,
+        dev_pipeline,
+        tmp_path,
+        lambda key: s3.delete_object(Bucket=target.uploads_bucket, Key=key),
+    )
+
+
+@pytest.mark.emulator
+@pytest.mark.timeout(150)
+def test_status_of_a_deleted_original_on_the_gcp_dev_pipeline(
+    run_cli: CliRun, gcp_dev_pipeline: Any, tmp_path: Path
+) -> None:
+    target: Any = PipelineTarget.from_outputs(gcp_dev_pipeline.outputs(), "the test pipeline")
+    bucket = target.client("storage").bucket(target.uploads_bucket)
+    deleted_then_status(run_cli, gcp_dev_pipeline, tmp_path, lambda key: bucket.blob(key).delete())

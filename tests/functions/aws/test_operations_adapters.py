@@ -5,6 +5,7 @@ store, and safe when threads race), and CloudFront invalidations."""
 from __future__ import annotations
 
 import threading
+import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
@@ -329,11 +330,11 @@ def test_one_wildcard_per_content_prefix() -> None:
     assert invalidation_paths(keys) == [f"/{SHA}/*", f"/{'d' * 64}/*", "/loose%20key.jpg"]
 
 
-def test_deleted_renditions_are_invalidated_in_one_request(stack: EmulatedStack) -> None:
-    cloudfront = boto3.client("cloudfront")
-    distribution = cloudfront.create_distribution(
+def moto_distribution(cloudfront: Any, origin_bucket: str) -> str:
+    """A CloudFront distribution in front of the bucket, in moto; its id."""
+    return cloudfront.create_distribution(
         DistributionConfig={
-            "CallerReference": "imagepipe-test",
+            "CallerReference": f"imagepipe-test-{uuid.uuid4()}",
             "Comment": "",
             "Enabled": True,
             "Origins": {
@@ -341,7 +342,7 @@ def test_deleted_renditions_are_invalidated_in_one_request(stack: EmulatedStack)
                 "Items": [
                     {
                         "Id": "renditions",
-                        "DomainName": f"{stack.renditions}.s3.amazonaws.com",
+                        "DomainName": f"{origin_bucket}.s3.amazonaws.com",
                         "S3OriginConfig": {"OriginAccessIdentity": ""},
                     }
                 ],
@@ -355,6 +356,11 @@ def test_deleted_renditions_are_invalidated_in_one_request(stack: EmulatedStack)
             },
         }
     )["Distribution"]["Id"]
+
+
+def test_deleted_renditions_are_invalidated_in_one_request(stack: EmulatedStack) -> None:
+    cloudfront = boto3.client("cloudfront")
+    distribution = moto_distribution(cloudfront, stack.renditions)
     invalidator = CloudFrontInvalidator(cloudfront, distribution, clock=lambda: T0)
     invalidator.invalidate([f"{SHA}/thumb.jpg", f"{SHA}/large.webp"])
     invalidator.invalidate([])  # nothing deleted: no request

@@ -342,7 +342,6 @@ class BackfillOptions:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_target_arguments(parser)
-    add_operation_arguments(parser)
     parser.add_argument(
         "--prefix",
         default=None,
@@ -355,6 +354,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="also re-render COMPLETED images whose renditions other specs made",
     )
+    add_operation_arguments(parser)
 
 
 def add_operation_arguments(parser: argparse.ArgumentParser) -> None:

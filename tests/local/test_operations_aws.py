@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import threading
+import time
 import uuid
+from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -21,7 +24,7 @@ from functions.core.work import WorkItem
 from functions.local.aws_client import AwsPipelineTarget
 from functions.local.dev import DevPipeline
 from functions.local.emulated_aws import boto3_client, create_pipeline_resources
-from functions.local.lambda_service import LambdaContext
+from functions.local.lambda_service import EventSourceMapping, LambdaContext
 from functions.local.target import EventFeed, PipelineTarget
 from functions.local.upload import Upload, upload_and_wait
 from tests.local.conftest import UPLOADS_PREFIX, FaultInjection, wait_for
@@ -239,3 +242,62 @@ def test_what_an_outage_dead_lettered_is_redriven_to_completed(
         AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
     )["Attributes"]
     assert sum(int(n) for n in counts.values()) == 0  # removed, not merely hidden
+
+
+def test_the_event_source_mapping_stand_in_bounds_concurrency_and_honours_partial_batches(
+    dev_pipeline: DevPipeline, sqs: Any
+) -> None:
+    """Its own work queue (a visibility timeout of 1 s) and a recording handler: never more
+    invocations at once than the concurrency, a failure named in batchItemFailures comes
+    back until SQS's redrive policy moves it to the work dead-letter queue."""
+    resources = create_pipeline_resources(
+        dev_pipeline.endpoint, "ops-esm", work_visibility_seconds=1
+    )
+    lock = threading.Lock()
+    running, most, handled = 0, 0, Counter[str]()
+
+    def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+        nonlocal running, most
+        (record,) = event["Records"]
+        assert record["eventSource"] == "aws:sqs"
+        assert record["eventSourceARN"] == resources.work_queue_arn
+        with lock:
+            running += 1
+            most = max(most, running)
+            handled[record["body"]] += 1
+        time.sleep(0.2)
+        with lock:
+            running -= 1
+        failed = record["body"] == "fails"
+        return {"batchItemFailures": [{"itemIdentifier": record["messageId"]}] if failed else []}
+
+    for body in [*(f"ok-{n}" for n in range(6)), "fails"]:
+        sqs.send_message(QueueUrl=resources.work_queue_url, MessageBody=body)
+    mapping = EventSourceMapping(
+        sqs=sqs,
+        queue_url=resources.work_queue_url,
+        queue_arn=resources.work_queue_arn,
+        handler=handler,
+        function_name="ops-esm-fn",
+        function_arn="arn:aws:lambda:us-east-1:123456789012:function:ops-esm-fn",
+        concurrency=2,
+    )
+    mapping.start()
+    try:
+        dead = wait_for(
+            lambda: sqs.receive_message(
+                QueueUrl=resources.work_dead_letter_queue_url, WaitTimeSeconds=1
+            ).get("Messages"),
+            timeout=20,
+        )
+    finally:
+        mapping.stop(5)
+    assert [message["Body"] for message in dead] == ["fails"]
+    assert handled == {**{f"ok-{n}": 1 for n in range(6)}, "fails": contract.WORK_MAX_RECEIVES}
+    assert most == 2
+    assert mapping.invocations == 6 + contract.WORK_MAX_RECEIVES
+    left = sqs.get_queue_attributes(
+        QueueUrl=resources.work_queue_url,
+        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+    )["Attributes"]
+    assert sum(int(n) for n in left.values()) == 0  # the processed ones were deleted

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from functions.aws import contract
+from functions.aws.adapters import CloudFrontInvalidator
 from functions.aws.bootstrap import build_pipeline
 from functions.aws.contract import from_env
 from functions.aws.trigger import RemovedObject, removed_objects
@@ -200,3 +201,18 @@ def test_the_last_receive_ends_failed_and_a_redrive_item_completes_it(
     handler_module.handler({"Records": [redriven]}, lambda_context)
     (item,) = plain_items(stack)
     assert (item["status"], item["error"]) == ("COMPLETED", None)
+
+
+def test_the_pipeline_archives_and_invalidates_only_where_the_stack_says(
+    aws_env: dict[str, str],
+) -> None:
+    plain = build_pipeline(from_env(aws_env))
+    assert (plain.archive_bucket, plain.cdn) == (None, None)
+    named = build_pipeline(
+        from_env(
+            {**aws_env, contract.ARCHIVE_BUCKET: "the-archive", contract.CDN_DISTRIBUTION_ID: "E2"}
+        )
+    )
+    assert named.archive_bucket == "the-archive"
+    assert isinstance(named.cdn, CloudFrontInvalidator)
+    assert named.cdn.distribution_id == "E2"

@@ -33,7 +33,7 @@ from functions.core.records import (
     TransientError,
 )
 from functions.core.timing import utc_now
-from functions.core.uploads import PresignedPost, StoredUpload
+from functions.core.uploads import PresignedPost, StoredUpload, upload_id_in
 from functions.gcp.contract import (
     CONTENT_COLLECTION_NAME,
     CONTENT_DELETER,
@@ -43,6 +43,7 @@ from functions.gcp.contract import (
     CONTENT_INDEX,
     OBJECT_FIELD,
     RECORDS_INDEXES,
+    UPLOAD_FIELD,
 )
 
 # What "the service is having a bad moment" looks like from each SDK, after its own retries.
@@ -426,11 +427,18 @@ class FirestoreRecordStore:
             return replace_if_unchanged(self._client.transaction())
 
     def for_object(self, bucket: str, key: str) -> list[ImageRecord]:
+        return self._where(OBJECT_FIELD, f"{bucket}/{key}")
+
+    def for_upload(self, upload_id: str) -> list[ImageRecord]:
+        return self._where(UPLOAD_FIELD, upload_id)
+
+    def _where(self, field: str, value: str) -> list[ImageRecord]:
+        """Every record whose `field` is `value`: one equality filter, which Firestore's
+        automatic single-field index serves."""
         from google.cloud.firestore_v1.base_query import FieldFilter
 
-        # One equality filter: Firestore's automatic single-field index serves it.
-        query = self._collection.where(filter=FieldFilter(OBJECT_FIELD, "==", f"{bucket}/{key}"))
-        with translated_outages(RecordStoreUnavailable, f"looking up the records of {key}"):
+        query = self._collection.where(filter=FieldFilter(field, "==", value))
+        with translated_outages(RecordStoreUnavailable, f"looking up the records of {value}"):
             snapshots = list(query.stream(retry=self._retry, timeout=self._timeout))
         return [ImageRecord.from_dict(snapshot.to_dict()) for snapshot in snapshots]
 
@@ -534,6 +542,9 @@ def _content_data(
 def _document(record: ImageRecord) -> dict[str, Any]:
     data = record.to_dict()
     data[OBJECT_FIELD] = f"{record.source.bucket}/{record.source.key}"
+    upload_id = upload_id_in(record.source.key)
+    if upload_id is not None:
+        data[UPLOAD_FIELD] = upload_id
     if record.status is Status.COMPLETED and record.source.sha256:
         # Only finished records carry the `by-content` index's field.
         data[CONTENT_FIELD] = record.source.sha256

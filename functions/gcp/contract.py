@@ -70,6 +70,10 @@ CONTENT_FIELD = "completed_sha256"
 # "<bucket>/<key>" on every document: a delete event's records by key (one equality
 # filter, served by Firestore's automatic single-field index).
 OBJECT_FIELD = "source_object"
+# The upload API's id on the documents whose key holds one (`uploads.upload_id_in`):
+# GET /images/{id} finds the image by it once the upload itself is gone (one equality
+# filter, like OBJECT_FIELD).
+UPLOAD_FIELD = "upload_id"
 # One document per content hash (id: the sha256): the record ids that use those bytes'
 # renditions (`holders`) and a deleter's lease (`deleting_until`).
 CONTENT_COLLECTION_NAME = "image_content"

@@ -27,7 +27,7 @@ from functions.gcp.adapters import (
     GcsBlobStore,
     sdk_retry,
 )
-from functions.gcp.contract import OBJECT_FIELD
+from functions.gcp.contract import OBJECT_FIELD, UPLOAD_FIELD
 from tests.functions.gcp.gcp_emulators import PROJECT, free_port
 
 pytestmark = pytest.mark.emulator
@@ -453,3 +453,17 @@ def test_a_release_whose_write_landed_but_whose_answer_was_lost_still_deletes(
     assert release(store, sha, "rec-1")
     assert release(store, sha, "rec-1")  # the SDK's retry of that same call: it still won
     assert not release(store, sha, "rec-2")  # anyone else is refused while the lease lasts
+
+
+def test_records_of_an_upload_api_id_are_found_by_it(record_store, gcp_clients, gcp_names):
+    upload_id = "0123456789abcdef" * 2
+    key = f"incoming/caller/{upload_id}/photo.jpg"
+    api = a_record("rec-api", source=Source("uploads", key, "21", 1, None, None))
+    plain = a_record("rec-plain")
+    for record in (api, plain):
+        record_store.create(record)
+    documents = gcp_clients.firestore.collection(gcp_names.collection)
+    assert documents.document("rec-api").get().to_dict()[UPLOAD_FIELD] == upload_id
+    assert UPLOAD_FIELD not in documents.document("rec-plain").get().to_dict()
+    assert record_store.for_upload(upload_id) == [api]
+    assert record_store.for_upload("f" * 32) == []

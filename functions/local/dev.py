@@ -10,10 +10,11 @@ GCP (`GcpDevPipeline`): Google's Firestore and Pub/Sub emulators and fake-gcs-se
 (see `emulated_gcp`) play the services; the real entry point (`functions.gcp.main`) is
 served by functions-framework in a process of its own with the environment the
 component gives the function; `eventarc.EventarcTrigger` plays Eventarc, turning the
-bucket's notifications into the CloudEvents the function receives on GCP;
-`cdn.RenditionServer` plays the CDN in front of the renditions bucket.
+bucket's notifications (uploads and deletes) into the CloudEvents the function receives
+on GCP; `cloud_tasks.CloudTasksEmulator` plays the work queue, dispatching its tasks to
+the same function; `cdn.RenditionServer` plays the CDN in front of the renditions bucket.
 
-Nothing but the Lambda service and Eventarc is stood in for, so what works here is
+Nothing but the Lambda service, Eventarc and Cloud Tasks is stood in for, so what works here is
 what `pulumi up` deploys. The pipeline heals or says it cannot: a worker outlives any
 failed call, and when an emulator (or the GCP function's server) ends, everything it
 held is gone, so `imagepipe dev` says so in one line and exits 1 rather than pretend.

@@ -187,7 +187,7 @@ def _report_deleted(
     if not outcomes:
         # Never processed, or removed by the `originals` setting: nothing of ours to change.
         logger.info(
-            f"no record to delete: {removed.key}",
+            f"nothing to delete: {removed.key} (never processed, or removed by the pipeline)",
             extra={"outcome": "ignored", "bucket": removed.bucket, "key": removed.key, "ms": ms},
         )
         return []

@@ -114,7 +114,9 @@ def test_a_delete_of_an_object_never_processed_is_one_line_and_no_error(
     caplog.set_level(logging.INFO, logger="imagepipe")
     event = {"Records": [s3_record("never.jpg", event_name="ObjectRemoved:Delete")]}
     assert handler_module.handler(event, lambda_context) == {"records": []}
-    assert [r.getMessage() for r in caplog.records] == ["no record to delete: never.jpg"]
+    assert [r.getMessage() for r in caplog.records] == [
+        "nothing to delete: never.jpg (never processed, or removed by the pipeline)"
+    ]
 
 
 def test_a_work_batch_processes_each_item_and_names_only_the_failures(

@@ -230,9 +230,17 @@ class Pipeline:
         # finds them, and their renditions stay.
         legacy = self.records.latest_completed_with_content(content_sha256)
         if legacy is None or legacy.id == holder:
-            deleted = self.blobs.delete_under(self.renditions_bucket, f"{content_sha256}/")
-            if deleted and self.cdn is not None:
-                self.cdn.invalidate(deleted)
+            try:
+                deleted = self.blobs.delete_under(self.renditions_bucket, f"{content_sha256}/")
+                if self.cdn is not None:
+                    # The prefix itself when nothing was left to delete: a retry after the
+                    # renditions went, whose first try could not reach the CDN.
+                    self.cdn.invalidate(deleted or [f"{content_sha256}/"])
+            except Exception:
+                # Give the lease back, so the platform's retry deletes and invalidates again
+                # instead of finding a live lease and leaving the CDN's copies for a year.
+                self.records.finish_content_deletion(content_sha256)
+                raise
             log.info("deleted %d renditions of %s", len(deleted), content_sha256)
         self.records.finish_content_deletion(content_sha256)
 

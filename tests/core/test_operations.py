@@ -81,8 +81,7 @@ def test_a_redelivered_delete_publishes_nothing_and_finishes_the_release() -> No
     assert stack.records.get(ref.record_id).status is Status.DELETED
     assert stack.renditions()  # left for the retry
 
-    stack.blobs.unavailable = False
-    stack.now += timedelta(minutes=6)  # past the deletion lease the failed try held
+    stack.blobs.unavailable = False  # at once: the failed try gave its deletion lease back
     [outcome] = stack.pipeline().delete("uploads", "a.jpg")
     assert outcome.action == "duplicate"
     assert stack.renditions() == {}
@@ -370,3 +369,22 @@ def test_plain_expiry_keeps_the_image_and_its_renditions() -> None:
     assert types(stack) == [COMPLETED_TYPE]  # no event: nothing happened to the image
     assert stack.pipeline().expire("uploads", "a.jpg") == []  # a redelivery: already said
     assert stack.pipeline().delete("uploads", "a.jpg") == []  # and no delete follows it
+
+
+def test_a_cdn_that_could_not_be_told_is_told_by_the_retry() -> None:
+    stack = FakeStack()
+    ref = stack.upload("a.jpg", PHOTO)
+    stack.process(ref)
+    sha = stack.records.get(ref.record_id).source.sha256
+
+    class UnreachableCdn:
+        def invalidate(self, keys):
+            raise StorageUnavailable("the CDN is unavailable")
+
+    with pytest.raises(StorageUnavailable):
+        stack.pipeline(cdn=UnreachableCdn()).delete("uploads", "a.jpg")
+    assert stack.renditions() == {}  # deleted; only the CDN was not told
+    cdn = InMemoryCdn()
+    [outcome] = stack.pipeline(cdn=cdn).delete("uploads", "a.jpg")  # at once: no lease left
+    assert outcome.action == "duplicate"
+    assert cdn.invalidated == [f"{sha}/"]

@@ -342,9 +342,9 @@ class GcsRenditionUrls:
 # --- Firestore ---------------------------------------------------------------------------
 
 
-# Tries of one content-reference change: each is a few ms, and contention means many
-# deliveries of the same bytes at once.
-CONTENT_WRITE_ATTEMPTS = 20
+# Tries of one conditional change (a record's replace, a content reference): each is a few
+# ms, and contention means many deliveries of the same object or bytes at once.
+CONDITIONAL_WRITE_ATTEMPTS = 20
 UNCHANGED = object()  # a content change that writes nothing
 
 
@@ -409,22 +409,34 @@ class FirestoreRecordStore:
     ) -> bool:
         document = self._collection.document(record.id)
         data = _document(record)
-
-        @firestore.transactional
-        def replace_if_unchanged(transaction: Any) -> bool:
-            snapshot = document.get(transaction=transaction)
-            current = snapshot.to_dict() if snapshot.exists else None
-            if current is None or (current.get("status"), current.get("attempts")) != (
-                expected_status.value,
-                expected_attempts,
-            ):
-                return False
-            transaction.set(document, data)
-            return True
-
+        calls = {"retry": self._retry, "timeout": self._timeout}
+        # A compare-and-set on the document's update time, as `_change_content` does and
+        # for the same reason: every call takes this store's retry, so an outage is a
+        # RecordStoreUnavailable within the function's budget.
         with translated_outages(RecordStoreUnavailable, f"replacing record {record.id}"):
-            # The transaction re-runs on contention (ABORTED) by itself.
-            return replace_if_unchanged(self._client.transaction())
+            for _ in range(CONDITIONAL_WRITE_ATTEMPTS):
+                snapshot = document.get(**calls)
+                current = snapshot.to_dict() if snapshot.exists else None
+                if current == data:
+                    return True  # our own write, landed before its answer was lost
+                if current is None or (current.get("status"), current.get("attempts")) != (
+                    expected_status.value,
+                    expected_attempts,
+                ):
+                    return False
+                # The whole document: every field given (a map replaces the whole map),
+                # and the ones the new record no longer has removed.
+                removed = {name: firestore.DELETE_FIELD for name in current if name not in data}
+                unchanged_since = self._client.write_option(last_update_time=snapshot.update_time)
+                try:
+                    document.update({**data, **removed}, option=unchanged_since, **calls)
+                    return True
+                except api_exceptions.FailedPrecondition:
+                    continue  # written by another delivery in between: decide again
+        attempts = CONDITIONAL_WRITE_ATTEMPTS
+        raise RecordStoreUnavailable(
+            f"replacing record {record.id} failed: {attempts} concurrent writers won"
+        )
 
     def for_object(self, bucket: str, key: str) -> list[ImageRecord]:
         return self._where(OBJECT_FIELD, f"{bucket}/{key}")
@@ -486,7 +498,7 @@ class FirestoreRecordStore:
         document = self._content.document(content_sha256)
         calls = {"retry": self._retry, "timeout": self._timeout}
         with translated_outages(RecordStoreUnavailable, f"{what} {content_sha256}"):
-            for _ in range(CONTENT_WRITE_ATTEMPTS):
+            for _ in range(CONDITIONAL_WRITE_ATTEMPTS):
                 snapshot = document.get(**calls)
                 result, data = change(_ContentItem.of(snapshot))
                 try:
@@ -506,7 +518,7 @@ class FirestoreRecordStore:
                 except (api_exceptions.Conflict, api_exceptions.FailedPrecondition):
                     continue  # written by another delivery in between: read it again
         raise RecordStoreUnavailable(
-            f"{what} {content_sha256} failed: {CONTENT_WRITE_ATTEMPTS} concurrent writers won"
+            f"{what} {content_sha256} failed: {CONDITIONAL_WRITE_ATTEMPTS} concurrent writers won"
         )
 
 

@@ -467,3 +467,49 @@ def test_records_of_an_upload_api_id_are_found_by_it(record_store, gcp_clients, 
     assert UPLOAD_FIELD not in documents.document("rec-plain").get().to_dict()
     assert record_store.for_upload(upload_id) == [api]
     assert record_store.for_upload("f" * 32) == []
+
+
+def test_of_concurrent_replaces_from_the_same_state_exactly_one_lands(
+    record_store, gcp_clients, gcp_names
+):
+    claim = a_record("rec-race")
+    record_store.create(claim)
+    start = threading.Barrier(4)
+    landed: list[str] = []
+
+    def finish(n: int) -> None:
+        final = claim.evolve(status=Status.COMPLETED, updated_at=f"2026-05-01T10:00:0{n}.000Z")
+        start.wait()
+        if record_store.replace(final, expected_status=Status.PROCESSING, expected_attempts=1):
+            landed.append(final.updated_at)
+
+    threads = [threading.Thread(target=finish, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert len(landed) == 1
+    stored = record_store.get("rec-race")
+    assert stored is not None and stored.updated_at == landed[0]
+    # The document is the record written, nothing left of the claim (its lease, say).
+    document = gcp_clients.firestore.collection(gcp_names.collection).document("rec-race").get()
+    assert "lease_expires_at" in document.to_dict()
+    assert ImageRecord.from_dict(document.to_dict()) == stored
+
+
+def test_a_replace_removes_the_fields_the_new_record_no_longer_has(
+    record_store, gcp_clients, gcp_names
+):
+    completed = a_record("rec-fields").evolve(
+        status=Status.COMPLETED,
+        source=Source("uploads", "a/b.jpg", "1714557600123456", 2048, "ab" * 32, "image/jpeg"),
+        lease_expires_at=None,
+    )
+    record_store.create(completed)
+    documents = gcp_clients.firestore.collection(gcp_names.collection)
+    assert "completed_sha256" in documents.document("rec-fields").get().to_dict()
+    reclaimed = completed.evolve(status=Status.PROCESSING, attempts=2)
+    assert record_store.replace(reclaimed, expected_status=Status.COMPLETED, expected_attempts=1)
+    assert "completed_sha256" not in documents.document("rec-fields").get().to_dict()
+    assert record_store.get("rec-fields") == reclaimed
+    assert record_store.latest_completed_with_content("ab" * 32) is None

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from functions.aws.contract import CONTENT_INDEX, OBJECT_INDEX
+from functions.aws.contract import CONTENT_INDEX, OBJECT_INDEX, UPLOAD_INDEX
 
 PolicyDocument = dict[str, Any]
 
@@ -207,11 +207,11 @@ def function_policy(
     if delete_uploads:
         statements.append(
             {
-                # originals delete/archive: the upload goes once its image COMPLETED. A
-                # version id, when the adapter names one, is DeleteObjectVersion's.
+                # originals delete/archive: the upload goes once its image COMPLETED (the
+                # bucket is not versioned: no DeleteObjectVersion).
                 "Sid": "RemoveFinishedUploads",
                 "Effect": "Allow",
-                "Action": ["s3:DeleteObject", "s3:DeleteObjectVersion"],
+                "Action": "s3:DeleteObject",
                 "Resource": f"{uploads_bucket_arn}/{upload_keys}",
             }
         )
@@ -301,6 +301,14 @@ def api_function_policy(
                 "Effect": "Allow",
                 "Action": "dynamodb:GetItem",
                 "Resource": records_table_arn,
+            },
+            {
+                # GET /images/{id} of an upload not (or no longer) in the bucket: its records
+                # by upload id (originals delete/archive, or deleted by its owner).
+                "Sid": "FindRecordsOfAnUploadId",
+                "Effect": "Allow",
+                "Action": "dynamodb:Query",
+                "Resource": f"{records_table_arn}/index/{UPLOAD_INDEX}",
             },
             {
                 "Sid": "WriteOwnLogs",

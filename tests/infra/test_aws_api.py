@@ -244,6 +244,12 @@ def test_the_api_role_signs_finds_and_reads_under_the_prefix_only(deploy):
             "Resource": table_arn,
         },
         {
+            "Sid": "FindRecordsOfAnUploadId",
+            "Effect": "Allow",
+            "Action": "dynamodb:Query",
+            "Resource": f"{table_arn}/index/by-upload",
+        },
+        {
             "Sid": "WriteOwnLogs",
             "Effect": "Allow",
             "Action": ["logs:CreateLogStream", "logs:PutLogEvents"],

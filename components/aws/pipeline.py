@@ -32,9 +32,6 @@ TYPE_TOKEN = "imagepipe:index:AwsImagePipeline"
 FAILED_EVENT_TYPE = "imagepipe.image.failed"
 _PHYSICAL_NAME_LIMIT = 64  # Lambda function and CloudFront OAC names
 AWS_MAX_MEMORY_MB = 10240
-# What `originals: archive` moves uploads into: the coldest class read back in milliseconds.
-# The adapter writes each copy in it; the bucket's lifecycle moves anything written otherwise.
-ARCHIVE_STORAGE_CLASS = "GLACIER_IR"
 # AWS advises a source queue's visibility timeout of at least six times the function's
 # timeout: a message whose invocation was throttled or timed out is not received again while
 # a retry may still be running, and every receive after the first counts toward the DLQ.
@@ -178,7 +175,9 @@ class AwsImagePipeline(pulumi.ComponentResource):
                         "id": "archive-storage-class",
                         "status": "Enabled",
                         "filter": {},
-                        "transitions": [{"days": 0, "storage_class": ARCHIVE_STORAGE_CLASS}],
+                        "transitions": [
+                            {"days": 0, "storage_class": contract.ARCHIVE_STORAGE_CLASS}
+                        ],
                     },
                 ],
                 opts=child,
@@ -413,7 +412,7 @@ class AwsImagePipeline(pulumi.ComponentResource):
             # One work item per invocation: the timeout is sized for one image, the queue's
             # concurrency is then the number of images in flight, and an invocation per object
             # is what backfill promises (and the bench counts).
-            batch_size=1,
+            batch_size=contract.WORK_BATCH_SIZE,
             scaling_config={"maximum_concurrency": args.backfill_concurrency},
             # The handler names the items that failed instead of failing the whole batch.
             function_response_types=["ReportBatchItemFailures"],

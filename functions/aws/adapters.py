@@ -22,6 +22,7 @@ from typing import Any
 from botocore.exceptions import ClientError, ConnectionError, HTTPClientError
 
 from functions.aws.contract import (
+    ARCHIVE_STORAGE_CLASS,
     CONTENT_ATTRIBUTE,
     CONTENT_DELETING_UNTIL,
     CONTENT_HOLDERS,
@@ -116,8 +117,6 @@ _MISSING_OBJECT_CODES = frozenset(
     {"NoSuchKey", "NoSuchVersion", "NoSuchBucket", "404", "NotFound", "PreconditionFailed", "412"}
 )
 DELETE_OBJECTS_LIMIT = 1000  # keys per DeleteObjects, S3's own maximum
-# Glacier Instant Retrieval: archive pricing, yet read back in milliseconds like any object.
-ARCHIVE_STORAGE_CLASS = "GLACIER_IR"
 
 
 class S3BlobStore:

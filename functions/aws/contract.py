@@ -46,7 +46,12 @@ DEFAULT_BACKFILL_CONCURRENCY = 5  # the event source mapping's maximumConcurrenc
 WORK_BATCH_SIZE = 1
 # S3 notifications the function takes: uploads, and deletes that propagate.
 UPLOAD_EVENTS = ("s3:ObjectCreated:*",)
-DELETE_EVENTS = ("s3:ObjectRemoved:*",)
+# Lifecycle expiry (originalsExpiryDays) is an event of its own on S3: the function records
+# it as plain expiry, as GCP does for the object.v1.deleted its lifecycle rule causes.
+DELETE_EVENTS = ("s3:ObjectRemoved:*", "s3:LifecycleExpiration:*")
+# What `originals: archive` copies uploads into: Glacier Instant Retrieval, archive pricing
+# yet read back in milliseconds. The archive bucket's lifecycle rule moves anything else there.
+ARCHIVE_STORAGE_CLASS = "GLACIER_IR"
 
 # What the component points the function at, and the archive must hold.
 HANDLER = "functions.aws.main.handler"

@@ -122,7 +122,8 @@ def handle_event(
     for removed in removed_objects(event):
         started = time.perf_counter()
         try:
-            outcomes = pipeline.delete(removed.bucket, removed.key, removed.version)
+            remove = pipeline.expire if removed.expired else pipeline.delete
+            outcomes = remove(removed.bucket, removed.key, removed.version)
         except Exception as error:  # noqa: BLE001 - re-raised below, after the other records
             _report_retry(_removed_ref(removed), error, _elapsed_ms(started))
             first_error = first_error or error

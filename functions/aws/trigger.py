@@ -20,6 +20,9 @@ SQS_EVENT_SOURCE = "aws:sqs"
 # The one removal that names a version gone for good; a delete marker (a versioned bucket's
 # plain delete) hides the object but keeps every version.
 PERMANENT_DELETE = "ObjectRemoved:Delete"
+REMOVED = "ObjectRemoved:"
+# The uploads bucket's lifecycle rule (originalsExpiryDays) removed the object: plain expiry.
+EXPIRED = "LifecycleExpiration:"
 # An ETag (the version used when the bucket is not versioned): an MD5, or MD5-<parts> for a
 # multipart upload. S3 version ids are 32 characters of a wider alphabet and never look like this.
 _ETAG = re.compile(r"^[0-9a-f]{32}(-\d+)?$")
@@ -61,10 +64,12 @@ class RemovedObject:
     bucket: str
     key: str
     version: str | None  # the versionId deleted for good; None when the event names none
+    expired: bool = False  # by the bucket's lifecycle rule, not by its owner
 
 
 def removed_objects(event: Mapping[str, Any]) -> list[RemovedObject]:
-    """The objects an S3 notification reports removed (ObjectRemoved:*), in order.
+    """The objects an S3 notification reports removed (ObjectRemoved:*, or expired by the
+    lifecycle rule: LifecycleExpiration:*), in order.
 
     Only `ObjectRemoved:Delete` of a versioned object names a version: a delete marker
     leaves every version in place, and an unversioned bucket's delete removes the key.
@@ -72,12 +77,19 @@ def removed_objects(event: Mapping[str, Any]) -> list[RemovedObject]:
     removed = []
     for index, record in _s3_records(event):
         name = str(record.get("eventName", ""))
-        if not name.startswith("ObjectRemoved:"):
+        if not name.startswith((REMOVED, EXPIRED)):
             continue
         ref = _located(record, index)
         version_id = record["s3"]["object"].get("versionId")
         permanent = name == PERMANENT_DELETE and version_id and version_id != "null"
-        removed.append(RemovedObject(ref[0], ref[1], str(version_id) if permanent else None))
+        removed.append(
+            RemovedObject(
+                ref[0],
+                ref[1],
+                str(version_id) if permanent else None,
+                expired=name.startswith(EXPIRED),
+            )
+        )
     return removed
 
 

@@ -294,6 +294,7 @@ def test_the_same_metrics_as_on_aws_come_from_the_function_log_lines(pulumi_mock
         "imagepipe/ImagesCompleted",
         "imagepipe/ImagesFailed",
         "imagepipe/ImagesDeleted",
+        "imagepipe/OriginalsExpired",
         "imagepipe/Duplicates",
         "imagepipe/ObjectsSkipped",
         "imagepipe/ProcessingMs",

@@ -59,6 +59,7 @@ def test_removed_events_name_a_version_only_when_it_is_deleted_for_good() -> Non
             s3_record("v.jpg", event_name="ObjectRemoved:Delete", versionId="3HL4kqtJvjVBH40N"),
             s3_record("m.jpg", event_name="ObjectRemoved:DeleteMarkerCreated", versionId="x1"),
             s3_record("n.jpg", event_name="ObjectRemoved:Delete", versionId="null"),
+            s3_record("old.jpg", event_name="LifecycleExpiration:Delete"),
             s3_record("new.jpg"),  # an upload: object_refs' business
         ]
     }
@@ -67,7 +68,30 @@ def test_removed_events_name_a_version_only_when_it_is_deleted_for_good() -> Non
         RemovedObject("uploads", "v.jpg", "3HL4kqtJvjVBH40N"),
         RemovedObject("uploads", "m.jpg", None),
         RemovedObject("uploads", "n.jpg", None),
+        RemovedObject("uploads", "old.jpg", None, expired=True),
     ]
+
+
+def test_an_original_the_lifecycle_rule_expired_keeps_its_image_and_renditions(
+    stack: EmulatedStack,
+    handler_module: ModuleType,
+    lambda_context: LambdaContext,
+    photo_jpeg: bytes,
+) -> None:
+    handler_module.handler(stack.upload("in/old.jpg", photo_jpeg), lambda_context)
+    renditions = stack.rendition_keys()
+    stack.s3.delete_object(Bucket=stack.uploads, Key="in/old.jpg")
+    drain_queue(stack.sqs, stack.resources.trigger_queue_url)
+    # What S3 sends when originalsExpiryDays' rule removes the object (moto runs no lifecycle).
+    record = s3_record("in/old.jpg", event_name="LifecycleExpiration:Delete")
+    record["s3"]["bucket"]["name"] = stack.uploads
+    result = handler_module.handler({"Records": [record]}, lambda_context)
+    assert [r["action"] for r in result["records"]] == ["expired"]
+    (item,) = plain_items(stack)
+    assert (item["status"], item["original"]) == ("COMPLETED", "expired")
+    assert stack.rendition_keys() == renditions
+    types = [e["type_attribute"] for e in stack.published_events()]
+    assert types == ["imagepipe.image.completed"]
 
 
 def test_deleting_one_of_two_uploads_of_the_same_bytes_keeps_the_renditions_until_the_other(

@@ -503,18 +503,6 @@ def drive_archive(stack: EmulatedStack, handler_module: ModuleType, pipeline: An
     assert handler_module.handle_event(removed, pipeline) == {"records": []}
 
 
-# The one grant the role has beyond what runs, named so that it is not lost: the uploads
-# bucket is unversioned, so an upload is deleted by key (after a HEAD matched its ETag),
-# never by version. When the component drops the grant, this entry goes too.
-KNOWN_EXTRA_GRANTS = {
-    mode: [
-        "the role grants s3:DeleteObjectVersion, which neither the handler nor AWS on its "
-        "behalf uses"
-    ]
-    for mode in ("delete", "archive")
-}
-
-
 @pytest.fixture
 def recorder(stack: EmulatedStack) -> Iterator[CallRecorder]:
     watching = CallRecorder(account=arns_of(stack).account)
@@ -595,7 +583,7 @@ def test_the_role_allows_exactly_what_the_handler_and_aws_do_with_it(
         originals=originals,
         distribution_arn=distribution_arn,
     )
-    assert least_privilege_problems(document, calls) == KNOWN_EXTRA_GRANTS.get(originals, [])
+    assert least_privilege_problems(document, calls) == []
 
 
 # --- the check can fail -------------------------------------------------------------------------

@@ -77,9 +77,6 @@ RENDITIONS_WRITER_ROLE = "roles/storage.legacyBucketWriter"
 UPLOADS_REMOVER_ROLE = "roles/storage.objectUser"
 # originals archive: a copy into the archive bucket is storage.objects.create alone.
 ARCHIVE_WRITER_ROLE = "roles/storage.objectCreator"
-# What `originals: archive` moves uploads into: the bucket's default class, so every copy
-# lands in it without the adapter saying so.
-ARCHIVE_STORAGE_CLASS = "ARCHIVE"
 # With the CDN and deleteRenditionsWithOriginal, the function tells Cloud CDN to forget the
 # renditions it deleted; no predefined role has this permission without much more.
 CDN_INVALIDATION_PERMISSIONS = ["compute.urlMaps.invalidateCache"]
@@ -237,7 +234,7 @@ class GcpImagePipeline(pulumi.ComponentResource):
             archive_bucket = gcp.storage.Bucket(
                 f"{name}-archive",
                 location=args.region,
-                storage_class=ARCHIVE_STORAGE_CLASS,
+                storage_class=contract.ARCHIVE_STORAGE_CLASS,
                 uniform_bucket_level_access=True,
                 public_access_prevention="enforced",
                 force_destroy=False,
@@ -486,6 +483,8 @@ class GcpImagePipeline(pulumi.ComponentResource):
                     uploads_suffix=args.uploads_suffix,
                     archive_bucket=archive_bucket.name if archive_bucket is not None else None,
                     cdn_url_map=url_map.name if invalidates_cdn else None,
+                    # A lifecycle deletion is plain expiry, told apart from an owner's by age.
+                    originals_expiry_days=args.originals_expiry_days,
                 ),
             ),
             event_trigger=gcp.cloudfunctionsv2.FunctionEventTriggerArgs(

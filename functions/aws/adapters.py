@@ -36,6 +36,7 @@ from functions.aws.contract import (
 )
 from functions.aws.trigger import looks_like_etag
 from functions.core.events import encode_event
+from functions.core.keys import invalidation_paths
 from functions.core.records import (
     ImageRecord,
     PublisherUnavailable,
@@ -601,16 +602,6 @@ class CloudFrontInvalidator:
                     "CallerReference": reference,
                 },
             )
-
-
-def invalidation_paths(keys: Sequence[str]) -> list[str]:
-    """`/<prefix>/*` for each content prefix among `keys`; a key without one as itself."""
-    from urllib.parse import quote
-
-    paths = {
-        f"/{quote(key.partition('/')[0])}/*" if "/" in key else f"/{quote(key)}" for key in keys
-    }
-    return sorted(paths)
 
 
 # --- SNS --------------------------------------------------------------------------------------

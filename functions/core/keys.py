@@ -6,6 +6,8 @@ changed spec never overwrites what a CDN may have cached.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
+from urllib.parse import quote
 
 from functions.core.settings import RenditionSpec
 
@@ -31,3 +33,13 @@ def rendition_key(content_sha256: str, spec: RenditionSpec, output_format: str) 
     extension = EXTENSIONS[output_format]
     box = f"{spec.width}x{spec.height}"
     return f"{content_sha256}/{spec.name}-{box}-{spec.fit}-{digest}.{extension}"
+
+
+def invalidation_paths(keys: Sequence[str]) -> list[str]:
+    """The CDN paths that drop these renditions: `/<sha256>/*` per content prefix among the
+    keys (a wildcard is one path, and covers every spec's renditions of those bytes); a key
+    without a prefix as itself."""
+    paths = {
+        f"/{quote(key.partition('/')[0])}/*" if "/" in key else f"/{quote(key)}" for key in keys
+    }
+    return sorted(paths)

@@ -24,6 +24,7 @@ from google.auth import exceptions as auth_exceptions
 from google.cloud import firestore
 
 from functions.core.events import encode_event
+from functions.core.keys import invalidation_paths
 from functions.core.records import (
     ImageRecord,
     PublisherUnavailable,
@@ -35,6 +36,7 @@ from functions.core.records import (
 from functions.core.timing import utc_now
 from functions.core.uploads import PresignedPost, StoredUpload, upload_id_in
 from functions.gcp.contract import (
+    ARCHIVE_STORAGE_CLASS,
     CONTENT_COLLECTION_NAME,
     CONTENT_DELETER,
     CONTENT_DELETING_UNTIL,
@@ -86,10 +88,6 @@ def translated_outages(error_type: type[TransientError], what: str) -> Iterator[
 
 
 # --- Cloud Storage ---------------------------------------------------------------------
-
-# Archive: the coldest class, for originals kept only in case (read back in milliseconds,
-# billed for a year at least).
-ARCHIVE_STORAGE_CLASS = "ARCHIVE"
 
 
 class GcsBlobStore:
@@ -597,14 +595,6 @@ class CloudCdnInvalidator:
                     f"Cloud CDN refused to invalidate {path}: HTTP {response.status_code} "
                     f"{response.text[:200]}"
                 )
-
-
-def invalidation_paths(keys: Sequence[str]) -> list[str]:
-    """`/<prefix>/*` for each content prefix among `keys`; a key without one as itself."""
-    paths = {
-        f"/{quote(key.partition('/')[0])}/*" if "/" in key else f"/{quote(key)}" for key in keys
-    }
-    return sorted(paths)
 
 
 # --- Pub/Sub -------------------------------------------------------------------------------

@@ -41,6 +41,8 @@ CDN_URL_MAP = "IMAGEPIPE_CDN_URL_MAP"
 # a lifecycle deletion as a plain object.v1.deleted, so the function tells one by the
 # deleted object's age.
 ORIGINALS_EXPIRY_DAYS = "IMAGEPIPE_ORIGINALS_EXPIRY_DAYS"
+# What `originals: archive` copies uploads into (also the archive bucket's default class).
+ARCHIVE_STORAGE_CLASS = "ARCHIVE"
 PROJECT = "GOOGLE_CLOUD_PROJECT"  # Google's own variable; the SDK clients read it too
 FUNCTION_NAME = "K_SERVICE"  # Cloud Run's own: a gen2 function is a service of its name
 

@@ -459,7 +459,11 @@ def test_notification_depends_on_a_permission_scoped_to_bucket_and_account(deplo
     function_state = mocks.one("aws:lambda/function:Function").state
     assert target["lambdaFunctionArn"] == function_state["arn"]
     # Uploads, and deletes that propagate: the same function, the same filter.
-    assert target["events"] == ["s3:ObjectCreated:*", "s3:ObjectRemoved:*", "s3:LifecycleExpiration:*"]
+    assert target["events"] == [
+        "s3:ObjectCreated:*",
+        "s3:ObjectRemoved:*",
+        "s3:LifecycleExpiration:*",
+    ]
     assert "filterPrefix" not in target and "filterSuffix" not in target
 
 

@@ -179,6 +179,16 @@ def test_a_second_trigger_sends_deletes_to_the_same_service_as_the_function_acco
     assert "retryPolicy" not in trigger.inputs
 
 
+def test_the_function_tells_plain_expiry_from_a_delete_by_the_expiry_rules_age(pulumi_mocks):
+    deploy(originals_expiry_days=30)
+    assert function_env(pulumi_mocks).originals_expiry_days == 30
+
+
+def test_without_an_expiry_rule_every_deletion_is_an_owners(pulumi_mocks):
+    deploy()
+    assert function_env(pulumi_mocks).originals_expiry_days is None
+
+
 def test_deleted_renditions_need_no_grant_beyond_the_writers(pulumi_mocks):
     exported = deploy(settings={"delete_renditions_with_original": True})
 

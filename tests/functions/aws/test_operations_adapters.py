@@ -21,8 +21,8 @@ from functions.aws.adapters import (
     CloudFrontInvalidator,
     DynamoDbRecordStore,
     S3BlobStore,
-    invalidation_paths,
 )
+from functions.core.keys import invalidation_paths
 from functions.core.memory import InMemoryRecordStore
 from functions.core.records import RecordStoreUnavailable, Source, StorageUnavailable
 from tests.port_contract import a_record

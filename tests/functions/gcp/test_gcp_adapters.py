@@ -20,14 +20,13 @@ from functions.core.records import (
     StorageUnavailable,
 )
 from functions.gcp.adapters import (
-    ARCHIVE_STORAGE_CLASS,
     COMPUTE_API,
     CloudCdnInvalidator,
     FirestoreRecordStore,
     GcsBlobStore,
     sdk_retry,
 )
-from functions.gcp.contract import OBJECT_FIELD, UPLOAD_FIELD
+from functions.gcp.contract import ARCHIVE_STORAGE_CLASS, OBJECT_FIELD, UPLOAD_FIELD
 from tests.functions.gcp.gcp_emulators import PROJECT, free_port
 
 pytestmark = pytest.mark.emulator

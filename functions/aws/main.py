@@ -34,6 +34,7 @@ from functions.aws.trigger import (
     RemovedObject,
     is_sqs_event,
     is_test_event,
+    looks_like_etag,
     object_refs,
     removed_objects,
 )
@@ -114,11 +115,15 @@ def handle_event(
         started = time.perf_counter()
         try:
             outcome = pipeline.process(ref, lease)
+            summaries.append(_report(ref, outcome, _elapsed_ms(started)))
+            if _replaces_earlier_versions(ref, outcome):
+                for replaced in pipeline.replaced(ref):
+                    earlier = ObjectRef(ref.bucket, ref.key, replaced.record.source.version)
+                    summaries.append(_report(earlier, replaced, _elapsed_ms(started)))
         except Exception as error:  # noqa: BLE001 - re-raised below, after the other records
             _report_retry(ref, error, _elapsed_ms(started))
             first_error = first_error or error
             continue
-        summaries.append(_report(ref, outcome, _elapsed_ms(started)))
     for removed in removed_objects(event):
         started = time.perf_counter()
         try:
@@ -132,6 +137,15 @@ def handle_event(
     if first_error is not None:
         raise first_error
     return {"records": summaries}
+
+
+def _replaces_earlier_versions(ref: ObjectRef, outcome: Outcome) -> bool:
+    """An upload to the unversioned uploads bucket (its version is an ETag) overwrote whatever
+    the key held before, and S3 sends no removal for that: `Pipeline.replaced` ends those
+    records as GCS's object.v1.deleted does. Not for an upload found gone already: a later
+    one replaced it, not the other way round."""
+    error = outcome.record.error
+    return looks_like_etag(ref.version) and not (error and error.code == "object_missing")
 
 
 def handle_work(

@@ -169,6 +169,20 @@ class Pipeline:
             outcomes.append(self._delete_record(record))
         return outcomes
 
+    def replaced(self, ref: ObjectRef) -> list[Outcome]:
+        """`ref` replaced the earlier versions of its key in a bucket that keeps none, and the
+        platform says nothing of them (an unversioned S3 bucket; GCS sends object.v1.deleted
+        for the generation an upload overwrites, and `delete` handles it): their records end
+        as their own deletes would. Called once `ref` is processed, so a late event of an
+        earlier version, which finds its object gone, never deletes a later one."""
+        return [
+            self._delete_record(record)
+            for record in self.records.for_object(ref.bucket, ref.key)
+            if record.source.version != ref.version
+            and record.status is not Status.DELETED
+            and record.original is None
+        ]
+
     def expire(self, bucket: str, key: str, version: str | None = None) -> list[Outcome]:
         """The uploads bucket's lifecycle rule (`originalsExpiryDays`) removed an original:
         plain expiry. Its records say so (`original` ORIGINAL_EXPIRED) and stay as they are,

@@ -388,3 +388,16 @@ def test_a_cdn_that_could_not_be_told_is_told_by_the_retry() -> None:
     [outcome] = stack.pipeline(cdn=cdn).delete("uploads", "a.jpg")  # at once: no lease left
     assert outcome.action == "duplicate"
     assert cdn.invalidated == [f"{sha}/"]
+
+
+def test_an_overwrite_in_a_bucket_without_versions_ends_the_earlier_record() -> None:
+    stack = FakeStack()
+    first = stack.upload("a.jpg", PHOTO, "v1")
+    stack.process(first)
+    second = stack.upload("a.jpg", OTHER_PHOTO, "v2")
+    stack.process(second)
+    [outcome] = stack.pipeline().replaced(second)
+    assert (outcome.action, outcome.record.id) == ("deleted", first.record_id)
+    assert stack.records.get(second.record_id).status is Status.COMPLETED
+    assert len(stack.renditions()) == 2  # only the new bytes' renditions are left
+    assert stack.pipeline().replaced(second) == []

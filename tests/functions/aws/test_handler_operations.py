@@ -3,6 +3,7 @@ and SQS batches from the work queue (backfill, redrive), with their partial-batc
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import uuid
@@ -10,6 +11,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+from PIL import Image
 
 from functions.aws import contract
 from functions.aws.adapters import CloudFrontInvalidator
@@ -242,3 +244,28 @@ def test_the_pipeline_archives_and_invalidates_only_where_the_stack_says(
     assert named.archive_bucket == "the-archive"
     assert isinstance(named.cdn, CloudFrontInvalidator)
     assert named.cdn.distribution_id == "E2"
+
+
+def test_an_overwrite_ends_the_earlier_versions_record_as_its_delete_would(
+    stack: EmulatedStack,
+    handler_module: ModuleType,
+    lambda_context: LambdaContext,
+    photo_jpeg: bytes,
+) -> None:
+    # S3 sends only ObjectCreated for an overwrite; GCS also sends object.v1.deleted for the
+    # generation it replaced. Both clouds end the earlier record DELETED, renditions released.
+    handler_module.handler(stack.upload("in/same.jpg", photo_jpeg), lambda_context)
+    first = stack.rendition_keys()
+    other = io.BytesIO()
+    Image.new("RGB", (640, 480), (20, 90, 160)).save(other, "PNG")
+    overwrite = stack.upload("in/same.jpg", other.getvalue())
+    result = handler_module.handler(overwrite, lambda_context)
+    assert [r["action"] for r in result["records"]] == ["completed", "deleted"]
+    statuses = sorted(item["status"] for item in plain_items(stack))
+    assert statuses == ["COMPLETED", "DELETED"]
+    assert not set(first) & set(stack.rendition_keys())  # the earlier bytes' renditions went
+    types = [e["type_attribute"] for e in stack.published_events()]
+    assert types.count("imagepipe.image.deleted") == 1
+    # A redelivery of the overwrite changes nothing more.
+    again = handler_module.handler(overwrite, lambda_context)
+    assert [r["action"] for r in again["records"]] == ["duplicate"]

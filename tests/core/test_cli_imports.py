@@ -41,6 +41,9 @@ NOT_FOR_PROCESS = (
     "functions.local.workers",
     "functions.local.upload",
     "functions.local.status",
+    "functions.local.backfill",
+    "functions.local.redrive",
+    "functions.local.cloud_tasks",
     "functions.local.target",
     "functions.aws",
     "functions.gcp",
@@ -51,6 +54,7 @@ NOT_FOR_PROCESS = (
     "werkzeug",
     "aws_lambda_powertools",
     "google",
+    "rich",
 )
 
 
@@ -90,7 +94,8 @@ def test_help_imports_no_subcommand(tmp_path: Path) -> None:
     run, modules = modules_at_exit(["--help"], tmp_path)
 
     assert run.returncode == 0, run.stderr
-    assert all(name in run.stdout for name in ("process", "dev", "upload", "status"))
+    subcommands = ("process", "dev", "upload", "status", "backfill", "redrive")
+    assert all(name in run.stdout for name in subcommands)
     for package in ("functions.local.process", *NOT_FOR_PROCESS, "PIL"):
         assert not imported(modules, package), f"imagepipe --help imported {package}"
 

@@ -21,8 +21,9 @@ import pytest
 from functions.core.records import ORIGINAL_DELETED, ImageRecord, ObjectRef, Status, record_id
 from functions.core.service import ORIGINAL_ARCHIVED_PREFIX
 from functions.core.settings import PipelineSettings
-from functions.core.work import WorkItem, redrive_item
+from functions.core.work import WorkItem
 from functions.gcp import contract
+from functions.local.cli import main
 from functions.local.cloud_tasks import TasksBackoff
 from functions.local.dev import GcpDevPipeline
 from functions.local.emulated_gcp import missing_tools
@@ -251,7 +252,10 @@ def test_archive_moves_a_completed_original_under_its_day_and_keeps_the_renditio
 
 
 def test_an_outage_ends_an_upload_failed_and_a_redrive_through_the_work_queue_completes_it(
-    archiving: GcpDevPipeline, proxy: ToggleProxy
+    archiving: GcpDevPipeline,
+    proxy: ToggleProxy,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     target = target_of(archiving)
     key = f"{UPLOADS_PREFIX}during-outage.png"
@@ -265,10 +269,19 @@ def test_an_outage_ends_an_upload_failed_and_a_redrive_through_the_work_queue_co
     assert failed.error.retryable
 
     before = archiving.dispatches
-    target.work_queue().enqueue([redrive_item(failed)])
-    completed = record_when(target, ref, Status.COMPLETED)
+    outputs = tmp_path / "outputs.json"
+    outputs.write_text(json.dumps(archiving.outputs()), encoding="utf-8")
+    capsys.readouterr()
+    # What an operator runs: the records FAILED retryable go back through the work queue.
+    assert main(["redrive", "--outputs", str(outputs), "--timeout", "60"]) == 0
+    out = capsys.readouterr().out
+    assert "enqueued 1" in out, out
+    completed = target.records.get_many([ref.record_id])[ref.record_id]
+    assert completed.status is Status.COMPLETED
     assert completed.attempts > failed.attempts
     assert archiving.dispatches == before + 1
+    assert main(["redrive", "--outputs", str(outputs), "--timeout", "0"]) == 0
+    assert "enqueued 0" in capsys.readouterr().out  # nothing left to bring back
 
 
 @pytest.fixture(scope="module")

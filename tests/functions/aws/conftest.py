@@ -15,6 +15,7 @@ import logging
 import os
 import shutil
 import subprocess
+import sys
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -106,6 +107,16 @@ def handler_module(aws_env: dict[str, str]) -> Iterator[ModuleType]:
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(module, "PIPELINE", build_pipeline(from_env(os.environ)))
         yield module
+
+
+@pytest.fixture(autouse=True)
+def no_metrics_left_behind() -> Iterator[None]:
+    """A test that calls handle_event directly records metrics no handler flushes; they would
+    stay in the module's metric set for a later suite to find."""
+    yield
+    main = sys.modules.get("functions.aws.main")
+    if main is not None:
+        main.metrics.clear_metrics()
 
 
 @pytest.fixture

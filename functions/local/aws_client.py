@@ -139,6 +139,9 @@ class AwsPipelineTarget(PipelineTarget):
         )
         return record_id(self.uploads_bucket, key, object_version(response))
 
+    def delete(self, key: str) -> None:
+        self.client("s3").delete_object(Bucket=self.uploads_bucket, Key=key)
+
     def current_record_id(self, key: str) -> str | None:
         from botocore.exceptions import ClientError
 

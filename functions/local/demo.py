@@ -19,12 +19,14 @@ import argparse
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from components import outputs as output_names
+from functions.core.records import Status
 from functions.local.dev import DEFAULT_API_PORT, DevPipeline, GcpDevPipeline, resolve_stack_config
 from functions.local.emulated_aws import HOST
 from functions.local.emulated_gcp import missing_tools
@@ -38,6 +40,10 @@ CORPUS_PHOTOS = PROJECT_ROOT.parent / "shared" / "corpus" / "photos"
 # Two real photos when the shared corpus is next to the project (read there, never copied).
 CORPUS_PICKS = ("jpg_orient6_2mp.jpg", "webp_flower.webp")
 EMULATED = {"aws": "an emulated AWS", "gcp": "an emulated GCP"}
+# The operations the demo shows: deleting both uploads of the same bytes, one at a time,
+# and a backfill of an object that was in the bucket before the pipeline.
+SHARED_BYTES = ("logo-alpha.png", "logo-alpha-copy.png")
+BEFORE_THE_PIPELINE = "before-the-pipeline/"
 
 
 def corpus_samples() -> list[Sample]:
@@ -132,7 +138,85 @@ def run_on(cloud: str, stack: LocalStackConfig, samples: list[Sample], logs: Pat
                 if status != 200 or not content_type.startswith("image/"):
                     problems.append(f"{cloud}: the CDN stand-in answered {status} {content_type}")
                 renditions[(result.upload.path.name, rendition.name)] = body
+        lines, failures = show_operations(target, results, samples)
+        for line in lines:
+            print(f"  {line}")
+        problems += [f"{cloud}: {failure}" for failure in failures]
     return CloudRun(cloud, results, renditions, problems)
+
+
+def show_operations(
+    target: PipelineTarget, results: list[UploadResult], samples: list[Sample]
+) -> tuple[list[str], list[str]]:
+    """Deletes that propagate and a backfill, as an operator sees them: (lines, problems)."""
+    from functions.local.backfill import DEV_POLL_INTERVAL, EnqueueCounts, backfill_pages, follow
+
+    problems: list[str] = []
+    by_name = {result.upload.path.name: result for result in results}
+    first, copy = (by_name[name] for name in SHARED_BYTES)
+    rendition = first.record.renditions[0] if first.record and first.record.renditions else None
+    if rendition is None or copy.record is None:
+        return [], ["the two uploads of the same bytes did not complete"]
+    url = target.url(rendition.key)
+
+    def deleted(result: UploadResult) -> bool:
+        target.delete(result.upload.key)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            record = target.records.get_many([result.record_id]).get(result.record_id)
+            if record is not None and record.status is Status.DELETED:
+                return True
+            time.sleep(0.1)
+        problems.append(f"{result.upload.path.name} was deleted; its record never said DELETED")
+        return False
+
+    kept = deleted(first) and cdn_status(url) == 200
+    gone = deleted(copy) and wait_until(lambda: cdn_status(url) == 404, 10)
+    if not kept:
+        problems.append(f"{SHARED_BYTES[0]} deleted: the renditions its copy shares went too")
+    if not gone:
+        problems.append(f"{SHARED_BYTES[1]} deleted: the renditions stayed at {url}")
+    lines = [
+        f"deletes that propagate: {SHARED_BYTES[0]} deleted -> DELETED, renditions kept "
+        f"({SHARED_BYTES[1]} has the same bytes); {SHARED_BYTES[1]} deleted -> DELETED, "
+        f"renditions gone (the CDN answers 404)"
+    ]
+
+    photo = next(s.path for s in samples if s.expected_status == "COMPLETED")
+    key = f"{BEFORE_THE_PIPELINE}{photo.name}"  # outside the trigger's prefix: never processed
+    target.put(photo, key)
+    counts, again = EnqueueCounts(), EnqueueCounts()
+    options = {"prefix": BEFORE_THE_PIPELINE, "stale": False, "max_items": None, "dry_run": False}
+    watched = backfill_pages(target, counts=counts, **options)
+    followed = follow(target.records, watched, timeout=60, poll_interval=DEV_POLL_INTERVAL)
+    backfill_pages(target, counts=again, **options)
+    completed = len(followed.completed)
+    if (counts.enqueued, completed, again.enqueued) != (1, 1, 0):
+        problems.append(
+            f"backfill: enqueued {counts.enqueued}, completed {completed}, "
+            f"then enqueued {again.enqueued}; expected 1, 1, 0"
+        )
+    lines.append(
+        f"backfill: {key}, in the bucket before the pipeline -> enqueued {counts.enqueued}, "
+        f"COMPLETED {completed}; a second run enqueued {again.enqueued}"
+    )
+    return lines, problems
+
+
+def cdn_status(url: str) -> int:
+    try:
+        return fetch(url)[0]
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+def wait_until(condition: Any, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
 
 
 @dataclass(frozen=True)

@@ -222,6 +222,9 @@ class GcpPipelineTarget(PipelineTarget):
         # The generation the upload created is the version the function's event names.
         return record_id(self.uploads_bucket, key, str(blob.generation))
 
+    def delete(self, key: str) -> None:
+        self.client("storage").bucket(self.uploads_bucket).blob(key).delete()
+
     def current_record_id(self, key: str) -> str | None:
         blob = self.client("storage").bucket(self.uploads_bucket).get_blob(key)
         if blob is None:

@@ -150,6 +150,10 @@ class PipelineTarget(ABC):
         """Upload one file under `key`; the record id the function will give that version."""
 
     @abstractmethod
+    def delete(self, key: str) -> None:
+        """Delete the upload under `key`, as its owner would (its deletes propagate)."""
+
+    @abstractmethod
     def current_record_id(self, key: str) -> str | None:
         """The record id of the object's current version; None when there is no such object."""
 

@@ -185,6 +185,9 @@ class FakeTarget(PipelineTarget):
         ref = self.fake.put(key, path.read_bytes())
         return ref.record_id
 
+    def delete(self, key: str) -> None:
+        self.fake.blobs.delete(UPLOADS, key)
+
     def current_record_id(self, key: str) -> str | None:
         stored = self.fake.blobs.objects.get((UPLOADS, key))
         return None if stored is None else record_id(UPLOADS, key, stored.version)

@@ -142,13 +142,20 @@ def from_env(environ: Mapping[str, str]) -> FunctionEnvironment:
         raise SettingsError(
             f"{', '.join(missing)} is not set; the AwsImagePipeline component sets it."
         )
+    settings = PipelineSettings.from_json(environ[SETTINGS])
+    archive_bucket = environ.get(ARCHIVE_BUCKET, "").strip() or None
+    if settings.originals == "archive" and archive_bucket is None:
+        raise SettingsError(
+            f"{ARCHIVE_BUCKET} is not set, and originals is archive; the AwsImagePipeline "
+            "component sets it."
+        )
     return FunctionEnvironment(
-        settings=PipelineSettings.from_json(environ[SETTINGS]),
+        settings=settings,
         renditions_bucket=environ[RENDITIONS_BUCKET],
         records_table=environ[RECORDS_TABLE],
         events_topic_arn=environ[EVENTS_TOPIC],
         function_name=environ.get(FUNCTION_NAME, "local"),
-        archive_bucket=environ.get(ARCHIVE_BUCKET, "").strip() or None,
+        archive_bucket=archive_bucket,
         cdn_distribution_id=environ.get(CDN_DISTRIBUTION_ID, "").strip() or None,
     )
 

@@ -125,6 +125,11 @@ class Pipeline:
     # The CDN in front of the renditions, told when deleted renditions leave it (AWS).
     cdn: CdnInvalidator | None = None
 
+    def __post_init__(self) -> None:
+        # At the composition root, once per instance: not a surprise at the first COMPLETED.
+        if self.settings.originals == "archive" and not self.archive_bucket:
+            raise ValueError("originals: archive needs the pipeline's archive_bucket")
+
     def process(
         self,
         ref: ObjectRef,
@@ -139,8 +144,6 @@ class Pipeline:
         remaining time). A work-queue delivery says what it may `reclaim`, and whether it
         is the queue's `last_attempt` (the queue counts its own deliveries); otherwise the
         record's attempts are counted against `max_attempts`."""
-        if self.settings.originals == "archive" and not self.archive_bucket:
-            raise ValueError("originals: archive needs the pipeline's archive_bucket")
         return _process_object(
             ref,
             pipeline=self,

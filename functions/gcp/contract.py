@@ -176,6 +176,12 @@ def from_env(environ: Mapping[str, str]) -> FunctionEnvironment:
         return value
 
     settings = PipelineSettings.from_json(required(SETTINGS))
+    archive_bucket = environ.get(ARCHIVE_BUCKET, "").strip() or None
+    if settings.originals == "archive" and archive_bucket is None:
+        raise SettingsError(
+            f"{ARCHIVE_BUCKET} is not set, and originals is archive; the GcpImagePipeline "
+            "component sets it."
+        )
     topic = required(EVENTS_TOPIC)
     topic_match = _TOPIC.match(topic)
     if not topic_match:
@@ -197,7 +203,7 @@ def from_env(environ: Mapping[str, str]) -> FunctionEnvironment:
         function_name=environ.get(FUNCTION_NAME, "").strip() or "local",
         uploads_prefix=environ.get(UPLOADS_PREFIX, ""),
         uploads_suffix=environ.get(UPLOADS_SUFFIX, ""),
-        archive_bucket=environ.get(ARCHIVE_BUCKET, "").strip() or None,
+        archive_bucket=archive_bucket,
         cdn_url_map=environ.get(CDN_URL_MAP, "").strip() or None,
         originals_expiry_days=(
             _seconds(environ[ORIGINALS_EXPIRY_DAYS].strip(), ORIGINALS_EXPIRY_DAYS, "days")

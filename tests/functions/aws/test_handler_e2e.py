@@ -30,7 +30,7 @@ from functions.core.records import (
     TransientError,
 )
 from functions.core.service import IMMUTABLE_CACHE_CONTROL, isoformat
-from functions.core.settings import DEFAULT_RENDITIONS
+from functions.core.settings import DEFAULT_RENDITIONS, PipelineSettings
 from functions.local.emulated_aws import PipelineResources
 
 from .conftest import EmulatedStack, LambdaContext
@@ -355,6 +355,10 @@ def test_the_handler_module_refuses_to_start_without_its_environment(
 ) -> None:
     with pytest.raises(ValueError, match=f"{contract.RECORDS_TABLE} is not set"):
         from_env({k: v for k, v in os.environ.items() if k != contract.RECORDS_TABLE})
+    archiving = {**os.environ, contract.SETTINGS: PipelineSettings(originals="archive").to_json()}
+    with pytest.raises(ValueError, match=f"{contract.ARCHIVE_BUCKET} is not set, and originals"):
+        from_env(archiving)
+    assert from_env({**archiving, contract.ARCHIVE_BUCKET: "archive"}).archive_bucket == "archive"
 
 
 def test_clients_use_botocore_standard_retries(handler_module: ModuleType) -> None:

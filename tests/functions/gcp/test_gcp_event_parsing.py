@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from functions.core.records import MalformedEvent, ObjectRef
-from functions.core.settings import SettingsError
+from functions.core.settings import PipelineSettings, SettingsError
 from functions.gcp import contract
 from functions.gcp.bootstrap import JsonLogFormatter, build_pipeline
 from functions.gcp.contract import UPLOAD_EVENT_TYPE, from_env
@@ -138,6 +138,10 @@ def test_the_pipeline_is_built_from_the_variables_the_component_sets(monkeypatch
         ({contract.MAX_EVENT_AGE_SECONDS: "1h"}, "must be a whole number of seconds"),
         ({contract.MAX_EVENT_AGE_SECONDS: "0"}, "must be a whole number of seconds above 0"),
         ({contract.ORIGINALS_EXPIRY_DAYS: "a month"}, "must be a whole number of days above 0"),
+        (
+            {contract.SETTINGS: PipelineSettings(originals="archive").to_json()},
+            f"{contract.ARCHIVE_BUCKET} is not set, and originals is archive",
+        ),
     ],
 )
 def test_a_bad_environment_is_refused_with_one_line_naming_the_variable(changes, message):

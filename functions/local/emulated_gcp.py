@@ -40,7 +40,7 @@ from functions.local.emulated_aws import HOST
 from functions.local.processes import (
     OrphanGuard,
     ServerProcess,
-    free_port,
+    free_ports,
     how_it_ended,
     port_or_free,
 )
@@ -194,7 +194,8 @@ class GcpEmulators:
         for a busy storage port and `ToolMissing`, before anything has started."""
         storage_port = port_or_free(self._storage_port)
         binary = fake_gcs_server_binary()
-        firestore_port, pubsub_port = free_port(), free_port()
+        # Two JVMs bind these seconds from now: never the same port for both, nor the storage's.
+        firestore_port, pubsub_port = [p for p in free_ports(3) if p != storage_port][:2]
         project = self.resources.project
         pubsub_host = f"{HOST}:{pubsub_port}"
         gcloud_env = {**os.environ, **GCLOUD_ENVIRONMENT}

@@ -36,9 +36,19 @@ class ServerDidNotStart(RuntimeError):
 
 def free_port() -> int:
     """A port nothing listens on right now (the server binds it itself, a moment later)."""
-    with socket.socket() as probe:
-        probe.bind((HOST, 0))
-        return int(probe.getsockname()[1])
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` different ports nothing listens on right now: each probe stays bound until
+    all are chosen, so two servers about to start are never handed the same port."""
+    with contextlib.ExitStack() as probes:
+        ports = []
+        for _ in range(count):
+            probe = probes.enter_context(socket.socket())
+            probe.bind((HOST, 0))
+            ports.append(int(probe.getsockname()[1]))
+        return ports
 
 
 def port_or_free(port: int) -> int:

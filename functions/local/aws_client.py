@@ -28,10 +28,10 @@ from functions.local.target import (
     content_type_of,
     records_in_events,
     required_outputs,
+    settings_output,
 )
 
 if TYPE_CHECKING:
-    from functions.core.settings import PipelineSettings
     from functions.core.work import WorkItem
 
 BATCH_GET_LIMIT = 100  # keys per BatchGetItem, DynamoDB's own maximum
@@ -56,7 +56,6 @@ class AwsPipelineTarget(PipelineTarget):
     records_table: str
     endpoint: str | None = None  # the emulator; None: real AWS, with the default credential chain
     region: str | None = None
-    settings_json: str | None = None  # the `settings` output
     work_queue_url: str | None = None
     work_dead_letter_queue_url: str | None = None
     dead_letter_queue_url: str | None = None
@@ -79,7 +78,7 @@ class AwsPipelineTarget(PipelineTarget):
             # A deployed stack exports no region; its topic's ARN names the one it lives in.
             region=outputs.get("region") or _arn_region(topic),
             events_topic=topic,
-            settings_json=_settings_text(outputs.get(output_names.SETTINGS)),
+            settings_json=settings_output(outputs),
             work_queue_url=outputs.get(output_names.WORK_QUEUE) or None,
             work_dead_letter_queue_url=outputs.get(output_names.WORK_DEAD_LETTER_QUEUE) or None,
             dead_letter_queue_url=outputs.get(output_names.DEAD_LETTER_QUEUE) or None,
@@ -163,21 +162,6 @@ class AwsPipelineTarget(PipelineTarget):
 
     # --- Operations: backfill and redrive --------------------------------------------------
 
-    @property
-    def settings(self) -> PipelineSettings:
-        from functions.core.settings import PipelineSettings, SettingsError
-
-        if not self.settings_json:
-            raise TargetError(
-                f"{self.where} exports no {output_names.SETTINGS} output; deploy this release "
-                "of the stack (or restart `imagepipe dev`) first"
-            )
-        try:
-            return PipelineSettings.from_json(self.settings_json)
-        except SettingsError as error:
-            where = f"the {output_names.SETTINGS} output of {self.where}"
-            raise TargetError(f"{where}: {error}") from None
-
     def list_uploads(self, prefix: str = "") -> Iterator[ObjectRef]:
         # The uploads bucket is not versioned (components/aws/pipeline.py): an object's
         # version is its ETag, as the trigger's event names it.
@@ -206,14 +190,6 @@ class AwsPipelineTarget(PipelineTarget):
             url for url in (self.dead_letter_queue_url, self.work_dead_letter_queue_url) if url
         ]
         return SqsDeadLetterQueue(self.client("sqs"), queues) if queues else None
-
-
-def _settings_text(value: Any) -> str | None:
-    """The `settings` output as JSON text: a string as the component exports it, or the
-    object a stack output of structured JSON gives."""
-    if value is None or value == "":
-        return None
-    return value if isinstance(value, str) else json.dumps(value)
 
 
 def _arn_region(arn: str | None) -> str | None:

@@ -37,10 +37,10 @@ from functions.local.target import (
     content_type_of,
     records_in_events,
     required_outputs,
+    settings_output,
 )
 
 if TYPE_CHECKING:
-    from functions.core.settings import PipelineSettings
     from functions.core.work import WorkItem
 
 BATCH_GET_LIMIT = 100  # documents per BatchGetDocuments, as many as DynamoDB takes
@@ -69,7 +69,6 @@ class GcpPipelineTarget(PipelineTarget):
     storage_endpoint: str | None = None  # http://127.0.0.1:PORT (the dev pipeline's GCS)
     firestore_emulator_host: str | None = None  # host:port
     pubsub_emulator_host: str | None = None  # host:port
-    settings_json: str | None = None  # the `settings` output (see `settings`)
     work_queue_name: str | None = None  # projects/<p>/locations/<l>/queues/<q>
     work_url: str | None = None  # what the queue's tasks POST to: the function's URL
     work_invoker: str | None = None  # the account whose OIDC token the tasks carry
@@ -102,7 +101,7 @@ class GcpPipelineTarget(PipelineTarget):
             storage_endpoint=emulators["storageEndpoint"],
             firestore_emulator_host=emulators["firestoreEmulatorHost"],
             pubsub_emulator_host=emulators["pubsubEmulatorHost"],
-            settings_json=outputs.get(output_names.SETTINGS) or None,
+            settings_json=settings_output(outputs),
             work_queue_name=outputs.get(output_names.WORK_QUEUE) or None,
             work_url=outputs.get(output_names.WORK_URL) or None,
             work_invoker=outputs.get(output_names.WORK_INVOKER) or None,
@@ -240,21 +239,6 @@ class GcpPipelineTarget(PipelineTarget):
         return f"gs://{self.uploads_bucket}/{key}"
 
     # --- Operations ---------------------------------------------------------------------------
-
-    @property
-    def settings(self) -> PipelineSettings:
-        from functions.core.settings import PipelineSettings, SettingsError
-
-        if not self.settings_json:
-            raise TargetError(
-                f"{self.where} exports no {output_names.SETTINGS} output; the stack was "
-                "deployed before backfill existed: `pulumi up` it again"
-            )
-        try:
-            return PipelineSettings.from_json(self.settings_json)
-        except SettingsError as error:
-            message = f"the {output_names.SETTINGS} output is not usable: {error}"
-            raise TargetError(message) from None
 
     def list_uploads(self, prefix: str = "") -> Iterator[ObjectRef]:
         # The iterator asks for the next page only when this one is used up.

@@ -112,6 +112,7 @@ class PipelineTarget(ABC):
     cdn_url: str
     uploads_prefix: str = ""  # keys outside it trigger nothing
     events_topic: str | None = None
+    settings_json: str | None = None  # the `settings` output (see `settings_output`)
 
     @staticmethod
     def from_outputs(outputs: Mapping[str, Any], origin: str) -> PipelineTarget:
@@ -173,9 +174,21 @@ class PipelineTarget(ABC):
     # --- Operations: backfill and redrive --------------------------------------------------
 
     @property
-    @abstractmethod
     def settings(self) -> PipelineSettings:
         """The function's settings, from the `settings` output (what `--stale` compares with)."""
+        from functions.core.settings import PipelineSettings, SettingsError
+
+        if not self.settings_json:
+            raise TargetError(
+                f"{self.where} exports no {output_names.SETTINGS} output; deploy this release "
+                "of the stack (or restart `imagepipe dev`) first"
+            )
+        try:
+            return PipelineSettings.from_json(self.settings_json)
+        except SettingsError as error:
+            raise TargetError(
+                f"the {output_names.SETTINGS} output is not usable ({self.where}): {error}"
+            ) from None
 
     @abstractmethod
     def list_uploads(self, prefix: str = "") -> Iterator[ObjectRef]:
@@ -204,6 +217,15 @@ def records_in_events(bodies: Iterable[str | bytes]) -> list[ImageRecord]:
         except (ValueError, KeyError, TypeError):
             continue  # not a lifecycle event: nothing a command waits for
     return found
+
+
+def settings_output(outputs: Mapping[str, Any]) -> str | None:
+    """The `settings` output as JSON text: a string as the components export it, or the
+    object `pulumi stack output --json` may hand back for it."""
+    value = outputs.get(output_names.SETTINGS)
+    if value is None or value == "":
+        return None
+    return value if isinstance(value, str) else json.dumps(value)
 
 
 def content_type_of(path: Path) -> str:

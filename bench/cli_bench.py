@@ -5,7 +5,9 @@
 1. `imagepipe process` on one small (320x320) PNG, the whole process from exec to
    exit, against `python -c pass` (the interpreter's own start, site and `.pth`
    files included) and against the core's in-process time for the same PNG
-   (`functions.local.process.process_files`, warm). Runs are interleaved so machine
+   (`functions.local.process.process_files`, warm), and against a floor: a plain
+   Pillow script doing the same job with nothing but argparse, hashlib and json
+   (`PLAIN_PILLOW_SCRIPT`). Runs are interleaved so machine
    noise hits each alike; wall-clock medians, and the child's CPU time (user + sys,
    less disturbed by other processes on a shared machine).
 2. `import functions.aws.main` in a fresh interpreter with the environment the
@@ -124,9 +126,32 @@ def small_png(folder: Path) -> Path:
 
 
 def imagepipe_command() -> list[str]:
-    """`imagepipe` run from this checkout: what the console script runs (`main()` of
-    `functions.local.cli`), without depending on where the package was installed from."""
+    """`imagepipe` run from this checkout: what the console script runs (`entry_point()`
+    of `functions.local.cli`), without depending on where the package was installed from."""
     return [sys.executable, "-m", "functions.local.cli"]
+
+
+# The floor: the least a command-line tool doing this job with Pillow pays. It parses
+# its arguments, hashes the bytes, makes both renditions and prints one JSON line, with
+# no records, events, limits or settings, and ends as any script does.
+PLAIN_PILLOW_SCRIPT = """
+import argparse, hashlib, json
+from pathlib import Path
+from PIL import Image
+parser = argparse.ArgumentParser(prog="plain-pillow")
+parser.add_argument("file", type=Path)
+parser.add_argument("--out", type=Path, required=True)
+args = parser.parse_args()
+data = args.file.read_bytes()
+folder = args.out / hashlib.sha256(data).hexdigest()
+folder.mkdir(parents=True, exist_ok=True)
+image = Image.open(args.file).convert("RGB")
+for name, size in (("large", (1024, 768)), ("thumb", (200, 200))):
+    rendition = image.copy()
+    rendition.thumbnail(size, Image.Resampling.LANCZOS)
+    rendition.save(folder / f"{name}.jpg", "JPEG", quality=82, optimize=True, progressive=True)
+print(json.dumps({"key": str(args.file), "status": "COMPLETED"}))
+"""
 
 
 IMPORT_TIME_LINE = re.compile(r"import time:\s+(\d+) \|\s+\d+ \|\s*(\S+)")
@@ -191,8 +216,9 @@ def bench_cli(runs: int, folder: Path) -> dict[str, float]:
     png = small_png(folder)
     process = [*imagepipe_command(), "process", str(png), "--out", str(folder / "out")]
     interpreter = [sys.executable, "-c", "pass"]
+    plain = [sys.executable, "-c", PLAIN_PILLOW_SCRIPT, str(png), "--out", str(folder / "plain")]
     env = child_env()
-    cases = {"python -c pass": interpreter, "imagepipe process": process}
+    cases = {"python -c pass": interpreter, "plain Pillow": plain, "imagepipe process": process}
     for argv in cases.values():
         run_child(argv, env)  # writes the .pyc files the measured runs read
     wall: dict[str, list[float]] = {name: [] for name in cases}
@@ -209,6 +235,8 @@ def bench_cli(runs: int, folder: Path) -> dict[str, float]:
         "process_wall_min": min(wall["imagepipe process"]),
         "interpreter_wall_min": min(wall["python -c pass"]),
         "interpreter_cpu": median(cpu["python -c pass"]),
+        "plain_wall": median(wall["plain Pillow"]),
+        "plain_cpu": median(cpu["plain Pillow"]),
         "process_cpu": median(cpu["imagepipe process"]),
         "core_in_process": core,
     }
@@ -222,6 +250,10 @@ def bench_cli(runs: int, folder: Path) -> dict[str, float]:
         f"imagepipe process        {figures['process_wall']:7.1f} ms wall  "
         f"{figures['process_cpu']:6.1f} ms CPU"
     )
+    print(
+        f"plain Pillow script      {figures['plain_wall']:7.1f} ms wall  "
+        f"{figures['plain_cpu']:6.1f} ms CPU  (the floor: argparse, hashlib, json, Pillow)"
+    )
     print(f"core in-process (warm)   {core:7.1f} ms")
     print(
         f"above the interpreter    {above:7.1f} ms wall "
@@ -229,6 +261,11 @@ def bench_cli(runs: int, folder: Path) -> dict[str, float]:
         f"{figures['process_cpu'] - figures['interpreter_cpu']:.1f} ms CPU; "
         f"min-to-min {figures['process_wall_min'] - figures['interpreter_wall_min']:.1f} ms "
         "(target <= 120 ms)"
+    )
+    floor = figures["plain_wall"] - figures["interpreter_wall"]
+    print(
+        f"the floor above it       {floor:7.1f} ms wall; imagepipe process is "
+        f"{above - floor:.1f} ms above the floor ({above / floor:.2f}x the floor's own cost)"
     )
     print(
         f"start-up and exit cost   {above - core:7.1f} ms beyond the core's own work "

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 from functions.core.settings import SettingsError
-from functions.local.exits import EXIT_USAGE
+from functions.local.exits import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, EXIT_USAGE
 
 SUBCOMMANDS = {
     "process": ("functions.local.process", "run the core on local files and write renditions"),
@@ -78,8 +79,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"imagepipe {args.command}: {error}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
+
+
+def entry_point() -> None:
+    """The `imagepipe` console script: `main`, then an exit that skips the interpreter's
+    teardown of every module it loaded (about 30 ms of `imagepipe process`'s 230 ms here),
+    as mypy's `hard_exit` does. Each subcommand has finished its work, stopped its
+    children and closed its files when `main` returns; logging and the standard streams
+    are flushed first. A reader gone from a pipe (`| head`) ends it quietly, as SIGPIPE
+    would, instead of with a traceback."""
+    try:
+        code = main()
+        logging = sys.modules.get("logging")  # loaded only if a subcommand logs
+        if logging is not None:
+            logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except BrokenPipeError:
+        code = EXIT_BROKEN_PIPE
+    os._exit(code)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    entry_point()

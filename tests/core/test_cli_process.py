@@ -163,3 +163,41 @@ def test_console_script_runs(photos, tmp_path):
     assert done.returncode == 1, done.stderr
     assert "Traceback" not in done.stderr
     assert json.loads(done.stdout)["error"]["code"] == "unsupported_format"
+
+
+def console_script() -> list[str]:
+    script = Path(sys.executable).with_name("imagepipe")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "functions.local.cli"]
+
+
+def test_the_console_script_ends_without_teardown_yet_with_all_its_output_and_its_code(
+    photos, tmp_path
+):
+    # It leaves by os._exit: what it printed and wrote must be complete all the same.
+    inputs = [photos["good.jpg"], photos["good.png"]] * 20 + [photos["fake.png"]]
+    out = tmp_path / "out"
+    done = subprocess.run(
+        [*console_script(), "process", *map(str, inputs), "--out", str(out), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=PROJECT_ROOT,
+    )
+    assert done.returncode == 1, done.stderr  # the last input failed
+    records = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [r["status"] for r in records] == ["COMPLETED"] * 40 + ["FAILED"]
+    written = {Path(rendition["key"]) for r in records[:2] for rendition in r["renditions"]}
+    assert len(written) == 4 and all(path.stat().st_size > 0 for path in written)
+    assert sorted(out.rglob("*.jpg")) == sorted(written)  # no partial file left behind
+
+
+def test_a_reader_gone_from_the_pipe_ends_it_quietly_as_sigpipe_would(photos, tmp_path):
+    command = [*console_script(), "process", str(photos["good.png"]), "--out", str(tmp_path)]
+    child = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=PROJECT_ROOT
+    )
+    assert child.stdout is not None and child.stderr is not None
+    child.stdout.close()  # `| head` that has read its lines, before the table is printed
+    stderr = child.stderr.read()
+    assert child.wait(timeout=60) == 141
+    assert "Traceback" not in stderr and "BrokenPipeError" not in stderr, stderr

@@ -98,6 +98,13 @@ class AwsImagePipeline(pulumi.ComponentResource):
         account_id = aws.get_caller_identity_output(opts=invoke).account_id
         function_physical_name = physical_name(name)
         archive = build_lambda_archive(args.architecture, args.python_version)
+        if archive.bytecode is None:
+            pulumi.log.warn(
+                f"no Python {args.python_version} interpreter found, so the Lambda archive "
+                "ships sources only and every cold start compiles them (about 0.7 s more); "
+                f"put python{args.python_version} on PATH to bundle its bytecode",
+                resource=self,
+            )
 
         # --- buckets: private, owner-enforced, encrypted, TLS only --------------------
         uploads = aws.s3.Bucket(f"{name}-uploads", tags=tags, opts=child)

@@ -1,17 +1,25 @@
 """The Lambda archive: deterministic, cached, within budget, holding the right files.
 
 Offline tests build from a fake wheelhouse through the real pip; the network test
-downloads the real Pillow 13, pillow-heif and Powertools wheels for arm64 from PyPI."""
+downloads the real Pillow 13, pillow-heif and Powertools wheels for arm64 from PyPI.
+Bytecode needs an interpreter of the runtime's version (3.12), as the build does."""
 
 from __future__ import annotations
 
+import subprocess
 import zipfile
 from pathlib import Path
 
 import pytest
 
-from components.aws.lambda_archive import LambdaArchiveError, build_lambda_archive
+from components.aws.lambda_archive import (
+    UNCOMPILED_PREFIXES,
+    LambdaArchiveError,
+    build_lambda_archive,
+    bytecode_compiler,
+)
 from components.packaging import PROJECT_ROOT
+from tests.conftest import require
 from tests.infra.aws_fakes import (  # noqa: F401 - fixtures
     FAKE_MARKER,
     fake_wheel_dirs,
@@ -25,8 +33,20 @@ def names_in(archive: Path) -> list[str]:
         return opened.namelist()
 
 
-def test_archive_holds_the_function_packages_and_installed_wheels(offline_lambda_builds):  # noqa: F811
+@pytest.fixture(scope="module")
+def python312() -> str:
+    found = bytecode_compiler("3.12")
+    require(None if found else "no Python 3.12 interpreter (python3.12 on PATH, or pyenv's)")
+    assert found is not None
+    return found
+
+
+def test_archive_holds_the_function_packages_and_installed_wheels(
+    offline_lambda_builds,  # noqa: F811
+    python312,
+):
     archive = build_lambda_archive("arm64")
+    assert archive.bytecode == "cpython-312"
     names = names_in(archive.path)
     assert "functions/__init__.py" in names
     assert "functions/aws/main.py" in names
@@ -35,12 +55,57 @@ def test_archive_holds_the_function_packages_and_installed_wheels(offline_lambda
     assert "PIL/_imaging.cpython-312-aarch64-linux-gnu.so" in names
     assert "pillow-13.0.0.dist-info/METADATA" in names
     assert "_pillow_heif.cpython-312-aarch64-linux-gnu.so" in names
-    assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
+    sources = [n for n in names if n.endswith(".py") and not n.startswith(UNCOMPILED_PREFIXES)]
+    compiled = {n for n in names if n.endswith(".pyc")}
+    assert compiled == {
+        (Path(n).parent / "__pycache__" / f"{Path(n).stem}.cpython-312.pyc").as_posix()
+        for n in sources
+    }
     assert not [n for n in names if ".data/" in n]  # wheel scripts do not run in Lambda
 
 
-def test_same_inputs_give_the_same_bytes(offline_lambda_builds, tmp_path):  # noqa: F811
+def test_the_runtime_imports_the_bundled_bytecode_without_reading_the_sources(
+    offline_lambda_builds,  # noqa: F811
+    python312,
+    tmp_path,
+):
+    """Unchecked-hash bytecode: Python 3.12 never looks at the source again, so a source
+    broken after the build still imports, from the archive's .pyc."""
+    with zipfile.ZipFile(build_lambda_archive("arm64").path) as archive:
+        archive.extractall(tmp_path)
+    source = tmp_path / "functions/core/keys.py"
+    source.write_text("this is not Python\n")
+    done = subprocess.run(
+        [python312, "-c", "import functions.core.keys as keys; print(keys.__cached__)"],
+        cwd=tmp_path,
+        env={"PYTHONDONTWRITEBYTECODE": "1", "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().endswith("functions/core/__pycache__/keys.cpython-312.pyc")
+
+
+def test_without_a_compiler_the_archive_ships_sources_only(offline_lambda_builds):  # noqa: F811
+    archive = build_lambda_archive("arm64", compiler="")
+    assert archive.bytecode is None
+    names = names_in(archive.path)
+    assert "functions/aws/main.py" in names
+    assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
+
+
+def test_bytecode_compiler_answers_only_with_an_interpreter_of_that_version():
+    import sys
+
+    this = f"{sys.version_info.major}.{sys.version_info.minor}"
+    assert bytecode_compiler(this) == sys.executable
+    assert bytecode_compiler("2.1") is None
+
+
+def test_same_inputs_give_the_same_bytes(offline_lambda_builds, python312):  # noqa: F811
     first = build_lambda_archive("arm64")
+    assert first.bytecode  # the bytecode too is the same from one build to the next
     first_bytes = first.path.read_bytes()
     first.path.unlink()  # force a rebuild from the cached wheels
     second = build_lambda_archive("arm64")
@@ -101,7 +166,7 @@ def test_requirements_match_the_lock():
 
 
 @pytest.mark.network
-def test_real_arm64_archive_from_pypi(tmp_path, monkeypatch):
+def test_real_arm64_archive_from_pypi(tmp_path, monkeypatch, python312):
     for variable in ("PIP_NO_INDEX", "PIP_FIND_LINKS"):
         monkeypatch.delenv(variable, raising=False)
     first = build_lambda_archive("arm64", cache_root=tmp_path / "one")
@@ -123,4 +188,6 @@ def test_real_arm64_archive_from_pypi(tmp_path, monkeypatch):
     assert libheif, "pillow-heif's wheel bundles libheif"
     assert "functions/aws/main.py" in names
     assert "aws_lambda_powertools/logging/logger.py" in names
-    assert not [n for n in names if "__pycache__" in n or n.startswith("tests/")]
+    assert "functions/aws/__pycache__/main.cpython-312.pyc" in names
+    assert "PIL/__pycache__/Image.cpython-312.pyc" in names
+    assert not [n for n in names if n.startswith("tests/")]

@@ -16,8 +16,9 @@
    boto3, Powertools, Pillow, our modules, the three clients, and the rest of the
    handler module's body. Each stage is timed in the same child after the stages
    before it, so shared dependencies count once, where first imported.
-   Also measured without bytecode for what the Lambda archive bundles (it ships
-   sources only, `/var/task` is read-only, so every cold start compiles them).
+   Also measured without bytecode for what the Lambda archive bundles: what a cold
+   start pays when the archive ships sources only (built without an interpreter of
+   the runtime's version; `/var/task` is read-only, so every cold start compiles them).
 
 Bytecode: children run without PYTHONDONTWRITEBYTECODE, so the first (discarded)
 run writes `.pyc` files and the measured runs read them, as on a user's machine.

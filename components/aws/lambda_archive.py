@@ -14,7 +14,7 @@ environment variables, so `PIP_NO_INDEX=1 PIP_FIND_LINKS=<dir>` builds offline
 from a local wheelhouse.
 
 Bytecode: `/var/task` is read-only, so a sandbox given sources only compiles every module
-it imports on each cold start (about 0.7 s of a 1.4 s import, bench/cli_bench.py). The
+it imports on each cold start (0.22 s of a 0.92 s handler import under Python 3.12). The
 archive therefore carries `__pycache__/*.pyc` for every module, compiled by an
 interpreter of the runtime's version (only it can write bytecode the runtime will read)
 with unchecked-hash invalidation, so the bytes depend on the sources alone. Without such
@@ -24,6 +24,7 @@ an interpreter the archive ships sources only, and the component says so.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 import os
@@ -70,8 +71,8 @@ UNCOMPILED_PREFIXES = (
 )
 # Where Lambda unpacks the archive: the file names tracebacks show.
 LAMBDA_TASK_ROOT = "/var/task"
-# Run in the runtime's interpreter: compiles each (source, name) pair from stdin and prints
-# {name: its .pyc's name in the archive}; a file that does not compile is left as source.
+# Run in the runtime's interpreter: compiles each archive name read from stdin (its source
+# under argv[1]) and prints {name: its .pyc's name}; what does not compile stays source.
 _COMPILE_SCRIPT = """
 import importlib.util, json, py_compile, sys
 root, task_root = sys.argv[1], sys.argv[2]
@@ -190,6 +191,7 @@ def bytecode_compiler(python_version: str) -> str | None:
     return None
 
 
+@functools.cache  # asked once per interpreter and process: every component build asks
 def _cache_tag(interpreter: str) -> str | None:
     try:
         answer = subprocess.run(

@@ -101,7 +101,7 @@ class AwsImagePipeline(pulumi.ComponentResource):
         if archive.bytecode is None:
             pulumi.log.warn(
                 f"no Python {args.python_version} interpreter found, so the Lambda archive "
-                "ships sources only and every cold start compiles them (about 0.7 s more); "
+                "ships sources only and every cold start compiles them (about 0.2 s more); "
                 f"put python{args.python_version} on PATH to bundle its bytecode",
                 resource=self,
             )

@@ -91,9 +91,9 @@ def entry_point() -> None:
     would, instead of with a traceback."""
     try:
         code = main()
-        logging = sys.modules.get("logging")  # loaded only if a subcommand logs
-        if logging is not None:
-            logging.shutdown()
+        logging_module = sys.modules.get("logging")  # loaded only if a subcommand logs
+        if logging_module is not None:
+            logging_module.shutdown()
         sys.stdout.flush()
         sys.stderr.flush()
     except BrokenPipeError:
